@@ -1,0 +1,52 @@
+#include "core/progress.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+namespace dsv3 {
+
+Progress::Progress(std::string label, uint64_t total, bool enabled)
+    : label_(std::move(label)),
+      total_(total),
+      enabled_(enabled),
+      tty_(isatty(STDERR_FILENO) != 0),
+      start_(std::chrono::steady_clock::now()),
+      last_print_(start_) {}
+
+void Progress::Add(uint64_t amount) {
+  done_ += amount;
+  if (!enabled_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (tty_) {
+    if (now - last_print_ > std::chrono::milliseconds(200)) {
+      last_print_ = now;
+      Print(false);
+    }
+  } else {
+    const int decile = total_ ? static_cast<int>(done_ * 10 / total_) : 10;
+    if (decile != last_decile_ && decile < 10) {
+      last_decile_ = decile;
+      Print(false);
+    }
+  }
+}
+
+void Progress::Finish() {
+  if (enabled_) Print(true);
+  enabled_ = false;
+}
+
+void Progress::Print(bool final_line) {
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  const double pct =
+      total_ ? 100.0 * static_cast<double>(done_) / static_cast<double>(total_) : 100;
+  const double mib = static_cast<double>(done_) / (1 << 20);
+  std::fprintf(stderr, "%s%s: %5.1f%%  %.0f MiB  %.1f s  %.0f MiB/s%s", tty_ ? "\r" : "",
+               label_.c_str(), pct, mib, secs, secs > 0 ? mib / secs : 0.0,
+               (final_line || !tty_) ? "\n" : "");
+  std::fflush(stderr);
+}
+
+}  // namespace dsv3

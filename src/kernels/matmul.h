@@ -1,0 +1,43 @@
+// Products of float32 activations with weight matrices stored as F32, BF16, F16 or FP8 E4M3 with
+// block scales. Weights are converted to float32 inside the kernel, one tile at a time; they are
+// never expanded in memory. Runtime dispatch picks the best compiled SIMD target (Highway).
+#pragma once
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace dsv3::kernels {
+
+// W [rows, cols], row-major, y = W x. For kF8E4M3, W[r][c] = e4m3(q[r][c]) * scale[r / block_rows]
+// [c / block_cols] with `scale` [ceil(rows / block_rows), scale_cols] float32 (the checkpoint's
+// weight_scale_inv); other dtypes have scale == nullptr.
+struct WeightMatrix {
+  DType dtype = DType::kF32;
+  int64_t rows = 0, cols = 0;
+  const void* data = nullptr;
+  const float* scale = nullptr;
+  int64_t block_rows = 0, block_cols = 0, scale_cols = 0;
+
+  bool empty() const { return data == nullptr; }
+  uint64_t bytes() const;  // weight bytes including scales
+};
+
+// Y[t][r] = sum_c W[r][c] * X[t][c], t < T, all rows; threads split the rows.
+// X: [T, x_stride], Y: [T, y_stride].
+void MatMul(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
+            int64_t y_stride);
+
+// The same for rows [r0, r1) only, on the calling thread: Y[t][r - r0] is written to
+// y[t * y_stride + r - r0].
+void MatMulRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
+                int64_t T, float* y, int64_t y_stride);
+
+// y[c] += sum_{r in [r0, r1)} x[r - r0] * W[r][c] for all c < cols: a product with the transpose of
+// a row slice (the absorbed MLA query, q_nope^T W_uk). Calling thread only.
+void MatVecTransposedRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, float* y);
+
+// out[c] = W[r][c] for c < cols, dequantized.
+void DequantRow(const WeightMatrix& w, int64_t r, float* out);
+
+}  // namespace dsv3::kernels

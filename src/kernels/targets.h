@@ -1,0 +1,17 @@
+// Which SIMD targets this build carries, which one runs, and forcing one (tests, `--simd`).
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace dsv3::kernels {
+
+// Compiled targets that this CPU supports, best first ("AVX3", "AVX2", "SSE4", ..., "EMU128").
+std::vector<std::string> AvailableTargets();
+// The target the dispatcher currently uses.
+std::string ActiveTarget();
+// Restricts dispatch to the named target; returns false if it is not available. "" restores the
+// default (best available).
+bool ForceTarget(const std::string& name);
+
+}  // namespace dsv3::kernels

@@ -1,0 +1,84 @@
+// A loaded model (config, validated weights, RoPE table) and a Context: one sequence's latent KV
+// cache plus the scratch for running tokens through the decoder stack.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "core/aligned.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+#include "model/kv_cache.h"
+#include "model/mla.h"
+#include "model/moe.h"
+#include "model/rope.h"
+#include "model/trace.h"
+#include "model/weights.h"
+
+namespace dsv3 {
+
+class Model {
+ public:
+  // Reads DIR/config.json and the safetensors, binds and validates every tensor the config
+  // implies. Throws dsv3::Error naming the file, tensor or field on any problem.
+  static std::unique_ptr<Model> Load(const std::string& dir);
+
+  const Config& config() const { return config_; }
+  const Weights& weights() const { return weights_; }
+  const RopeTable& rope() const { return rope_; }
+  const LoadReport& report() const { return report_; }
+  const Checkpoint& checkpoint() const { return *checkpoint_; }
+
+ private:
+  Model() = default;
+  Config config_;
+  std::unique_ptr<Checkpoint> checkpoint_;
+  Weights weights_;
+  RopeTable rope_;
+  LoadReport report_;
+};
+
+struct ContextOptions {
+  int64_t capacity = 4096;  // tokens the latent cache holds (<= max_position_embeddings)
+  int64_t max_batch = 256;  // tokens per forward chunk; longer prompts run in several chunks
+  AttentionImpl attention = AttentionImpl::kAbsorbed;
+};
+
+class Context {
+ public:
+  Context(const Model& model, const ContextOptions& options);
+
+  // Runs `tokens` at positions n_past() .. n_past() + T - 1 and appends them to the cache.
+  // all_logits, if given, receives [T, vocab]; last_logits() always holds the last row.
+  // Bad ids or a full context are reported (dsv3::Error) before any work is done.
+  void Forward(std::span<const int32_t> tokens, float* all_logits = nullptr,
+               ForwardTrace* trace = nullptr);
+  const float* last_logits() const { return last_logits_.data(); }  // [vocab]
+
+  int64_t n_past() const { return n_past_; }
+  int64_t capacity() const { return cache_.capacity(); }
+  void Truncate(int64_t n);  // forget the tokens at positions >= n
+  const KvCache& cache() const { return cache_; }
+  const Model& model() const { return model_; }
+
+ private:
+  void ForwardChunk(const int32_t* tokens, int64_t T, float* logits, bool all_rows,
+                    ForwardTrace* trace);
+
+  const Model& model_;
+  const Config& c_;
+  const int64_t max_batch_;
+  int64_t n_past_ = 0;
+  KvCache cache_;
+  Mla mla_;
+  Mlp mlp_;
+  Moe moe_;
+  AlignedArray<float> x_;            // [B, D] residual stream
+  AlignedArray<float> xn_;           // [B, D] normalized input of a block
+  AlignedArray<float> y_;            // [B, D] block output
+  AlignedArray<float> last_logits_;  // [vocab]
+};
+
+}  // namespace dsv3

@@ -1,0 +1,31 @@
+#include "model/model_info.h"
+
+#include "model/tensor_specs.h"
+
+namespace dsv3 {
+namespace {
+int64_t Numel(const TensorSpec& s) {
+  int64_t n = 1;
+  for (int64_t d : s.shape) n *= d;
+  return n;
+}
+}  // namespace
+
+ParamCounts CountParams(const Config& c) {
+  ParamCounts p;
+  for (const TensorSpec& s : MainTensorSpecs(c)) p.total += Numel(s);
+  p.embedding = c.vocab_size * c.hidden_size;
+  int64_t moe_layers = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) moe_layers += c.IsMoeLayer(l) ? 1 : 0;
+  const int64_t per_expert = 3 * c.hidden_size * c.moe_intermediate_size;
+  const int64_t inactive = moe_layers * (c.n_routed_experts - c.num_experts_per_tok) * per_expert;
+  p.activated_with_embedding = p.total - inactive;
+  // A tied embedding is also the lm_head, which every token multiplies with.
+  p.activated = p.activated_with_embedding - (c.tie_word_embeddings ? 0 : p.embedding);
+  for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k) {
+    for (const TensorSpec& s : MtpTensorSpecs(c, k)) p.mtp += Numel(s);
+  }
+  return p;
+}
+
+}  // namespace dsv3

@@ -1,0 +1,29 @@
+// Size figures of a config: parameters stored and activated per token, KV cache per token.
+#pragma once
+
+#include <cstdint>
+
+#include "model/config.h"
+
+namespace dsv3 {
+
+// Counting convention (the DeepSeek-V3 paper's): `total` counts every main-model tensor with the
+// input embedding and lm_head included and MTP layers excluded; `activated` is what one token
+// touches: total minus the routed experts it does not select, with the input embedding EXCLUDED
+// (a row lookup, not a matmul); `activated_with_embedding` adds it back.
+struct ParamCounts {
+  int64_t total = 0;
+  int64_t embedding = 0;
+  int64_t activated = 0;
+  int64_t activated_with_embedding = 0;
+  int64_t mtp = 0;  // all MTP layers, including their embedding / head copies
+};
+
+ParamCounts CountParams(const Config& c);
+
+// Latent KV cache bytes per token: layers * (kv_lora_rank + qk_rope_head_dim) * bytes_per_value.
+inline int64_t KvBytesPerToken(const Config& c, int64_t bytes_per_value) {
+  return c.num_hidden_layers * c.kv_width() * bytes_per_value;
+}
+
+}  // namespace dsv3

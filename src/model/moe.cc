@@ -1,0 +1,143 @@
+// DeepSeekMoE. The router scores every routed expert; only the top K per token run, and the
+// experts' weights are read only for experts some token selected. Tokens are grouped by expert
+// so each selected expert runs once per step as a batched product.
+#include "model/moe.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "kernels/matmul.h"
+#include "kernels/ops.h"
+
+namespace dsv3 {
+
+Mlp::Mlp(int64_t max_batch, int64_t max_intermediate)
+    : gate_(max_batch * max_intermediate), up_(max_batch * max_intermediate) {}
+
+void Mlp::Forward(const MlpWeights& w, const float* x, int64_t T, float* out) {
+  const int64_t I = w.gate.rows, D = w.gate.cols;
+  kernels::MatMul(w.gate, x, D, T, gate_.data(), I);
+  kernels::MatMul(w.up, x, D, T, up_.data(), I);
+  kernels::SiluMul(gate_.data(), up_.data(), gate_.data(), T * I);
+  kernels::MatMul(w.down, gate_.data(), I, T, out, D);
+}
+
+RouterScratch::RouterScratch(const Config& c)
+    : scores(c.n_routed_experts),
+      choice(c.n_routed_experts),
+      group_score(c.n_group),
+      kept_groups(c.topk_group) {}
+
+void RouteToken(const Config& c, const float* logits, const float* bias, RouterScratch& scratch,
+                int32_t* indices, float* weights) {
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
+  float* scores = scratch.scores.data();  // unbiased affinities: the weights come from these
+  float* choice = scratch.choice.data();  // what selection ranks: scores + bias, groups masked
+  if (c.scoring_func == ScoringFunc::kSigmoid) {
+    for (int64_t e = 0; e < E; ++e) scores[e] = 1.0f / (1.0f + std::exp(-logits[e]));
+  } else {
+    std::memcpy(scores, logits, E * sizeof(float));
+    kernels::Softmax(scores, E);
+  }
+  // The load-balancing bias (noaux_tc) steers selection only; it never enters the weights.
+  for (int64_t e = 0; e < E; ++e) choice[e] = bias ? scores[e] + bias[e] : scores[e];
+
+  if (c.topk_method != TopkMethod::kGreedy && c.n_group > 1) {
+    // Group-limited routing: rank groups (noaux_tc: sum of the group's top 2 choice scores;
+    // group_limited_greedy: its max), keep topk_group groups, exclude the other groups' experts.
+    const int64_t G = c.n_group, per_group = E / G;
+    float* gs = scratch.group_score.data();
+    for (int64_t g = 0; g < G; ++g) {
+      const float* s = choice + g * per_group;
+      if (c.topk_method == TopkMethod::kNoauxTc) {
+        int32_t top2[2];
+        kernels::TopK(s, per_group, 2, top2);
+        gs[g] = s[top2[0]] + s[top2[1]];
+      } else {
+        gs[g] = *std::max_element(s, s + per_group);
+      }
+    }
+    int32_t* keep = scratch.kept_groups.data();
+    kernels::TopK(gs, G, c.topk_group, keep);
+    for (int64_t g = 0; g < G; ++g) {
+      if (std::find(keep, keep + c.topk_group, g) == keep + c.topk_group) {
+        std::fill(choice + g * per_group, choice + (g + 1) * per_group,
+                  -std::numeric_limits<float>::infinity());
+      }
+    }
+  }
+  kernels::TopK(choice, E, K, indices);
+  float sum = 0;
+  for (int64_t k = 0; k < K; ++k) sum += weights[k] = scores[indices[k]];
+  const float scale = static_cast<float>(c.routed_scaling_factor);
+  const float norm = c.norm_topk_prob ? 1.0f / (sum + 1e-20f) : 1.0f;
+  for (int64_t k = 0; k < K; ++k) weights[k] = weights[k] * norm * scale;
+}
+
+Moe::Moe(const Config& c, int64_t max_batch)
+    : c_(c),
+      mlp_(max_batch, std::max(c.moe_intermediate_size, c.shared_intermediate())),
+      logits_(max_batch * c.n_routed_experts),
+      router_scratch_(c),
+      indices_(max_batch * c.num_experts_per_tok),
+      weights_(max_batch * c.num_experts_per_tok),
+      count_(c.n_routed_experts),
+      first_(c.n_routed_experts + 1),
+      slot_token_(max_batch * c.num_experts_per_tok),
+      slot_weight_(max_batch * c.num_experts_per_tok),
+      gathered_(max_batch * c.hidden_size),
+      expert_out_(max_batch * c.hidden_size) {}
+
+void Moe::Forward(const MoeWeights& w, int64_t layer, const float* xn, int64_t T, float* out,
+                  ForwardTrace* trace) {
+  const int64_t D = c_.hidden_size, E = c_.n_routed_experts, K = c_.num_experts_per_tok;
+  // Router in float32: [T, E].
+  kernels::MatMul(w.router, xn, D, T, logits_.data(), E);
+  const float* bias = w.correction_bias.empty() ? nullptr : w.correction_bias.data();
+  for (int64_t t = 0; t < T; ++t) {
+    RouteToken(c_, logits_.data() + t * E, bias, router_scratch_, indices_.data() + t * K,
+               weights_.data() + t * K);
+  }
+  if (trace) {
+    ForwardTrace::Routing& r = trace->RoutingFor(layer);
+    r.indices.insert(r.indices.end(), indices_.begin(), indices_.begin() + T * K);
+    r.weights.insert(r.weights.end(), weights_.begin(), weights_.begin() + T * K);
+  }
+
+  // Group (token, weight) slots by expert: counting sort, tokens ascending within an expert.
+  std::fill(count_.begin(), count_.end(), 0);
+  for (int64_t i = 0; i < T * K; ++i) ++count_[indices_[i]];
+  first_[0] = 0;
+  for (int64_t e = 0; e < E; ++e) first_[e + 1] = first_[e] + count_[e];
+  std::fill(count_.begin(), count_.end(), 0);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t k = 0; k < K; ++k) {
+      const int32_t e = indices_[t * K + k];
+      const int32_t slot = first_[e] + count_[e]++;
+      slot_token_[slot] = static_cast<int32_t>(t);
+      slot_weight_[slot] = weights_[t * K + k];
+    }
+  }
+
+  std::fill(out, out + T * D, 0.0f);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t n = first_[e + 1] - first_[e];
+    if (n == 0) continue;  // never read an unselected expert's weights
+    for (int64_t j = 0; j < n; ++j) {
+      std::memcpy(gathered_.data() + j * D, xn + slot_token_[first_[e] + j] * D, D * sizeof(float));
+    }
+    mlp_.Forward(w.experts[e], gathered_.data(), n, expert_out_.data());
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t slot = first_[e] + j;
+      kernels::Axpy(slot_weight_[slot], expert_out_.data() + j * D, out + slot_token_[slot] * D, D);
+    }
+  }
+  if (c_.n_shared_experts > 0) {
+    mlp_.Forward(w.shared, xn, T, expert_out_.data());
+    kernels::Add(expert_out_.data(), out, T * D);
+  }
+}
+
+}  // namespace dsv3

@@ -1,0 +1,72 @@
+#include "runtime/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace dsv3 {
+
+int32_t Argmax(const float* values, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i) {
+    if (values[i] > values[best]) best = i;
+  }
+  return static_cast<int32_t>(best);
+}
+
+Sampler::Sampler(const SamplingParams& params, int64_t vocab)
+    : params_(params), vocab_(vocab), rng_(params.seed), candidates_(vocab) {
+  if (!(params.temperature >= 0) || !std::isfinite(params.temperature)) {
+    Fail("temperature must be >= 0, got {}", params.temperature);
+  }
+  if (!(params.top_p > 0 && params.top_p <= 1))
+    Fail("top-p must be in (0, 1], got {}", params.top_p);
+  if (params.top_k < 0) Fail("top-k must be >= 0, got {}", params.top_k);
+}
+
+int32_t Sampler::Sample(const float* logits) {
+  if (params_.temperature == 0) return Argmax(logits, vocab_);
+  // Candidates sorted by logit (descending, ties to the lower id), cut to top-k.
+  for (int64_t i = 0; i < vocab_; ++i) candidates_[i] = {logits[i], static_cast<int32_t>(i)};
+  const auto by_logit = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  int64_t n = vocab_;
+  if (params_.top_k > 0 && params_.top_k < n) {
+    std::partial_sort(candidates_.begin(), candidates_.begin() + params_.top_k, candidates_.end(),
+                      by_logit);
+    n = params_.top_k;
+  } else {
+    std::sort(candidates_.begin(), candidates_.end(), by_logit);
+  }
+  // Softmax with temperature over the candidates, then the top-p nucleus.
+  const float max = candidates_[0].first;
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double p = std::exp((candidates_[i].first - max) / params_.temperature);
+    candidates_[i].first = static_cast<float>(p);
+    sum += p;
+  }
+  if (params_.top_p < 1) {
+    double cumulative = 0;
+    int64_t keep = 0;
+    while (keep < n) {
+      cumulative += candidates_[keep++].first / sum;
+      if (cumulative >= params_.top_p) break;
+    }
+    n = keep;
+    sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += candidates_[i].first;
+  }
+  // Uniform in [0, sum) from 53 random bits (portable, unlike std::uniform_real_distribution).
+  const double u = static_cast<double>(rng_() >> 11) * 0x1p-53 * sum;
+  double acc = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    acc += candidates_[i].first;
+    if (u < acc) return candidates_[i].second;
+  }
+  return candidates_[n - 1].second;
+}
+
+}  // namespace dsv3

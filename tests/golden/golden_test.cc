@@ -1,0 +1,253 @@
+// Golden tests: dsv3's forward pass against DeepSeek's reference implementation (model.py, float32)
+// on the tiny checkpoints in ../shared/testdata/models: logits after prefill and after step-by-step
+// decode, greedy continuations, routing decisions, intermediates, on every compiled SIMD target.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <set>
+
+#include "core/parallel.h"
+#include "kernels/targets.h"
+#include "model/model.h"
+#include "runtime/generate.h"
+#include "runtime/sampler.h"
+#include "tests/test_util.h"
+
+namespace dsv3 {
+namespace {
+
+using test::Reference;
+
+constexpr float kLogitTol = 1e-4f;  // the reference's own float32 noise is ~1e-5
+
+float MaxAbsDiff(const float* a, const float* b, int64_t n) {
+  float m = 0;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+struct Fixture {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Reference> ref;
+};
+
+class GoldenTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    dir_ = test::TestData("models/" + GetParam());
+    DSV3_REQUIRE_DATA(dir_ + "/reference.json");
+    static std::map<std::string, Fixture> cache;
+    Fixture& f = cache[GetParam()];
+    if (!f.model) {
+      f.model = Model::Load(dir_);
+      f.ref = std::make_unique<Reference>(dir_);
+    }
+    model_ = f.model.get();
+    ref_ = f.ref.get();
+  }
+  void TearDown() override { kernels::ForceTarget(""); }
+
+  const Json& Sequence(int64_t length) const {
+    for (const Json& s : ref_->json()["sequences"]) {
+      if (s["length"] == length) return s;
+    }
+    throw std::runtime_error("no sequence of that length");
+  }
+  static std::vector<int32_t> Tokens(const Json& seq) {
+    return seq["tokens"].get<std::vector<int32_t>>();
+  }
+
+  // Prefill of the whole sequence (in chunks of max_batch); checks logits and routing.
+  void CheckPrefill(const Json& seq, int64_t max_batch, AttentionImpl attention) {
+    const std::vector<int32_t> tokens = Tokens(seq);
+    const int64_t L = static_cast<int64_t>(tokens.size()), V = model_->config().vocab_size;
+    Context ctx(*model_, {L, max_batch, attention});
+    std::vector<float> logits(L * V);
+    ForwardTrace trace;
+    ctx.Forward(tokens, logits.data(), &trace);
+    const std::vector<float> expected = ref_->F32(seq["prefill_logits"]);
+    EXPECT_LE(MaxAbsDiff(logits.data(), expected.data(), L * V), kLogitTol)
+        << seq["name"] << " prefill, max_batch " << max_batch << ", " << kernels::ActiveTarget();
+    CheckRouting(seq, trace);
+  }
+
+  void CheckRouting(const Json& seq, const ForwardTrace& trace) {
+    const int64_t K = model_->config().num_experts_per_tok;
+    ASSERT_EQ(trace.routing.size(), seq["router"].size());
+    for (size_t i = 0; i < trace.routing.size(); ++i) {
+      const Json& r = seq["router"][i];
+      EXPECT_EQ(trace.routing[i].layer, r["layer"].get<int64_t>());
+      const std::vector<int32_t> idx = ref_->I32(r["indices"]);
+      const std::vector<float> wts = ref_->F32(r["weights"]);
+      ASSERT_EQ(trace.routing[i].indices.size(), idx.size());
+      for (size_t t = 0; t * K < idx.size(); ++t) {
+        std::map<int32_t, float> want, got;
+        for (int64_t k = 0; k < K; ++k) {
+          want[idx[t * K + k]] = wts[t * K + k];
+          got[trace.routing[i].indices[t * K + k]] = trace.routing[i].weights[t * K + k];
+        }
+        ASSERT_EQ(std::set<int32_t>(idx.begin() + t * K, idx.begin() + (t + 1) * K).size(),
+                  size_t(K));
+        for (const auto& [e, w] : want) {
+          ASSERT_TRUE(got.count(e)) << seq["name"] << " layer " << r["layer"] << " token " << t
+                                    << ": expert " << e << " not selected";
+          EXPECT_NEAR(got[e], w, 1e-5) << "routing weight, token " << t << " expert " << e;
+        }
+      }
+    }
+  }
+
+  void CheckDecode(const Json& seq) {
+    const std::vector<int32_t> tokens = Tokens(seq);
+    const int64_t L = static_cast<int64_t>(tokens.size()), V = model_->config().vocab_size;
+    Context ctx(*model_, {L, 1, AttentionImpl::kAbsorbed});
+    const std::vector<float> expected = ref_->F32(seq["decode_logits"]);
+    float worst = 0;
+    for (int64_t i = 0; i < L; ++i) {
+      ctx.Forward(std::span<const int32_t>(&tokens[i], 1));
+      worst = std::max(worst, MaxAbsDiff(ctx.last_logits(), expected.data() + i * V, V));
+    }
+    EXPECT_LE(worst, kLogitTol) << seq["name"] << " decode, " << kernels::ActiveTarget();
+  }
+
+  std::string dir_;
+  const Model* model_ = nullptr;
+  const Reference* ref_ = nullptr;
+};
+
+TEST_P(GoldenTest, PrefillLogitsAndRouting) {
+  for (const Json& seq : ref_->json()["sequences"]) {
+    CheckPrefill(seq, /*max_batch=*/seq["length"].get<int64_t>(), AttentionImpl::kAbsorbed);
+  }
+}
+
+TEST_P(GoldenTest, DecodeLogits) {
+  for (const Json& seq : ref_->json()["sequences"]) CheckDecode(seq);
+}
+
+TEST_P(GoldenTest, ChunkedPrefillMatchesOnePass) {
+  CheckPrefill(Sequence(200), /*max_batch=*/64, AttentionImpl::kAbsorbed);
+  CheckPrefill(Sequence(33), /*max_batch=*/5, AttentionImpl::kAbsorbed);
+}
+
+TEST_P(GoldenTest, ExpandedAttentionAgreesWithAbsorbed) {
+  for (int64_t length : {7, 33, 200}) {
+    const Json& seq = Sequence(length);
+    CheckPrefill(seq, length, AttentionImpl::kExpanded);
+    const std::vector<int32_t> tokens = Tokens(seq);
+    const int64_t L = length, V = model_->config().vocab_size;
+    std::vector<float> absorbed(L * V), expanded(L * V);
+    Context a(*model_, {L, L, AttentionImpl::kAbsorbed});
+    Context e(*model_, {L, L, AttentionImpl::kExpanded});
+    a.Forward(tokens, absorbed.data());
+    e.Forward(tokens, expanded.data());
+    EXPECT_LE(MaxAbsDiff(absorbed.data(), expanded.data(), L * V), 2e-5f) << "length " << L;
+  }
+}
+
+TEST_P(GoldenTest, GreedyContinuation) {
+  for (const Json& seq : ref_->json()["sequences"]) {
+    const std::vector<int32_t> prompt = Tokens(seq);
+    const std::vector<int32_t> want = seq["greedy"]["new_tokens"].get<std::vector<int32_t>>();
+    const std::vector<float> step_logits = ref_->F32(seq["greedy"]["step_logits"]);
+    const int64_t V = model_->config().vocab_size, n = static_cast<int64_t>(want.size());
+    Context ctx(*model_, {static_cast<int64_t>(prompt.size()) + n, 512, AttentionImpl::kAbsorbed});
+    GenerateOptions g;
+    g.max_new_tokens = n;
+    g.stop_at_eos = false;
+    int64_t step = 0;
+    float worst = 0;
+    const std::vector<int32_t> got = Generate(ctx, prompt, g, nullptr, [&](int32_t) {
+      worst = std::max(worst, MaxAbsDiff(ctx.last_logits(), step_logits.data() + step * V, V));
+      ++step;
+      return true;
+    });
+    EXPECT_EQ(got, want) << seq["name"];
+    EXPECT_LE(worst, kLogitTol) << seq["name"] << " step logits";
+  }
+}
+
+TEST_P(GoldenTest, Intermediates) {
+  const Json& seq = Sequence(33);
+  const std::vector<int32_t> tokens = Tokens(seq);
+  std::map<std::string, std::vector<float>> got;
+  std::map<std::string, int64_t> cols;
+  ForwardTrace trace;
+  trace.tensor = [&](const std::string& name, const float* data, int64_t rows, int64_t c,
+                     int64_t stride) {
+    std::vector<float>& v = got[name];
+    for (int64_t r = 0; r < rows; ++r) v.insert(v.end(), data + r * stride, data + r * stride + c);
+    cols[name] = c;
+  };
+  Context ctx(*model_, {33, 33, AttentionImpl::kAbsorbed});
+  ctx.Forward(tokens, nullptr, &trace);
+  int checked = 0;
+  for (const auto& [name, entry] : seq["intermediates"].items()) {
+    ASSERT_TRUE(got.count(name)) << "no intermediate named " << name;
+    const std::vector<float> want = ref_->F32(entry);
+    ASSERT_EQ(got[name].size(), want.size()) << name;
+    float scale = 1;
+    for (float v : want) scale = std::max(scale, std::fabs(v));
+    EXPECT_LE(MaxAbsDiff(got[name].data(), want.data(), static_cast<int64_t>(want.size())),
+              1e-5f * scale)
+        << name << " (max |ref| " << scale << ")";
+    ++checked;
+  }
+  EXPECT_GE(checked, 15);
+}
+
+TEST_P(GoldenTest, EverySimdTarget) {
+  const std::vector<std::string> targets = kernels::AvailableTargets();
+  ASSERT_FALSE(targets.empty());
+  for (const std::string& t : targets) {
+    ASSERT_TRUE(kernels::ForceTarget(t));
+    ASSERT_EQ(kernels::ActiveTarget(), t);
+    CheckPrefill(Sequence(33), 33, AttentionImpl::kAbsorbed);
+    CheckDecode(Sequence(7));
+  }
+}
+
+TEST_P(GoldenTest, SingleThreadMatches) {
+  const int threads = NumThreads();
+  SetNumThreads(1);
+  CheckPrefill(Sequence(33), 33, AttentionImpl::kAbsorbed);
+  CheckDecode(Sequence(7));
+  SetNumThreads(threads);
+}
+
+TEST_P(GoldenTest, WeightSampleDequantizes) {
+  const Json& ws = ref_->json()["weight_sample"];
+  const std::vector<float> want = ref_->F32(ws["effective_f32"]);
+  const MlaWeights& attn = model_->weights().layers[0].attn;
+  const kernels::WeightMatrix& w = model_->config().q_lora_rank > 0 ? attn.q_a : attn.q;
+  ASSERT_EQ(w.rows, Reference::Rows(ws["effective_f32"]));
+  ASSERT_EQ(w.cols, Reference::Cols(ws["effective_f32"]));
+  std::vector<float> row(w.cols);
+  for (int64_t r = 0; r < w.rows; ++r) {
+    kernels::DequantRow(w, r, row.data());
+    for (int64_t c = 0; c < w.cols; ++c) ASSERT_EQ(row[c], want[r * w.cols + c]) << r << "," << c;
+  }
+}
+
+TEST_P(GoldenTest, RopeMatchesReference) {
+  const Json& rope = ref_->json()["rope"];
+  const RopeTable& t = model_->rope();
+  const std::vector<double> want = rope["inv_freq_after_yarn"].get<std::vector<double>>();
+  ASSERT_EQ(t.inv_freq.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(t.inv_freq[i], want[i], 1e-6 * want[i]) << i;
+  EXPECT_NEAR(t.softmax_scale, rope["softmax_scale"].get<double>(), 1e-6);
+  EXPECT_FLOAT_EQ(t.cos_sin_scale, 1.0f);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, GoldenTest, ::testing::Values("v3-tiny", "v2lite-tiny"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
+
+}  // namespace
+}  // namespace dsv3

@@ -1,0 +1,77 @@
+#include "tests/test_util.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+namespace dsv3::test {
+
+Reference::Reference(const std::string& model_dir) {
+  json_ = ReadJsonFile(model_dir + "/reference.json", 64u << 20);
+  const std::string bin = ReadFile(model_dir + "/" + json_["blob"].get<std::string>());
+  blob_.assign(bin.begin(), bin.end());
+}
+
+std::vector<float> Reference::F32(const Json& entry) const {
+  EXPECT_EQ(entry["dtype"], "f32");
+  int64_t n = 1;
+  for (const Json& d : entry["shape"]) n *= d.get<int64_t>();
+  std::vector<float> v(static_cast<size_t>(n));
+  const size_t offset = entry["offset"].get<size_t>();
+  if (offset + n * 4 > blob_.size()) throw std::runtime_error("reference entry outside blob");
+  std::memcpy(v.data(), blob_.data() + offset, n * 4);
+  return v;
+}
+
+std::vector<int32_t> Reference::I32(const Json& entry) const {
+  EXPECT_EQ(entry["dtype"], "i32");
+  int64_t n = 1;
+  for (const Json& d : entry["shape"]) n *= d.get<int64_t>();
+  std::vector<int32_t> v(static_cast<size_t>(n));
+  const size_t offset = entry["offset"].get<size_t>();
+  if (offset + n * 4 > blob_.size()) throw std::runtime_error("reference entry outside blob");
+  std::memcpy(v.data(), blob_.data() + offset, n * 4);
+  return v;
+}
+
+TempDir::TempDir() {
+  std::string tmpl = (std::filesystem::temp_directory_path() / "dsv3-test-XXXXXX").string();
+  if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+void WriteFile(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+RunResult Run(const std::string& command) {
+  RunResult r;
+  std::FILE* p = popen((command + " 2>&1").c_str(), "r");
+  if (p == nullptr) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
+  const int status = pclose(p);
+  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+}  // namespace dsv3::test

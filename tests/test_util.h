@@ -1,0 +1,76 @@
+// Shared helpers for tests: locating ../shared/testdata, reading reference blobs, temp folders.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "core/json.h"
+
+namespace dsv3::test {
+
+// DSV3_SHARED, else ../shared next to the repository.
+inline std::string SharedDir() {
+  if (const char* env = std::getenv("DSV3_SHARED"); env && *env) return env;
+  return std::string(DSV3_SOURCE_DIR) + "/../shared";
+}
+
+inline std::string TestData(const std::string& rel) { return SharedDir() + "/testdata/" + rel; }
+
+// Returns from the calling test unless `path` exists: the test is skipped, or fails when CI is set
+// (on CI, missing reference data must never pass silently).
+#define DSV3_REQUIRE_DATA(path)                                                  \
+  do {                                                                           \
+    if (!std::filesystem::exists(path)) {                                        \
+      if (std::getenv("CI") != nullptr) {                                        \
+        FAIL() << "test data missing on CI: " << (path) << " (set DSV3_SHARED)"; \
+      }                                                                          \
+      GTEST_SKIP() << "test data missing: " << (path) << " (set DSV3_SHARED)";   \
+    }                                                                            \
+  } while (0)
+
+// reference.json + reference.bin of a tiny model.
+class Reference {
+ public:
+  explicit Reference(const std::string& model_dir);
+  const Json& json() const { return json_; }
+  std::vector<float> F32(const Json& entry) const;
+  std::vector<int32_t> I32(const Json& entry) const;
+  static int64_t Rows(const Json& entry) { return entry["shape"][0].get<int64_t>(); }
+  static int64_t Cols(const Json& entry) { return entry["shape"][1].get<int64_t>(); }
+
+ private:
+  Json json_;
+  std::vector<uint8_t> blob_;
+};
+
+// A fresh, empty folder under the system temp dir, removed when the object dies.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// Writes bytes to a file.
+void WriteFile(const std::string& path, const std::string& bytes);
+std::string ReadFile(const std::string& path);
+
+struct RunResult {
+  int status = -1;
+  std::string output;  // stdout and stderr together
+};
+// Runs a shell command, capturing its output.
+RunResult Run(const std::string& command);
+// The dsv3 binary built next to the tests.
+inline std::string Dsv3Binary() { return DSV3_BINARY; }
+
+}  // namespace dsv3::test

@@ -1,0 +1,39 @@
+// The dsv3 subcommands, callable from main() after argument parsing.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/mla.h"
+#include "model/synth.h"
+#include "runtime/sampler.h"
+
+namespace dsv3::cli {
+
+struct InfoArgs {
+  std::string model_dir;
+  bool json = false;
+};
+struct LogitsArgs {
+  std::string model_dir, ids, output;
+  bool decode = false;
+  AttentionImpl attention = AttentionImpl::kAbsorbed;
+};
+struct GenerateArgs {
+  std::string model_dir, ids;
+  int64_t n = 32;
+  int64_t ctx_size = 0;  // 0: prompt + n
+  bool ignore_eos = false;
+  SamplingParams sampling;
+};
+
+int RunInfo(const InfoArgs& a);
+int RunLogits(const LogitsArgs& a);
+int RunGenerate(const GenerateArgs& a);
+int RunSynth(const SynthOptions& a);
+
+// "1,2,3" -> {1, 2, 3}; throws dsv3::Error on anything else.
+std::vector<int32_t> ParseIds(const std::string& text);
+
+}  // namespace dsv3::cli
