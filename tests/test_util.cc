@@ -62,15 +62,18 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-RunResult Run(const std::string& command) {
+RunResult RunCommand(const std::string& command) {
   RunResult r;
-  std::FILE* p = popen((command + " 2>&1").c_str(), "r");
+  const TempDir tmp;
+  const std::string err_path = tmp / "stderr";
+  std::FILE* p = popen(("(" + command + ") 2>" + err_path).c_str(), "r");
   if (p == nullptr) return r;
   std::array<char, 4096> buf;
   size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
   const int status = pclose(p);
   r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.err = ReadFile(err_path);
   return r;
 }
 

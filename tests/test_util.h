@@ -66,10 +66,11 @@ std::string ReadFile(const std::string& path);
 
 struct RunResult {
   int status = -1;
-  std::string output;  // stdout and stderr together
+  std::string out, err;  // stdout, stderr
+  std::string output() const { return err + out; }
 };
-// Runs a shell command, capturing its output.
-RunResult Run(const std::string& command);
+// Runs a shell command, capturing stdout and stderr.
+RunResult RunCommand(const std::string& command);
 // The dsv3 binary built next to the tests.
 inline std::string Dsv3Binary() { return DSV3_BINARY; }
 

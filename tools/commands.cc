@@ -248,9 +248,14 @@ int RunGenerate(const GenerateArgs& a) {
   if (a.n < 0) Fail("-n must be >= 0, got {}", a.n);
   std::unique_ptr<Model> m = LoadModel(a.model_dir);
   const Config& c = m->config();
+  // Positions used: the prompt, then every new token but the last is fed back.
+  const int64_t needed = static_cast<int64_t>(prompt.size()) + std::max<int64_t>(a.n - 1, 0);
+  if (needed > c.max_position_embeddings) {
+    Fail("prompt ({} tokens) plus {} new tokens exceed max_position_embeddings ({})", prompt.size(),
+         a.n, c.max_position_embeddings);
+  }
   ContextOptions opts;
-  const int64_t needed = static_cast<int64_t>(prompt.size()) + a.n;
-  opts.capacity = a.ctx_size > 0 ? a.ctx_size : std::min(needed, c.max_position_embeddings);
+  opts.capacity = a.ctx_size > 0 ? a.ctx_size : needed;
   opts.max_batch = std::min<int64_t>(static_cast<int64_t>(prompt.size()), 512);
   Context ctx(*m, opts);
   GenerateOptions g;

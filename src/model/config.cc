@@ -135,8 +135,8 @@ Config Config::FromJson(const Json& json, const std::string& source) {
     c.num_experts_per_tok = f.Int("num_experts_per_tok", std::nullopt, 1, c.n_routed_experts);
     c.n_group = f.Int("n_group", 1, 1, c.n_routed_experts);
     c.topk_group = f.Int("topk_group", 1, 1, c.n_group);
-    c.first_k_dense_replace = f.Int("first_k_dense_replace", 0, 0, c.num_hidden_layers);
-    c.moe_layer_freq = f.Int("moe_layer_freq", 1, 1, c.num_hidden_layers);
+    c.first_k_dense_replace = f.Int("first_k_dense_replace", 0, 0, kMaxDim);
+    c.moe_layer_freq = f.Int("moe_layer_freq", 1, 1, kMaxDim);
     const std::string topk = f.String("topk_method").value_or(v3 ? "noaux_tc" : "greedy");
     if (topk == "greedy")
       c.topk_method = TopkMethod::kGreedy;

@@ -76,20 +76,34 @@ uint64_t HashName(const std::string& s) {
   return h;
 }
 
-// Approximately standard normal from one 64-bit hash: the sum of four 16-bit uniforms
-// (Irwin-Hall), centred and scaled to unit variance. Cheap enough for 100 GB of weights.
-float Normalish(uint64_t h) {
-  const double sum =
-      static_cast<double>((h & 0xFFFF) + ((h >> 16) & 0xFFFF) + ((h >> 32) & 0xFFFF) + (h >> 48));
-  return static_cast<float>((sum - 2 * 65535.5) * (1.7320508075688772 / 65536.0));
-}
+// Random values of one tensor row: a wyrand stream seeded by (tensor, row), so rows can be made in
+// parallel and in any order with the same result. Each 64-bit draw gives an approximately
+// standard normal value: the sum of its four 16-bit parts (Irwin-Hall), centred and scaled to
+// unit variance. Cheap enough for 100 GB of weights.
+class RowRandom {
+ public:
+  RowRandom(uint64_t seed, int64_t row) : state_(Mix(seed ^ Mix(static_cast<uint64_t>(row)))) {}
+  float Normal() {
+    state_ += 0xA0761D6478BD642Full;
+    const __uint128_t t = static_cast<__uint128_t>(state_) * (state_ ^ 0xE7037ED1A0B428DBull);
+    const uint64_t h = static_cast<uint64_t>(t >> 64) ^ static_cast<uint64_t>(t);
+    const int64_t sum = static_cast<int64_t>((h & 0xFFFF) + ((h >> 16) & 0xFFFF) +
+                                             ((h >> 32) & 0xFFFF) + (h >> 48));
+    return static_cast<float>(2 * sum - 4 * 65535) * (0.8660254037844386f / 65536.0f);
+  }
 
-// How a tensor's values are drawn: value(i) = mean + std * normal(seed, i).
+ private:
+  uint64_t state_;
+};
+
+// How a tensor's values are drawn: row r, column c = mean + std * RowRandom(seed, r) draw c.
 struct Distribution {
   uint64_t seed;
   float mean, std;
-  float At(int64_t i) const {
-    return mean + std * Normalish(Mix(seed ^ Mix(static_cast<uint64_t>(i))));
+  // Fills out[0, cols) with row r.
+  void Row(int64_t r, int64_t cols, float* out) const {
+    RowRandom rng(seed, r);
+    for (int64_t c = 0; c < cols; ++c) out[c] = mean + std * rng.Normal();
   }
 };
 
@@ -127,29 +141,62 @@ void SetDotted(Json& j, const std::string& key, const Json& value) {
   (*node)[key.substr(start)] = value;
 }
 
-// Per FP8 tensor: block scales, computed when the scale tensor is written and reused when the
+constexpr int64_t kBlock = 128;  // FP8 block size of DeepSeek's releases
+
+void FillBf16(const Distribution& d, int64_t rows, int64_t cols, uint8_t* dst) {
+  uint16_t* out = reinterpret_cast<uint16_t*>(dst);
+  ParallelFor(rows, 1, [&](int64_t r0, int64_t r1, int) {
+    std::vector<float> row(cols);
+    for (int64_t r = r0; r < r1; ++r) {
+      d.Row(r, cols, row.data());
+      for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = F32ToBF16(row[c]);
+    }
+  });
+}
+
+// scale_inv = amax / 448 per kBlock x kBlock block.
+std::vector<float> BlockScales(const Distribution& d, int64_t rows, int64_t cols) {
+  const int64_t sr = (rows + kBlock - 1) / kBlock, sc = (cols + kBlock - 1) / kBlock;
+  std::vector<float> amax(static_cast<size_t>(sr * sc), 0.0f);
+  ParallelFor(sr, 1, [&](int64_t b0, int64_t b1, int) {
+    std::vector<float> row(cols);
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t r = b * kBlock; r < std::min(rows, (b + 1) * kBlock); ++r) {
+        d.Row(r, cols, row.data());
+        for (int64_t c = 0; c < cols; ++c) {
+          float& m = amax[b * sc + c / kBlock];
+          m = std::max(m, std::fabs(row[c]));
+        }
+      }
+    }
+  });
+  for (float& a : amax) a = a > 0 ? a / 448.0f : 1.0f;
+  return amax;
+}
+
+void FillFp8(const Distribution& d, int64_t rows, int64_t cols, const std::vector<float>& scales,
+             uint8_t* dst) {
+  const int64_t sc = (cols + kBlock - 1) / kBlock;
+  ParallelFor(rows, 1, [&](int64_t r0, int64_t r1, int) {
+    std::vector<float> row(cols);
+    for (int64_t r = r0; r < r1; ++r) {
+      d.Row(r, cols, row.data());
+      const float* scale = &scales[(r / kBlock) * sc];
+      for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = F32ToE4M3(row[c] / scale[c / kBlock]);
+    }
+  });
+}
+
+// Block scales of each FP8 tensor, computed when the scale tensor is written and reused when the
 // codes are (the writer puts F32 tensors first).
 class Fp8Blocks {
  public:
   const std::vector<float>& Scales(const std::string& name, const Distribution& d, int64_t rows,
-                                   int64_t cols, int64_t br, int64_t bc) {
+                                   int64_t cols) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = scales_.find(name);
-    if (it != scales_.end()) return it->second;
-    const int64_t sr = (rows + br - 1) / br, sc = (cols + bc - 1) / bc;
-    std::vector<float> amax(static_cast<size_t>(sr * sc), 0.0f);
-    ParallelFor(sr, 1, [&](int64_t b0, int64_t b1, int) {
-      for (int64_t b = b0; b < b1; ++b) {
-        for (int64_t r = b * br; r < std::min(rows, (b + 1) * br); ++r) {
-          for (int64_t c = 0; c < cols; ++c) {
-            float& m = amax[b * sc + c / bc];
-            m = std::max(m, std::fabs(d.At(r * cols + c)));
-          }
-        }
-      }
-    });
-    for (float& a : amax) a = a > 0 ? a / 448.0f : 1.0f;  // scale_inv = amax / 448
-    return scales_.emplace(name, std::move(amax)).first->second;
+    if (it == scales_.end()) it = scales_.emplace(name, BlockScales(d, rows, cols)).first;
+    return it->second;
   }
   void Forget(const std::string& name) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -214,45 +261,28 @@ uint64_t Synthesize(const SynthOptions& o) {
     for (TensorSpec& s : MtpTensorSpecs(c, k)) specs.push_back(std::move(s));
   }
   auto blocks = std::make_shared<Fp8Blocks>();
-  const int64_t br = 128, bc = 128;
 
   // One TensorToWrite per stored tensor (FP8 weights also get their scale tensor).
   std::vector<TensorToWrite> all;
   for (const TensorSpec& s : specs) {
     const Distribution d = DistributionFor(s, c, o.seed);
-    const bool quantize = fp8 && s.role == TensorRole::kLinear && s.fp8_in_release;
-    const int64_t numel = s.shape.size() == 2 ? s.shape[0] * s.shape[1] : s.shape[0];
+    const int64_t rows = s.shape.size() == 2 ? s.shape[0] : 1;
+    const int64_t cols = s.shape.size() == 2 ? s.shape[1] : s.shape[0];
     if (s.role == TensorRole::kBias) {
-      all.push_back({s.name, DType::kF32, s.shape, [d, numel](uint8_t* dst) {
-                       float* out = reinterpret_cast<float*>(dst);
-                       for (int64_t i = 0; i < numel; ++i) out[i] = d.At(i);
-                     }});
-    } else if (!quantize) {
-      all.push_back({s.name, DType::kBF16, s.shape, [d, numel](uint8_t* dst) {
-                       uint16_t* out = reinterpret_cast<uint16_t*>(dst);
-                       ParallelFor(numel, 4096, [&](int64_t i0, int64_t i1, int) {
-                         for (int64_t i = i0; i < i1; ++i) out[i] = F32ToBF16(d.At(i));
-                       });
-                     }});
+      all.push_back({s.name, DType::kF32, s.shape,
+                     [=](uint8_t* dst) { d.Row(0, cols, reinterpret_cast<float*>(dst)); }});
+    } else if (!(fp8 && s.role == TensorRole::kLinear && s.fp8_in_release)) {
+      all.push_back(
+          {s.name, DType::kBF16, s.shape, [=](uint8_t* dst) { FillBf16(d, rows, cols, dst); }});
     } else {
-      const int64_t rows = s.shape[0], cols = s.shape[1];
-      const int64_t sr = (rows + br - 1) / br, sc = (cols + bc - 1) / bc;
+      const int64_t sr = (rows + kBlock - 1) / kBlock, sc = (cols + kBlock - 1) / kBlock;
       all.push_back(
           {s.name + "_scale_inv", DType::kF32, {sr, sc}, [=, name = s.name](uint8_t* dst) {
-             const std::vector<float>& scales = blocks->Scales(name, d, rows, cols, br, bc);
+             const std::vector<float>& scales = blocks->Scales(name, d, rows, cols);
              std::memcpy(dst, scales.data(), scales.size() * sizeof(float));
            }});
       all.push_back({s.name, DType::kF8E4M3, s.shape, [=, name = s.name](uint8_t* dst) {
-                       const std::vector<float>& scales =
-                           blocks->Scales(name, d, rows, cols, br, bc);
-                       ParallelFor(rows, 1, [&](int64_t r0, int64_t r1, int) {
-                         for (int64_t r = r0; r < r1; ++r) {
-                           for (int64_t col = 0; col < cols; ++col) {
-                             const float scale = scales[(r / br) * sc + col / bc];
-                             dst[r * cols + col] = F32ToE4M3(d.At(r * cols + col) / scale);
-                           }
-                         }
-                       });
+                       FillFp8(d, rows, cols, blocks->Scales(name, d, rows, cols), dst);
                        blocks->Forget(name);
                      }});
     }

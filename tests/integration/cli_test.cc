@@ -1,0 +1,345 @@
+// The dsv3 command line end to end: commands on the reference checkpoints, synthetic checkpoints
+// written and read back, and every kind of bad input ending in a one-line error and exit status 1.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "core/json.h"
+#include "io/safetensors.h"
+#include "tests/test_util.h"
+
+namespace dsv3 {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using test::Dsv3Binary;
+using test::ReadFile;
+using test::Reference;
+using test::RunCommand;
+using test::RunResult;
+using test::TempDir;
+using test::TestData;
+using test::WriteFile;
+
+std::string Cmd(const std::string& args) { return Dsv3Binary() + " " + args; }
+
+std::string Join(const std::vector<int32_t>& ids) {
+  std::string s;
+  for (size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
+  return s;
+}
+
+// Asserts a clean failure: exit status 1 (not a signal), exactly one error line, naming `what`.
+void ExpectCleanError(const RunResult& r, const std::string& what) {
+  EXPECT_EQ(r.status, 1) << r.output();
+  int error_lines = 0;
+  std::string error;
+  std::istringstream in(r.output());
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("dsv3: error: ", 0) == 0) {
+      ++error_lines;
+      error = line;
+    }
+  }
+  EXPECT_EQ(error_lines, 1) << r.output();
+  EXPECT_THAT(error, HasSubstr(what));
+}
+
+// A writable copy of a reference model (config + safetensors, no reference outputs).
+void CopyModel(const std::string& from, const std::string& to) {
+  for (const auto& e : fs::directory_iterator(from)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("reference", 0) == 0) continue;
+    fs::copy_file(e.path(), fs::path(to) / name);
+  }
+}
+
+// Rewrites a safetensors header in place (the data section is kept byte for byte).
+void PatchHeader(const std::string& path, const std::function<void(Json&)>& patch) {
+  const std::string bytes = ReadFile(path);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(bytes[i]);
+  Json header = Json::parse(bytes.substr(8, n));
+  patch(header);
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(static_cast<uint64_t>(text.size()) >> (8 * i));
+  WriteFile(path, out + text + bytes.substr(8 + n));
+}
+
+std::vector<float> ReadFloats(const std::string& path) {
+  const std::string bytes = ReadFile(path);
+  std::vector<float> v(bytes.size() / 4);
+  std::memcpy(v.data(), bytes.data(), v.size() * 4);
+  return v;
+}
+
+float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  float m = a.size() == b.size() ? 0 : INFINITY;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+const std::string kV3Tiny = "models/v3-tiny";
+
+TEST(Cli, InfoReportsKvBytesPerToken) {
+  const std::string dir = TestData(kV3Tiny);
+  DSV3_REQUIRE_DATA(dir);
+  const RunResult r = RunCommand(Cmd("info -m " + dir + " --json"));
+  ASSERT_EQ(r.status, 0) << r.output();
+  const Json info = Json::parse(r.out);
+  const Json config = ReadJsonFile(dir + "/config.json", 1 << 20);
+  const int64_t expected = config["num_hidden_layers"].get<int64_t>() *
+                           (config["kv_lora_rank"].get<int64_t>() + config["qk_rope_head_dim"].get<int64_t>()) * 4;
+  EXPECT_EQ(info["kv_cache"]["bytes_per_token"], expected);
+  EXPECT_EQ(info["kv_cache"]["bytes_per_token_bf16"], expected / 2);
+  EXPECT_EQ(info["layers"]["mtp"], 1);
+  EXPECT_TRUE(info["unused_tensors"].empty());
+  EXPECT_GT(info["parameters"]["total"].get<int64_t>(), info["parameters"]["activated"].get<int64_t>());
+  const RunResult text = RunCommand(Cmd("info -m " + dir));
+  EXPECT_EQ(text.status, 0);
+  EXPECT_THAT(text.output(), HasSubstr(std::to_string(expected) + " bytes per token"));
+}
+
+TEST(Cli, LogitsAndGenerateMatchTheReference) {
+  for (const std::string model : {"models/v3-tiny", "models/v2lite-tiny"}) {
+    const std::string dir = TestData(model);
+    DSV3_REQUIRE_DATA(dir);
+    const Reference ref(dir);
+    TempDir tmp;
+    for (const Json& seq : ref.json()["sequences"]) {
+      if (seq["length"] != 7 && seq["length"] != 33) continue;
+      const std::string ids = Join(seq["tokens"].get<std::vector<int32_t>>());
+      for (const char* mode : {"", " --decode"}) {
+        const RunResult r = RunCommand(Cmd("logits -m " + dir + " --ids " + ids + " -o " + (tmp / "l.bin") + mode));
+        ASSERT_EQ(r.status, 0) << r.output();
+        const std::vector<float> want = ref.F32(seq[*mode ? "decode_logits" : "prefill_logits"]);
+        EXPECT_LE(MaxAbsDiff(ReadFloats(tmp / "l.bin"), want), 1e-4f) << model << mode;
+      }
+      const RunResult g = RunCommand(Cmd("generate -m " + dir + " --ids " + ids + " -n 32 --ignore-eos"));
+      ASSERT_EQ(g.status, 0) << g.output();
+      EXPECT_EQ(g.out, Join(seq["greedy"]["new_tokens"].get<std::vector<int32_t>>()) + "\n");
+    }
+  }
+}
+
+TEST(Cli, GenerateReportsSpeedAndKvBytes) {
+  const std::string dir = TestData(kV3Tiny);
+  DSV3_REQUIRE_DATA(dir);
+  const RunResult r = RunCommand(Cmd("generate -m " + dir + " --ids 5,6,7 -n 4 --temp 0.8 --top-p 0.9 --top-k 40 --seed 3 -t 1"));
+  ASSERT_EQ(r.status, 0) << r.output();
+  EXPECT_THAT(r.output(), HasSubstr("tokens/s"));
+  EXPECT_THAT(r.output(), HasSubstr("KV cache 960 bytes/token"));
+}
+
+TEST(Cli, SynthWritesLoadableDeterministicCheckpoints) {
+  TempDir tmp;
+  auto synth = [&](const std::string& args, const std::string& out) {
+    const RunResult r = RunCommand(Cmd("synth --no-progress " + args + " -o " + out));
+    ASSERT_EQ(r.status, 0) << r.output();
+  };
+  synth("--preset tiny --dtype bf16 --seed 1", tmp / "a");
+  synth("--preset tiny --dtype bf16 --seed 1", tmp / "b");
+  synth("--preset tiny --dtype bf16 --seed 2", tmp / "c");
+  EXPECT_EQ(ReadFile(tmp / "a/model.safetensors"), ReadFile(tmp / "b/model.safetensors"));
+  EXPECT_NE(ReadFile(tmp / "a/model.safetensors"), ReadFile(tmp / "c/model.safetensors"));
+  // FP8 in one file, and the same weights in 1 MiB shards with an index: identical logits.
+  synth("--preset tiny --dtype fp8 --seed 5", tmp / "f");
+  synth("--preset tiny --dtype fp8 --seed 5 --shard-size 1", tmp / "s");
+  EXPECT_TRUE(fs::exists(tmp / "f/model.safetensors"));
+  EXPECT_TRUE(fs::exists(tmp / "s/model.safetensors.index.json"));
+  EXPECT_TRUE(fs::exists(tmp / "s/model-00001-of-00009.safetensors")) << "expected 9 shards of <= 1 MiB";
+  for (const char* m : {"a", "f", "s"}) {
+    const RunResult r = RunCommand(Cmd(std::string("logits -m ") + (tmp / m) + " --ids 1,2,3,4 -o " + (tmp / m) + "/l.bin"));
+    ASSERT_EQ(r.status, 0) << r.output();
+    EXPECT_THAT(r.output(), ::testing::Not(HasSubstr("warning")));
+  }
+  EXPECT_EQ(ReadFile(tmp / "f/l.bin"), ReadFile(tmp / "s/l.bin"));
+  // The MTP layer (index 3 = num_hidden_layers) in the Hugging Face layout, MoE like layer 2.
+  const Checkpoint tiny(tmp / "f");
+  const std::map<std::string, std::vector<int64_t>> mtp = {
+      {"model.layers.3.embed_tokens.weight", {1024, 256}}, {"model.layers.3.enorm.weight", {256}},
+      {"model.layers.3.hnorm.weight", {256}}, {"model.layers.3.eh_proj.weight", {256, 512}},
+      {"model.layers.3.mlp.experts.15.up_proj.weight", {128, 256}},
+      {"model.layers.3.shared_head.norm.weight", {256}},
+      {"model.layers.3.shared_head.head.weight", {1024, 256}}};
+  for (const auto& [name, shape] : mtp) {
+    ASSERT_NE(tiny.Find(name), nullptr) << name;
+    EXPECT_EQ(tiny.Find(name)->shape, shape) << name;
+  }
+  const Json config = ReadJsonFile(tmp / "f/config.json", 1 << 20);
+  EXPECT_EQ(config["quantization_config"]["weight_block_size"], Json({128, 128}));
+  // Overrides reach the config, including nested fields; bad overrides are errors.
+  synth("--preset tiny --set num_hidden_layers=2 --set rope_scaling.factor=8 --set q_lora_rank=null", tmp / "o");
+  const Json o = ReadJsonFile(tmp / "o/config.json", 1 << 20);
+  EXPECT_EQ(o["num_hidden_layers"], 2);
+  EXPECT_EQ(o["rope_scaling"]["factor"], 8);
+  EXPECT_TRUE(o["q_lora_rank"].is_null());
+  EXPECT_EQ(RunCommand(Cmd("generate -m " + (tmp / "o") + " --ids 1 -n 3")).status, 0);
+  ExpectCleanError(RunCommand(Cmd("synth --preset tiny --set topk_method=best -o " + (tmp / "x"))), "topk_method");
+}
+
+// The real DeepSeek-V3 shapes per layer, as published (config.json of deepseek-ai/DeepSeek-V3).
+TEST(Cli, SynthV3HasTheRealShapes) {
+  TempDir tmp;
+  const std::string out = tmp / "v3";
+  // Without the MTP layer (checked on the tiny preset) to halve the ~3 GB written.
+  RunResult r = RunCommand(Cmd("synth --no-progress --preset v3 --dtype fp8 --set num_hidden_layers=2 "
+                               "--set num_nextn_predict_layers=0 -o " + out));
+  ASSERT_EQ(r.status, 0) << r.output();
+  const Checkpoint ckpt(out);
+  const std::map<std::string, std::vector<int64_t>> want = {
+      {"model.embed_tokens.weight", {129280, 7168}},
+      {"lm_head.weight", {129280, 7168}},
+      {"model.layers.1.self_attn.q_a_proj.weight", {1536, 7168}},
+      {"model.layers.1.self_attn.q_a_proj.weight_scale_inv", {12, 56}},
+      {"model.layers.1.self_attn.q_b_proj.weight", {24576, 1536}},
+      {"model.layers.1.self_attn.kv_a_proj_with_mqa.weight", {576, 7168}},
+      {"model.layers.1.self_attn.kv_a_proj_with_mqa.weight_scale_inv", {5, 56}},
+      {"model.layers.1.self_attn.kv_a_layernorm.weight", {512}},
+      {"model.layers.1.self_attn.kv_b_proj.weight", {32768, 512}},
+      {"model.layers.1.self_attn.o_proj.weight", {7168, 16384}},
+      {"model.layers.1.mlp.gate_proj.weight", {18432, 7168}},
+      {"model.layers.1.mlp.down_proj.weight", {7168, 18432}},
+      {"model.layers.1.mlp.down_proj.weight_scale_inv", {56, 144}},
+  };
+  for (const auto& [name, shape] : want) {
+    const TensorInfo* t = ckpt.Find(name);
+    ASSERT_NE(t, nullptr) << name;
+    EXPECT_EQ(t->shape, shape) << name;
+  }
+  EXPECT_EQ(ckpt.Find("model.layers.1.self_attn.q_b_proj.weight")->dtype, DType::kF8E4M3);
+  EXPECT_EQ(ckpt.Find("model.embed_tokens.weight")->dtype, DType::kBF16);
+  EXPECT_EQ(ckpt.Find("model.layers.2.eh_proj.weight"), nullptr);
+  // embedding, 2 x (9 attention + 3 MLP tensors + 8 FP8 scale tensors), final norm, lm_head
+  EXPECT_EQ(ckpt.tensors().size(), 1 + 2 * (9 + 3 + 8) + 2u);
+  r = RunCommand(Cmd("generate -m " + out + " --ids 0,100 -n 2"));
+  EXPECT_EQ(r.status, 0) << r.output();
+}
+
+// --- bad input ---------------------------------------------------------------------------------
+
+class BadInput : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    src_ = TestData(kV3Tiny);
+    DSV3_REQUIRE_DATA(src_);
+    fs::create_directories(model());
+    CopyModel(src_, model());
+  }
+  std::string model() const { return tmp_ / "m"; }
+  std::string shard(int i) const { return model() + "/model-0000" + std::to_string(i) + "-of-00002.safetensors"; }
+  RunResult Generate(const std::string& ids = "1,2,3") {
+    return RunCommand(Cmd("generate -m " + model() + " --ids " + ids + " -n 2"));
+  }
+  TempDir tmp_;
+  std::string src_;
+};
+
+TEST_F(BadInput, MissingConfig) {
+  fs::remove(model() + "/config.json");
+  ExpectCleanError(Generate(), model() + "/config.json");
+}
+
+TEST_F(BadInput, MissingShard) {
+  fs::remove(shard(2));
+  ExpectCleanError(Generate(), "model-00002-of-00002.safetensors");
+}
+
+TEST_F(BadInput, TruncatedShard) {
+  fs::resize_file(shard(1), fs::file_size(shard(1)) - 1000);
+  const RunResult r = Generate();
+  ExpectCleanError(r, "model-00001-of-00002.safetensors");
+  EXPECT_THAT(r.output(), HasSubstr("truncated"));
+}
+
+TEST_F(BadInput, HeaderOffsetsPastTheEnd) {
+  PatchHeader(shard(1), [](Json& h) {
+    h["model.norm.weight"] = {{"dtype", "BF16"}, {"shape", {256}}, {"data_offsets", {1u << 30, (1u << 30) + 512}}};
+  });
+  PatchHeader(shard(2), [](Json& h) { h.erase("model.norm.weight"); });
+  ExpectCleanError(Generate(), "'model.norm.weight'");
+}
+
+TEST_F(BadInput, OverlappingTensors) {
+  PatchHeader(shard(1), [](Json& h) {
+    Json& a = h["model.layers.0.input_layernorm.weight"];
+    const Json& b = h["model.layers.0.post_attention_layernorm.weight"];
+    a["data_offsets"] = {b["data_offsets"][0].get<uint64_t>() + 2, b["data_offsets"][1].get<uint64_t>() + 2};
+  });
+  const RunResult r = Generate();
+  ExpectCleanError(r, "overlap");
+  EXPECT_THAT(r.output(), HasSubstr("model.layers.0.input_layernorm.weight"));
+}
+
+TEST_F(BadInput, AbsurdHeaderLength) {
+  std::string bytes = ReadFile(shard(1));
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>(i == 7 ? 0x40 : 0);
+  WriteFile(shard(1), bytes);
+  ExpectCleanError(Generate(), "header length");
+}
+
+TEST_F(BadInput, WrongShape) {
+  PatchHeader(shard(1), [](Json& h) { h["model.layers.0.self_attn.q_a_proj.weight"]["shape"] = {256, 96}; });
+  const RunResult r = Generate();
+  ExpectCleanError(r, "'model.layers.0.self_attn.q_a_proj.weight' has shape [256, 96], expected [96, 256]");
+}
+
+TEST_F(BadInput, WrongDtype) {
+  PatchHeader(shard(1), [](Json& h) { h["model.layers.0.self_attn.kv_b_proj.weight"]["dtype"] = "U8"; });
+  ExpectCleanError(Generate(), "'model.layers.0.self_attn.kv_b_proj.weight' has dtype U8");
+}
+
+TEST_F(BadInput, WrongScaleShape) {
+  PatchHeader(shard(1), [](Json& h) {
+    h["model.layers.0.self_attn.o_proj.weight_scale_inv"]["dtype"] = "I32";
+  });
+  ExpectCleanError(Generate(), "o_proj.weight_scale_inv");
+}
+
+TEST_F(BadInput, MissingTensor) {
+  PatchHeader(shard(2), [](Json& h) { h.erase("lm_head.weight"); });
+  const std::string index_path = model() + "/model.safetensors.index.json";
+  Json index = ReadJsonFile(index_path, 1 << 20);
+  index["weight_map"].erase("lm_head.weight");
+  WriteFile(index_path, index.dump());
+  ExpectCleanError(Generate(), "tensor 'lm_head.weight' is missing");
+}
+
+TEST_F(BadInput, UnknownConfigValue) {
+  Json config = ReadJsonFile(model() + "/config.json", 1 << 20);
+  config["topk_method"] = "random";
+  WriteFile(model() + "/config.json", config.dump());
+  ExpectCleanError(Generate(), "field 'topk_method' is 'random'");
+}
+
+TEST_F(BadInput, TokenIdBeyondVocab) {
+  ExpectCleanError(Generate("1,1024"), "token id 1024 at position 1 is out of range: vocab_size is 1024");
+  ExpectCleanError(RunCommand(Cmd("logits -m " + model() + " --ids 5000 -o " + (tmp_ / "x"))), "token id 5000");
+  ExpectCleanError(Generate("1,-2"), "--ids");
+  ExpectCleanError(Generate("1,abc"), "--ids");
+}
+
+TEST_F(BadInput, MoreTokensThanMaxPositionEmbeddings) {
+  Json config = ReadJsonFile(model() + "/config.json", 1 << 20);
+  config["max_position_embeddings"] = 8;
+  WriteFile(model() + "/config.json", config.dump());
+  ExpectCleanError(Generate("1,2,3,4,5,6,7,8,9"), "max_position_embeddings (8)");
+  ExpectCleanError(RunCommand(Cmd("logits -m " + model() + " --ids 1,2,3,4,5,6,7,8,9 -o " + (tmp_ / "x"))),
+                   "max_position_embeddings (8)");
+  ExpectCleanError(Generate("1,2,3,4,5,6,7,8"), "max_position_embeddings (8)");  // 8 + 1 fed back
+  EXPECT_EQ(Generate("1,2,3,4,5,6,7").status, 0);  // 7 + 1 fed back: fits exactly
+  ExpectCleanError(RunCommand(Cmd("generate -m " + model() + " --ids 1,2,3 -n 4 -c 4")), "context size of 4");
+}
+
+TEST_F(BadInput, NotAModelFolder) {
+  ExpectCleanError(RunCommand(Cmd("info -m /nonexistent/dir")), "/nonexistent/dir");
+}
+
+}  // namespace
+}  // namespace dsv3

@@ -1,0 +1,212 @@
+// Every dispatched kernel against its plain reference (kernels/reference.cc), on every SIMD target
+// this CPU supports. Tolerances are relative to the magnitude of the terms summed: float32
+// accumulation in a different order than the double-precision reference.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "core/dtype.h"
+#include "kernels/matmul.h"
+#include "kernels/ops.h"
+#include "kernels/reference.h"
+#include "kernels/targets.h"
+
+namespace dsv3::kernels {
+namespace {
+
+constexpr float kRelTol = 2e-6f;  // of sum |w_i x_i|
+
+std::vector<float> Random(size_t n, uint32_t seed, float scale = 1) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// A weight matrix in one dtype with its backing storage.
+struct TestMatrix {
+  WeightMatrix w;
+  std::vector<uint8_t> data;
+  std::vector<float> scale;
+};
+
+TestMatrix MakeMatrix(DType dtype, int64_t rows, int64_t cols, uint32_t seed, int64_t block = 128) {
+  TestMatrix m;
+  const std::vector<float> v = Random(rows * cols, seed, 0.5f);
+  m.data.resize(rows * cols * DTypeSize(dtype));
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    switch (dtype) {
+      case DType::kF32: std::memcpy(&m.data[4 * i], &v[i], 4); break;
+      case DType::kBF16: reinterpret_cast<uint16_t*>(m.data.data())[i] = F32ToBF16(v[i]); break;
+      case DType::kF16: reinterpret_cast<uint16_t*>(m.data.data())[i] = F32ToF16(v[i]); break;
+      case DType::kF8E4M3: m.data[i] = F32ToE4M3(v[i] * 100); break;
+      default: break;
+    }
+  }
+  m.w = {dtype, rows, cols, m.data.data(), nullptr, 0, 0, 0};
+  if (dtype == DType::kF8E4M3) {
+    const int64_t sr = (rows + block - 1) / block, sc = (cols + block - 1) / block;
+    m.scale = Random(sr * sc, seed + 1, 0.01f);
+    for (float& s : m.scale) s = std::fabs(s) + 1e-3f;
+    m.w.scale = m.scale.data();
+    m.w.block_rows = block;
+    m.w.block_cols = block;
+    m.w.scale_cols = sc;
+  }
+  return m;
+}
+
+// |sum| bound for the error of row r against x.
+float Magnitude(const WeightMatrix& w, int64_t r, const float* x) {
+  double s = 0;
+  for (int64_t c = 0; c < w.cols; ++c) s += std::fabs(reference::WeightAt(w, r, c) * x[c]);
+  return static_cast<float>(s);
+}
+
+class KernelTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override { ASSERT_TRUE(ForceTarget(GetParam())); }
+  void TearDown() override { ForceTarget(""); }
+};
+
+TEST_P(KernelTest, ActiveTargetIsTheForcedOne) { EXPECT_EQ(ActiveTarget(), GetParam()); }
+
+TEST_P(KernelTest, MatMulAllDtypesShapesAndBatches) {
+  // 200 x 300 with 128 blocks: a partial last block row (72) and column (44) of FP8 scales.
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16, DType::kF8E4M3}) {
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{200, 300}, {7, 1030}, {5, 3}, {64, 128}}) {
+      const TestMatrix m = MakeMatrix(dtype, rows, cols, 11);
+      for (int64_t T : {1, 3, 40}) {
+        const std::vector<float> x = Random(T * cols, 5);
+        std::vector<float> got(T * rows), want(T * rows);
+        MatMul(m.w, x.data(), cols, T, got.data(), rows);
+        reference::MatMul(m.w, x.data(), cols, T, want.data(), rows);
+        for (int64_t t = 0; t < T; ++t) {
+          for (int64_t r = 0; r < rows; ++r) {
+            const float tol = kRelTol * Magnitude(m.w, r, x.data() + t * cols) + 1e-30f;
+            ASSERT_NEAR(got[t * rows + r], want[t * rows + r], tol)
+                << DTypeName(dtype) << " " << rows << "x" << cols << " T=" << T << " t=" << t
+                << " r=" << r;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_P(KernelTest, MatMulRowsWritesOnlyItsSlice) {
+  const TestMatrix m = MakeMatrix(DType::kF8E4M3, 300, 256, 3);
+  const std::vector<float> x = Random(2 * 256, 9);
+  std::vector<float> want(2 * 300);
+  reference::MatMul(m.w, x.data(), 256, 2, want.data(), 300);
+  std::vector<float> got(2 * 50, -7.0f);
+  MatMulRows(m.w, 130, 170, x.data(), 256, 2, got.data(), 50);  // rows 130..169 -> columns 0..39
+  for (int t = 0; t < 2; ++t) {
+    for (int i = 0; i < 40; ++i) {
+      EXPECT_NEAR(got[t * 50 + i], want[t * 300 + 130 + i], kRelTol * Magnitude(m.w, 130 + i, x.data() + t * 256));
+    }
+    for (int i = 40; i < 50; ++i) EXPECT_EQ(got[t * 50 + i], -7.0f);
+  }
+}
+
+TEST_P(KernelTest, TransposedRowsAndDequant) {
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16, DType::kF8E4M3}) {
+    const TestMatrix m = MakeMatrix(dtype, 160, 300, 21);
+    const std::vector<float> x = Random(40, 4);
+    std::vector<float> got = Random(300, 8), want = got;
+    MatVecTransposedRows(m.w, 100, 140, x.data(), got.data());
+    reference::MatVecTransposedRows(m.w, 100, 140, x.data(), want.data());
+    for (int c = 0; c < 300; ++c) {
+      double mag = std::fabs(want[c]);
+      for (int r = 0; r < 40; ++r) mag += std::fabs(reference::WeightAt(m.w, 100 + r, c) * x[r]);
+      ASSERT_NEAR(got[c], want[c], kRelTol * mag) << DTypeName(dtype) << " c=" << c;
+    }
+    std::vector<float> row(300);
+    DequantRow(m.w, 150, row.data());
+    for (int c = 0; c < 300; ++c) ASSERT_EQ(row[c], reference::WeightAt(m.w, 150, c)) << c;
+  }
+}
+
+TEST_P(KernelTest, VectorOps) {
+  for (int64_t n : {1, 7, 16, 100, 576, 1031}) {
+    const std::vector<float> a = Random(n, 1), b = Random(n, 2), w = Random(n, 3);
+    double mag = 0;
+    for (int64_t i = 0; i < n; ++i) mag += std::fabs(a[i] * b[i]);
+    EXPECT_NEAR(Dot(a.data(), b.data(), n), reference::Dot(a.data(), b.data(), n), kRelTol * mag);
+
+    std::vector<float> got(n), want(n);
+    RmsNorm(a.data(), w.data(), 1e-6f, n, got.data());
+    reference::RmsNorm(a.data(), w.data(), 1e-6f, n, want.data());
+    for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(got[i], want[i], 1e-5f * (1 + std::fabs(want[i]))) << n;
+
+    got = a;
+    want = a;
+    for (float& v : got) v *= 10;
+    for (float& v : want) v *= 10;
+    Softmax(got.data(), n);
+    reference::Softmax(want.data(), n);
+    for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(got[i], want[i], 2e-6f * (1 + want[i] * n)) << n;
+
+    SiluMul(a.data(), b.data(), got.data(), n);
+    reference::SiluMul(a.data(), b.data(), want.data(), n);
+    for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(got[i], want[i], 1e-5f * (1 + std::fabs(want[i]))) << n;
+
+    got = b;
+    Axpy(0.5f, a.data(), got.data(), n);
+    for (int64_t i = 0; i < n; ++i) ASSERT_FLOAT_EQ(got[i], b[i] + 0.5f * a[i]);
+    got = b;
+    Add(a.data(), got.data(), n);
+    for (int64_t i = 0; i < n; ++i) ASSERT_FLOAT_EQ(got[i], b[i] + a[i]);
+  }
+}
+
+TEST_P(KernelTest, SiluAndSoftmaxExtremes) {
+  const float gate[4] = {-100, 100, 0, -1e-30f}, up[4] = {1, 2, 3, 4};
+  float out[4];
+  SiluMul(gate, up, out, 4);
+  EXPECT_NEAR(out[0], 0, 1e-30);
+  EXPECT_FLOAT_EQ(out[1], 200);
+  EXPECT_EQ(out[2], 0);
+  float big[3] = {1000, 1000, -1000};
+  Softmax(big, 3);
+  EXPECT_FLOAT_EQ(big[0], 0.5f);
+  EXPECT_FLOAT_EQ(big[1], 0.5f);
+  EXPECT_EQ(big[2], 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Targets, KernelTest, ::testing::ValuesIn(AvailableTargets()),
+                         [](const auto& info) { return info.param; });
+
+TEST(Kernels, RopeRotatesAdjacentPairs) {
+  std::vector<float> x = {1, 2, 3, 4};
+  const float cos[2] = {0, 1}, sin[2] = {1, 0};  // 90 degrees, then 0
+  RopeInterleaved(x.data(), cos, sin, 2);
+  EXPECT_EQ(x, (std::vector<float>{-2, 1, 3, 4}));
+  std::vector<float> a = Random(64, 3), b = a;
+  const std::vector<float> c = Random(32, 4), s = Random(32, 5);
+  RopeInterleaved(a.data(), c.data(), s.data(), 32);
+  reference::RopeInterleaved(b.data(), c.data(), s.data(), 32);
+  for (int i = 0; i < 64; ++i) EXPECT_NEAR(a[i], b[i], 1e-6f);
+}
+
+TEST(Kernels, TopKBreaksTiesTowardTheLowerIndex) {
+  const float s[8] = {1, 3, 3, 2, 3, -1, 2, 0};
+  int32_t idx[4];
+  TopK(s, 8, 4, idx);
+  EXPECT_EQ(std::vector<int32_t>(idx, idx + 4), (std::vector<int32_t>{1, 2, 4, 3}));
+  const float equal[5] = {0, 0, 0, 0, 0};
+  TopK(equal, 5, 3, idx);
+  EXPECT_EQ(std::vector<int32_t>(idx, idx + 3), (std::vector<int32_t>{0, 1, 2}));
+  const std::vector<float> r = Random(300, 6);
+  std::vector<int32_t> got(20), want(20);
+  TopK(r.data(), 300, 20, got.data());
+  reference::TopK(r.data(), 300, 20, want.data());
+  EXPECT_EQ(got, want);
+  TopK(s, 8, 20, got.data());  // k > n: all of them
+  EXPECT_EQ(std::vector<int32_t>(got.begin(), got.begin() + 8), (std::vector<int32_t>{1, 2, 4, 3, 6, 0, 7, 5}));
+}
+
+}  // namespace
+}  // namespace dsv3::kernels
