@@ -49,7 +49,9 @@ std::string Human(double bytes) {
                 : fmt::format("{:.2f} {}", bytes, units[u]);
 }
 
-std::string Billions(int64_t n) { return fmt::format("{:.3f} B", n / 1e9); }
+std::string Count(int64_t n) {
+  return n >= 1000000000 ? fmt::format("{:.2f} B", n / 1e9) : fmt::format("{:.2f} M", n / 1e6);
+}
 
 uint64_t MlpBytes(const MlpWeights& m) { return m.gate.bytes() + m.up.bytes() + m.down.bytes(); }
 
@@ -193,8 +195,8 @@ int RunInfo(const InfoArgs& a) {
   std::printf(
       "parameters   %s total, %s activated per token (input embedding excluded; %s with it), MTP "
       "%s\n",
-      Billions(p.total).c_str(), Billions(p.activated).c_str(),
-      Billions(p.activated_with_embedding).c_str(), Billions(p.mtp).c_str());
+      Count(p.total).c_str(), Count(p.activated).c_str(), Count(p.activated_with_embedding).c_str(),
+      Count(p.mtp).c_str());
   std::string dtypes;
   for (const auto& [d, b] : bytes_by_dtype)
     dtypes += fmt::format("{}{} {}", dtypes.empty() ? "" : ", ", d, Human(b));
@@ -271,6 +273,7 @@ int RunGenerate(const GenerateArgs& a) {
     return true;
   });
   std::printf("\n");
+  std::fflush(stdout);
   std::fprintf(stderr,
                "dsv3: prefill %lld tokens in %.3f s (%.1f tokens/s); decode %lld tokens in %.3f s "
                "(%.2f tokens/s); KV cache %lld bytes/token (%lld layers x %lld floats)\n",

@@ -18,6 +18,7 @@ void Progress::Add(uint64_t amount) {
   done_ += amount;
   if (!enabled_) return;
   const auto now = std::chrono::steady_clock::now();
+  if (now - start_ < std::chrono::seconds(1)) return;  // short work stays quiet
   if (tty_) {
     if (now - last_print_ > std::chrono::milliseconds(200)) {
       last_print_ = now;
@@ -33,11 +34,12 @@ void Progress::Add(uint64_t amount) {
 }
 
 void Progress::Finish() {
-  if (enabled_) Print(true);
+  if (enabled_ && printed_) Print(true);
   enabled_ = false;
 }
 
 void Progress::Print(bool final_line) {
+  printed_ = true;
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double pct =

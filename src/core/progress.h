@@ -1,5 +1,6 @@
-// A one-line progress meter on stderr for long work (checkpoint writing, loading). On a terminal it
-// redraws in place; otherwise it prints a line every 10%.
+// A one-line progress meter on stderr for long work (checkpoint writing). Silent for work that
+// ends within a second; then, on a terminal it redraws in place, otherwise it prints a line every
+// 10%.
 #pragma once
 
 #include <chrono>
@@ -18,7 +19,7 @@ class Progress {
   void Print(bool final_line);
   std::string label_;
   uint64_t total_, done_ = 0;
-  bool enabled_, tty_;
+  bool enabled_, tty_, printed_ = false;
   int last_decile_ = -1;
   std::chrono::steady_clock::time_point start_, last_print_;
 };

@@ -4,7 +4,6 @@
 
 #include <cmath>
 
-
 // clang-format off
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/ops.cc"

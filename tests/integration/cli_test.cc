@@ -15,7 +15,6 @@ namespace dsv3 {
 namespace {
 
 namespace fs = std::filesystem;
-using ::testing::HasSubstr;
 using test::Dsv3Binary;
 using test::ReadFile;
 using test::Reference;
@@ -24,6 +23,7 @@ using test::RunResult;
 using test::TempDir;
 using test::TestData;
 using test::WriteFile;
+using ::testing::HasSubstr;
 
 std::string Cmd(const std::string& args) { return Dsv3Binary() + " " + args; }
 
@@ -68,7 +68,8 @@ void PatchHeader(const std::string& path, const std::function<void(Json&)>& patc
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
   std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(static_cast<uint64_t>(text.size()) >> (8 * i));
+  for (int i = 0; i < 8; ++i)
+    out[i] = static_cast<char>(static_cast<uint64_t>(text.size()) >> (8 * i));
   WriteFile(path, out + text + bytes.substr(8 + n));
 }
 
@@ -94,13 +95,15 @@ TEST(Cli, InfoReportsKvBytesPerToken) {
   ASSERT_EQ(r.status, 0) << r.output();
   const Json info = Json::parse(r.out);
   const Json config = ReadJsonFile(dir + "/config.json", 1 << 20);
-  const int64_t expected = config["num_hidden_layers"].get<int64_t>() *
-                           (config["kv_lora_rank"].get<int64_t>() + config["qk_rope_head_dim"].get<int64_t>()) * 4;
+  const int64_t expected =
+      config["num_hidden_layers"].get<int64_t>() *
+      (config["kv_lora_rank"].get<int64_t>() + config["qk_rope_head_dim"].get<int64_t>()) * 4;
   EXPECT_EQ(info["kv_cache"]["bytes_per_token"], expected);
   EXPECT_EQ(info["kv_cache"]["bytes_per_token_bf16"], expected / 2);
   EXPECT_EQ(info["layers"]["mtp"], 1);
   EXPECT_TRUE(info["unused_tensors"].empty());
-  EXPECT_GT(info["parameters"]["total"].get<int64_t>(), info["parameters"]["activated"].get<int64_t>());
+  EXPECT_GT(info["parameters"]["total"].get<int64_t>(),
+            info["parameters"]["activated"].get<int64_t>());
   const RunResult text = RunCommand(Cmd("info -m " + dir));
   EXPECT_EQ(text.status, 0);
   EXPECT_THAT(text.output(), HasSubstr(std::to_string(expected) + " bytes per token"));
@@ -116,12 +119,14 @@ TEST(Cli, LogitsAndGenerateMatchTheReference) {
       if (seq["length"] != 7 && seq["length"] != 33) continue;
       const std::string ids = Join(seq["tokens"].get<std::vector<int32_t>>());
       for (const char* mode : {"", " --decode"}) {
-        const RunResult r = RunCommand(Cmd("logits -m " + dir + " --ids " + ids + " -o " + (tmp / "l.bin") + mode));
+        const RunResult r =
+            RunCommand(Cmd("logits -m " + dir + " --ids " + ids + " -o " + (tmp / "l.bin") + mode));
         ASSERT_EQ(r.status, 0) << r.output();
         const std::vector<float> want = ref.F32(seq[*mode ? "decode_logits" : "prefill_logits"]);
         EXPECT_LE(MaxAbsDiff(ReadFloats(tmp / "l.bin"), want), 1e-4f) << model << mode;
       }
-      const RunResult g = RunCommand(Cmd("generate -m " + dir + " --ids " + ids + " -n 32 --ignore-eos"));
+      const RunResult g =
+          RunCommand(Cmd("generate -m " + dir + " --ids " + ids + " -n 32 --ignore-eos"));
       ASSERT_EQ(g.status, 0) << g.output();
       EXPECT_EQ(g.out, Join(seq["greedy"]["new_tokens"].get<std::vector<int32_t>>()) + "\n");
     }
@@ -131,7 +136,8 @@ TEST(Cli, LogitsAndGenerateMatchTheReference) {
 TEST(Cli, GenerateReportsSpeedAndKvBytes) {
   const std::string dir = TestData(kV3Tiny);
   DSV3_REQUIRE_DATA(dir);
-  const RunResult r = RunCommand(Cmd("generate -m " + dir + " --ids 5,6,7 -n 4 --temp 0.8 --top-p 0.9 --top-k 40 --seed 3 -t 1"));
+  const RunResult r = RunCommand(Cmd(
+      "generate -m " + dir + " --ids 5,6,7 -n 4 --temp 0.8 --top-p 0.9 --top-k 40 --seed 3 -t 1"));
   ASSERT_EQ(r.status, 0) << r.output();
   EXPECT_THAT(r.output(), HasSubstr("tokens/s"));
   EXPECT_THAT(r.output(), HasSubstr("KV cache 960 bytes/token"));
@@ -153,9 +159,11 @@ TEST(Cli, SynthWritesLoadableDeterministicCheckpoints) {
   synth("--preset tiny --dtype fp8 --seed 5 --shard-size 1", tmp / "s");
   EXPECT_TRUE(fs::exists(tmp / "f/model.safetensors"));
   EXPECT_TRUE(fs::exists(tmp / "s/model.safetensors.index.json"));
-  EXPECT_TRUE(fs::exists(tmp / "s/model-00001-of-00009.safetensors")) << "expected 9 shards of <= 1 MiB";
+  EXPECT_TRUE(fs::exists(tmp / "s/model-00001-of-00009.safetensors"))
+      << "expected 9 shards of <= 1 MiB";
   for (const char* m : {"a", "f", "s"}) {
-    const RunResult r = RunCommand(Cmd(std::string("logits -m ") + (tmp / m) + " --ids 1,2,3,4 -o " + (tmp / m) + "/l.bin"));
+    const RunResult r = RunCommand(
+        Cmd(std::string("logits -m ") + (tmp / m) + " --ids 1,2,3,4 -o " + (tmp / m) + "/l.bin"));
     ASSERT_EQ(r.status, 0) << r.output();
     EXPECT_THAT(r.output(), ::testing::Not(HasSubstr("warning")));
   }
@@ -163,8 +171,10 @@ TEST(Cli, SynthWritesLoadableDeterministicCheckpoints) {
   // The MTP layer (index 3 = num_hidden_layers) in the Hugging Face layout, MoE like layer 2.
   const Checkpoint tiny(tmp / "f");
   const std::map<std::string, std::vector<int64_t>> mtp = {
-      {"model.layers.3.embed_tokens.weight", {1024, 256}}, {"model.layers.3.enorm.weight", {256}},
-      {"model.layers.3.hnorm.weight", {256}}, {"model.layers.3.eh_proj.weight", {256, 512}},
+      {"model.layers.3.embed_tokens.weight", {1024, 256}},
+      {"model.layers.3.enorm.weight", {256}},
+      {"model.layers.3.hnorm.weight", {256}},
+      {"model.layers.3.eh_proj.weight", {256, 512}},
       {"model.layers.3.mlp.experts.15.up_proj.weight", {128, 256}},
       {"model.layers.3.shared_head.norm.weight", {256}},
       {"model.layers.3.shared_head.head.weight", {1024, 256}}};
@@ -175,13 +185,16 @@ TEST(Cli, SynthWritesLoadableDeterministicCheckpoints) {
   const Json config = ReadJsonFile(tmp / "f/config.json", 1 << 20);
   EXPECT_EQ(config["quantization_config"]["weight_block_size"], Json({128, 128}));
   // Overrides reach the config, including nested fields; bad overrides are errors.
-  synth("--preset tiny --set num_hidden_layers=2 --set rope_scaling.factor=8 --set q_lora_rank=null", tmp / "o");
+  synth(
+      "--preset tiny --set num_hidden_layers=2 --set rope_scaling.factor=8 --set q_lora_rank=null",
+      tmp / "o");
   const Json o = ReadJsonFile(tmp / "o/config.json", 1 << 20);
   EXPECT_EQ(o["num_hidden_layers"], 2);
   EXPECT_EQ(o["rope_scaling"]["factor"], 8);
   EXPECT_TRUE(o["q_lora_rank"].is_null());
   EXPECT_EQ(RunCommand(Cmd("generate -m " + (tmp / "o") + " --ids 1 -n 3")).status, 0);
-  ExpectCleanError(RunCommand(Cmd("synth --preset tiny --set topk_method=best -o " + (tmp / "x"))), "topk_method");
+  ExpectCleanError(RunCommand(Cmd("synth --preset tiny --set topk_method=best -o " + (tmp / "x"))),
+                   "topk_method");
 }
 
 // The real DeepSeek-V3 shapes per layer, as published (config.json of deepseek-ai/DeepSeek-V3).
@@ -189,8 +202,10 @@ TEST(Cli, SynthV3HasTheRealShapes) {
   TempDir tmp;
   const std::string out = tmp / "v3";
   // Without the MTP layer (checked on the tiny preset) to halve the ~3 GB written.
-  RunResult r = RunCommand(Cmd("synth --no-progress --preset v3 --dtype fp8 --set num_hidden_layers=2 "
-                               "--set num_nextn_predict_layers=0 -o " + out));
+  RunResult r =
+      RunCommand(Cmd("synth --no-progress --preset v3 --dtype fp8 --set num_hidden_layers=2 "
+                     "--set num_nextn_predict_layers=0 -o " +
+                     out));
   ASSERT_EQ(r.status, 0) << r.output();
   const Checkpoint ckpt(out);
   const std::map<std::string, std::vector<int64_t>> want = {
@@ -233,7 +248,9 @@ class BadInput : public ::testing::Test {
     CopyModel(src_, model());
   }
   std::string model() const { return tmp_ / "m"; }
-  std::string shard(int i) const { return model() + "/model-0000" + std::to_string(i) + "-of-00002.safetensors"; }
+  std::string shard(int i) const {
+    return model() + "/model-0000" + std::to_string(i) + "-of-00002.safetensors";
+  }
   RunResult Generate(const std::string& ids = "1,2,3") {
     return RunCommand(Cmd("generate -m " + model() + " --ids " + ids + " -n 2"));
   }
@@ -260,7 +277,8 @@ TEST_F(BadInput, TruncatedShard) {
 
 TEST_F(BadInput, HeaderOffsetsPastTheEnd) {
   PatchHeader(shard(1), [](Json& h) {
-    h["model.norm.weight"] = {{"dtype", "BF16"}, {"shape", {256}}, {"data_offsets", {1u << 30, (1u << 30) + 512}}};
+    h["model.norm.weight"] = {
+        {"dtype", "BF16"}, {"shape", {256}}, {"data_offsets", {1u << 30, (1u << 30) + 512}}};
   });
   PatchHeader(shard(2), [](Json& h) { h.erase("model.norm.weight"); });
   ExpectCleanError(Generate(), "'model.norm.weight'");
@@ -270,7 +288,8 @@ TEST_F(BadInput, OverlappingTensors) {
   PatchHeader(shard(1), [](Json& h) {
     Json& a = h["model.layers.0.input_layernorm.weight"];
     const Json& b = h["model.layers.0.post_attention_layernorm.weight"];
-    a["data_offsets"] = {b["data_offsets"][0].get<uint64_t>() + 2, b["data_offsets"][1].get<uint64_t>() + 2};
+    a["data_offsets"] = {b["data_offsets"][0].get<uint64_t>() + 2,
+                         b["data_offsets"][1].get<uint64_t>() + 2};
   });
   const RunResult r = Generate();
   ExpectCleanError(r, "overlap");
@@ -285,13 +304,17 @@ TEST_F(BadInput, AbsurdHeaderLength) {
 }
 
 TEST_F(BadInput, WrongShape) {
-  PatchHeader(shard(1), [](Json& h) { h["model.layers.0.self_attn.q_a_proj.weight"]["shape"] = {256, 96}; });
+  PatchHeader(shard(1), [](Json& h) {
+    h["model.layers.0.self_attn.q_a_proj.weight"]["shape"] = {256, 96};
+  });
   const RunResult r = Generate();
-  ExpectCleanError(r, "'model.layers.0.self_attn.q_a_proj.weight' has shape [256, 96], expected [96, 256]");
+  ExpectCleanError(
+      r, "'model.layers.0.self_attn.q_a_proj.weight' has shape [256, 96], expected [96, 256]");
 }
 
 TEST_F(BadInput, WrongDtype) {
-  PatchHeader(shard(1), [](Json& h) { h["model.layers.0.self_attn.kv_b_proj.weight"]["dtype"] = "U8"; });
+  PatchHeader(shard(1),
+              [](Json& h) { h["model.layers.0.self_attn.kv_b_proj.weight"]["dtype"] = "U8"; });
   ExpectCleanError(Generate(), "'model.layers.0.self_attn.kv_b_proj.weight' has dtype U8");
 }
 
@@ -319,8 +342,10 @@ TEST_F(BadInput, UnknownConfigValue) {
 }
 
 TEST_F(BadInput, TokenIdBeyondVocab) {
-  ExpectCleanError(Generate("1,1024"), "token id 1024 at position 1 is out of range: vocab_size is 1024");
-  ExpectCleanError(RunCommand(Cmd("logits -m " + model() + " --ids 5000 -o " + (tmp_ / "x"))), "token id 5000");
+  ExpectCleanError(Generate("1,1024"),
+                   "token id 1024 at position 1 is out of range: vocab_size is 1024");
+  ExpectCleanError(RunCommand(Cmd("logits -m " + model() + " --ids 5000 -o " + (tmp_ / "x"))),
+                   "token id 5000");
   ExpectCleanError(Generate("1,-2"), "--ids");
   ExpectCleanError(Generate("1,abc"), "--ids");
 }
@@ -330,11 +355,13 @@ TEST_F(BadInput, MoreTokensThanMaxPositionEmbeddings) {
   config["max_position_embeddings"] = 8;
   WriteFile(model() + "/config.json", config.dump());
   ExpectCleanError(Generate("1,2,3,4,5,6,7,8,9"), "max_position_embeddings (8)");
-  ExpectCleanError(RunCommand(Cmd("logits -m " + model() + " --ids 1,2,3,4,5,6,7,8,9 -o " + (tmp_ / "x"))),
-                   "max_position_embeddings (8)");
+  ExpectCleanError(
+      RunCommand(Cmd("logits -m " + model() + " --ids 1,2,3,4,5,6,7,8,9 -o " + (tmp_ / "x"))),
+      "max_position_embeddings (8)");
   ExpectCleanError(Generate("1,2,3,4,5,6,7,8"), "max_position_embeddings (8)");  // 8 + 1 fed back
   EXPECT_EQ(Generate("1,2,3,4,5,6,7").status, 0);  // 7 + 1 fed back: fits exactly
-  ExpectCleanError(RunCommand(Cmd("generate -m " + model() + " --ids 1,2,3 -n 4 -c 4")), "context size of 4");
+  ExpectCleanError(RunCommand(Cmd("generate -m " + model() + " --ids 1,2,3 -n 4 -c 4")),
+                   "context size of 4");
 }
 
 TEST_F(BadInput, NotAModelFolder) {

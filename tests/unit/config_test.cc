@@ -15,8 +15,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-Config Parse(const std::string& text) { return Config::FromJson(ParseJson(text, "test"), "config.json"); }
-
 Json V3() { return ReadJsonFile(test::TestData("configs/deepseek-v3.json"), 1 << 20); }
 
 std::string ErrorOf(const Json& j) {
@@ -59,7 +57,8 @@ TEST(Config, PaperFiguresForV3) {
 
 TEST(Config, DeepSeekV2Lite) {
   DSV3_REQUIRE_DATA(test::TestData("configs/deepseek-v2-lite.json"));
-  const Config c = Config::FromJson(ReadJsonFile(test::TestData("configs/deepseek-v2-lite.json"), 1 << 20), "v2l");
+  const Config c = Config::FromJson(
+      ReadJsonFile(test::TestData("configs/deepseek-v2-lite.json"), 1 << 20), "v2l");
   EXPECT_EQ(c.q_lora_rank, 0);
   EXPECT_EQ(c.topk_method, TopkMethod::kGreedy);
   EXPECT_EQ(c.scoring_func, ScoringFunc::kSoftmax);
@@ -76,10 +75,12 @@ TEST(Config, DeepSeekV2Lite) {
 }
 
 TEST(Config, MoeLayerPattern) {
-  Json j = ParseJson(R"({"model_type":"deepseek_v2","vocab_size":10,"hidden_size":8,"num_hidden_layers":6,
+  Json j = ParseJson(
+      R"({"model_type":"deepseek_v2","vocab_size":10,"hidden_size":8,"num_hidden_layers":6,
     "num_attention_heads":2,"intermediate_size":16,"kv_lora_rank":4,"qk_nope_head_dim":2,
     "qk_rope_head_dim":2,"v_head_dim":2,"max_position_embeddings":64,"n_routed_experts":4,
-    "moe_intermediate_size":4,"num_experts_per_tok":2,"first_k_dense_replace":1,"moe_layer_freq":2})", "t");
+    "moe_intermediate_size":4,"num_experts_per_tok":2,"first_k_dense_replace":1,"moe_layer_freq":2})",
+      "t");
   const Config c = Config::FromJson(j, "t");
   std::vector<bool> moe;
   for (int l = 0; l < 6; ++l) moe.push_back(c.IsMoeLayer(l));
@@ -109,9 +110,11 @@ TEST(Config, ErrorsNameTheField) {
   EXPECT_THAT(with("num_experts_per_tok", 300), HasSubstr("'num_experts_per_tok'"));
   EXPECT_THAT(with("rope_scaling", Json{{"type", "linear"}, {"factor", 2}}),
               HasSubstr("rope_scaling type 'linear'"));
-  EXPECT_THAT(with("quantization_config", Json{{"quant_method", "awq"}}), HasSubstr("quant_method 'awq'"));
-  EXPECT_THAT(with("quantization_config", Json{{"quant_method", "fp8"}, {"weight_block_size", {128}}}),
-              HasSubstr("weight_block_size"));
+  EXPECT_THAT(with("quantization_config", Json{{"quant_method", "awq"}}),
+              HasSubstr("quant_method 'awq'"));
+  EXPECT_THAT(
+      with("quantization_config", Json{{"quant_method", "fp8"}, {"weight_block_size", {128}}}),
+      HasSubstr("weight_block_size"));
   EXPECT_THAT(with("eos_token_id", 999999), HasSubstr("'eos_token_id'"));
   EXPECT_THAT(with("attention_bias", true), HasSubstr("'attention_bias'"));
   Json j = V3();
@@ -131,12 +134,14 @@ TEST(Config, LoadNamesTheMissingFile) {
 }
 
 TEST(Rope, PlainAndScaledVariants) {
-  Json j = ParseJson(R"({"model_type":"deepseek_v3","vocab_size":10,"hidden_size":8,"num_hidden_layers":1,
+  Json j = ParseJson(
+      R"({"model_type":"deepseek_v3","vocab_size":10,"hidden_size":8,"num_hidden_layers":1,
     "num_attention_heads":2,"intermediate_size":16,"kv_lora_rank":4,"qk_nope_head_dim":12,
-    "qk_rope_head_dim":4,"v_head_dim":2,"max_position_embeddings":64,"rope_theta":100})", "t");
+    "qk_rope_head_dim":4,"v_head_dim":2,"max_position_embeddings":64,"rope_theta":100})",
+      "t");
   RopeTable r = ComputeRope(Config::FromJson(j, "t"));
   EXPECT_FLOAT_EQ(r.inv_freq[0], 1.0f);
-  EXPECT_FLOAT_EQ(r.inv_freq[1], 0.1f);  // 100^(-2/4)
+  EXPECT_FLOAT_EQ(r.inv_freq[1], 0.1f);     // 100^(-2/4)
   EXPECT_FLOAT_EQ(r.softmax_scale, 0.25f);  // (12 + 4)^-0.5
   float cos[2], sin[2];
   r.Angles(3, cos, sin);

@@ -105,7 +105,9 @@ TEST(F16, RoundTripsAllCodes) {
   EXPECT_TRUE(std::isinf(F16ToF32(0x7C00)));
   for (uint32_t v = 0; v < 0x10000; ++v) {
     const float f = F16ToF32(static_cast<uint16_t>(v));
-    if (!std::isnan(f)) EXPECT_EQ(F32ToF16(f), v) << v;
+    if (!std::isnan(f)) {
+      EXPECT_EQ(F32ToF16(f), v) << v;
+    }
   }
   EXPECT_EQ(F32ToF16(1.0f + std::ldexp(1.0f, -11)), 0x3C00);  // tie -> even
   EXPECT_EQ(F32ToF16(1e6f), 0x7C00);

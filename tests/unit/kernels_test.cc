@@ -38,11 +38,20 @@ TestMatrix MakeMatrix(DType dtype, int64_t rows, int64_t cols, uint32_t seed, in
   m.data.resize(rows * cols * DTypeSize(dtype));
   for (int64_t i = 0; i < rows * cols; ++i) {
     switch (dtype) {
-      case DType::kF32: std::memcpy(&m.data[4 * i], &v[i], 4); break;
-      case DType::kBF16: reinterpret_cast<uint16_t*>(m.data.data())[i] = F32ToBF16(v[i]); break;
-      case DType::kF16: reinterpret_cast<uint16_t*>(m.data.data())[i] = F32ToF16(v[i]); break;
-      case DType::kF8E4M3: m.data[i] = F32ToE4M3(v[i] * 100); break;
-      default: break;
+      case DType::kF32:
+        std::memcpy(&m.data[4 * i], &v[i], 4);
+        break;
+      case DType::kBF16:
+        reinterpret_cast<uint16_t*>(m.data.data())[i] = F32ToBF16(v[i]);
+        break;
+      case DType::kF16:
+        reinterpret_cast<uint16_t*>(m.data.data())[i] = F32ToF16(v[i]);
+        break;
+      case DType::kF8E4M3:
+        m.data[i] = F32ToE4M3(v[i] * 100);
+        break;
+      default:
+        break;
     }
   }
   m.w = {dtype, rows, cols, m.data.data(), nullptr, 0, 0, 0};
@@ -76,7 +85,8 @@ TEST_P(KernelTest, ActiveTargetIsTheForcedOne) { EXPECT_EQ(ActiveTarget(), GetPa
 TEST_P(KernelTest, MatMulAllDtypesShapesAndBatches) {
   // 200 x 300 with 128 blocks: a partial last block row (72) and column (44) of FP8 scales.
   for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16, DType::kF8E4M3}) {
-    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{200, 300}, {7, 1030}, {5, 3}, {64, 128}}) {
+    for (auto [rows, cols] :
+         {std::pair<int64_t, int64_t>{200, 300}, {7, 1030}, {5, 3}, {64, 128}}) {
       const TestMatrix m = MakeMatrix(dtype, rows, cols, 11);
       for (int64_t T : {1, 3, 40}) {
         const std::vector<float> x = Random(T * cols, 5);
@@ -105,7 +115,8 @@ TEST_P(KernelTest, MatMulRowsWritesOnlyItsSlice) {
   MatMulRows(m.w, 130, 170, x.data(), 256, 2, got.data(), 50);  // rows 130..169 -> columns 0..39
   for (int t = 0; t < 2; ++t) {
     for (int i = 0; i < 40; ++i) {
-      EXPECT_NEAR(got[t * 50 + i], want[t * 300 + 130 + i], kRelTol * Magnitude(m.w, 130 + i, x.data() + t * 256));
+      EXPECT_NEAR(got[t * 50 + i], want[t * 300 + 130 + i],
+                  kRelTol * Magnitude(m.w, 130 + i, x.data() + t * 256));
     }
     for (int i = 40; i < 50; ++i) EXPECT_EQ(got[t * 50 + i], -7.0f);
   }
@@ -139,7 +150,8 @@ TEST_P(KernelTest, VectorOps) {
     std::vector<float> got(n), want(n);
     RmsNorm(a.data(), w.data(), 1e-6f, n, got.data());
     reference::RmsNorm(a.data(), w.data(), 1e-6f, n, want.data());
-    for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(got[i], want[i], 1e-5f * (1 + std::fabs(want[i]))) << n;
+    for (int64_t i = 0; i < n; ++i)
+      ASSERT_NEAR(got[i], want[i], 1e-5f * (1 + std::fabs(want[i]))) << n;
 
     got = a;
     want = a;
@@ -151,7 +163,8 @@ TEST_P(KernelTest, VectorOps) {
 
     SiluMul(a.data(), b.data(), got.data(), n);
     reference::SiluMul(a.data(), b.data(), want.data(), n);
-    for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(got[i], want[i], 1e-5f * (1 + std::fabs(want[i]))) << n;
+    for (int64_t i = 0; i < n; ++i)
+      ASSERT_NEAR(got[i], want[i], 1e-5f * (1 + std::fabs(want[i]))) << n;
 
     got = b;
     Axpy(0.5f, a.data(), got.data(), n);
@@ -205,7 +218,8 @@ TEST(Kernels, TopKBreaksTiesTowardTheLowerIndex) {
   reference::TopK(r.data(), 300, 20, want.data());
   EXPECT_EQ(got, want);
   TopK(s, 8, 20, got.data());  // k > n: all of them
-  EXPECT_EQ(std::vector<int32_t>(got.begin(), got.begin() + 8), (std::vector<int32_t>{1, 2, 4, 3, 6, 0, 7, 5}));
+  EXPECT_EQ(std::vector<int32_t>(got.begin(), got.begin() + 8),
+            (std::vector<int32_t>{1, 2, 4, 3, 6, 0, 7, 5}));
 }
 
 }  // namespace

@@ -11,13 +11,26 @@ namespace {
 
 Config Make(const char* method, const char* scoring, int E, int K, int groups, int keep, bool norm,
             double scale) {
-  Json j = {{"model_type", "deepseek_v3"}, {"vocab_size", 8}, {"hidden_size", 8},
-            {"num_hidden_layers", 1}, {"num_attention_heads", 1}, {"intermediate_size", 8},
-            {"kv_lora_rank", 4}, {"qk_nope_head_dim", 2}, {"qk_rope_head_dim", 2},
-            {"v_head_dim", 2}, {"max_position_embeddings", 16}, {"n_routed_experts", E},
-            {"moe_intermediate_size", 4}, {"num_experts_per_tok", K}, {"n_group", groups},
-            {"topk_group", keep}, {"topk_method", method}, {"scoring_func", scoring},
-            {"norm_topk_prob", norm}, {"routed_scaling_factor", scale}};
+  Json j = {{"model_type", "deepseek_v3"},
+            {"vocab_size", 8},
+            {"hidden_size", 8},
+            {"num_hidden_layers", 1},
+            {"num_attention_heads", 1},
+            {"intermediate_size", 8},
+            {"kv_lora_rank", 4},
+            {"qk_nope_head_dim", 2},
+            {"qk_rope_head_dim", 2},
+            {"v_head_dim", 2},
+            {"max_position_embeddings", 16},
+            {"n_routed_experts", E},
+            {"moe_intermediate_size", 4},
+            {"num_experts_per_tok", K},
+            {"n_group", groups},
+            {"topk_group", keep},
+            {"topk_method", method},
+            {"scoring_func", scoring},
+            {"norm_topk_prob", norm},
+            {"routed_scaling_factor", scale}};
   return Config::FromJson(j, "test");
 }
 
@@ -26,10 +39,12 @@ struct Routed {
   std::vector<float> w;
 };
 
-Routed Route(const Config& c, const std::vector<float>& logits, const std::vector<float>& bias = {}) {
+Routed Route(const Config& c, const std::vector<float>& logits,
+             const std::vector<float>& bias = {}) {
   RouterScratch scratch(c);
   Routed r{std::vector<int32_t>(c.num_experts_per_tok), std::vector<float>(c.num_experts_per_tok)};
-  RouteToken(c, logits.data(), bias.empty() ? nullptr : bias.data(), scratch, r.idx.data(), r.w.data());
+  RouteToken(c, logits.data(), bias.empty() ? nullptr : bias.data(), scratch, r.idx.data(),
+             r.w.data());
   return r;
 }
 

@@ -14,9 +14,9 @@
 namespace dsv3 {
 namespace {
 
-using ::testing::HasSubstr;
 using test::TempDir;
 using test::WriteFile;
+using ::testing::HasSubstr;
 
 std::string U64(uint64_t v) {
   std::string s(8, '\0');
@@ -29,35 +29,34 @@ std::string File(const std::string& header, size_t data_bytes, char fill = 'x') 
   return U64(header.size()) + header + std::string(data_bytes, fill);
 }
 
-#define EXPECT_ERROR(statement, substring)                                   \
-  do {                                                                       \
-    try {                                                                    \
-      statement;                                                             \
-      ADD_FAILURE() << "expected an error containing: " << (substring);      \
-    } catch (const Error& e) {                                               \
-      EXPECT_THAT(std::string(e.what()), HasSubstr(substring));             \
-    }                                                                        \
+#define EXPECT_ERROR(statement, substring)                              \
+  do {                                                                  \
+    try {                                                               \
+      statement;                                                        \
+      ADD_FAILURE() << "expected an error containing: " << (substring); \
+    } catch (const Error& e) {                                          \
+      EXPECT_THAT(std::string(e.what()), HasSubstr(substring));         \
+    }                                                                   \
   } while (0)
 
 TEST(Safetensors, ReadsEveryDtypeAndMetadata) {
   TempDir dir;
   // Offsets relative to the end of the header; a 2-byte tensor after a 1-byte one is misaligned,
   // which readers must handle (here: an aligned copy).
-  const std::string header =
-      R"({"__metadata__":{"format":"pt"},)"
-      R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-      R"("b":{"dtype":"BF16","shape":[1,2],"data_offsets":[8,12]},)"
-      R"("c":{"dtype":"F8_E4M3","shape":[3],"data_offsets":[12,15]},)"
-      R"("d":{"dtype":"F16","shape":[1],"data_offsets":[15,17]},)"
-      R"("e":{"dtype":"I64","shape":[0],"data_offsets":[17,17]}})";
+  const std::string header = R"({"__metadata__":{"format":"pt"},)"
+                             R"("a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                             R"("b":{"dtype":"BF16","shape":[1,2],"data_offsets":[8,12]},)"
+                             R"("c":{"dtype":"F8_E4M3","shape":[3],"data_offsets":[12,15]},)"
+                             R"("d":{"dtype":"F16","shape":[1],"data_offsets":[15,17]},)"
+                             R"("e":{"dtype":"I64","shape":[0],"data_offsets":[17,17]}})";
   std::string data(17, '\0');
   const float a[2] = {1.5f, -2.0f};
   std::memcpy(&data[0], a, 8);
   const uint16_t b[2] = {0x3F80, 0xC000};  // 1, -2
   std::memcpy(&data[8], b, 4);
-  data[12] = 0x38;  // 1.0
+  data[12] = 0x38;                     // 1.0
   data[13] = static_cast<char>(0xC0);  // -2.0
-  data[14] = 0x7E;  // 448
+  data[14] = 0x7E;                     // 448
   const uint16_t d = 0x3C00;
   std::memcpy(&data[15], &d, 2);
   WriteFile(dir / "m.safetensors", U64(header.size()) + header + data);
@@ -82,8 +81,13 @@ TEST(Safetensors, ReadsEveryDtypeAndMetadata) {
 TEST(Safetensors, WriterRoundTrip) {
   TempDir dir;
   std::vector<TensorToWrite> tensors;
-  tensors.push_back({"w8", DType::kF8E4M3, {3, 5}, [](uint8_t* p) { for (int i = 0; i < 15; ++i) p[i] = i; }});
-  tensors.push_back({"w32", DType::kF32, {2}, [](uint8_t* p) { const float v[2] = {3, 4}; std::memcpy(p, v, 8); }});
+  tensors.push_back({"w8", DType::kF8E4M3, {3, 5}, [](uint8_t* p) {
+                       for (int i = 0; i < 15; ++i) p[i] = i;
+                     }});
+  tensors.push_back({"w32", DType::kF32, {2}, [](uint8_t* p) {
+                       const float v[2] = {3, 4};
+                       std::memcpy(p, v, 8);
+                     }});
   const uint64_t bytes = WriteSafetensors(dir / "x.safetensors", tensors, {{"format", "pt"}});
   EXPECT_EQ(bytes, std::filesystem::file_size(dir / "x.safetensors"));
   EXPECT_FALSE(std::filesystem::exists(dir / "x.safetensors.tmp"));
@@ -108,9 +112,12 @@ TEST(Safetensors, RejectsDamagedFiles) {
       {"header past the end", U64(1000) + "{}", "runs past the end of the file"},
       {"truncated data", File(ok, 5), "run past the end of the data"},
       {"offsets past the end",
-       File(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[100,108]}})", 8), "run past the end"},
+       File(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[100,108]}})", 8),
+       "run past the end"},
       {"overlap",
-       File(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8),
+       File(
+           R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+           8),
        "overlap"},
       {"size does not match shape",
        File(R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8), "need 12"},
@@ -125,7 +132,9 @@ TEST(Safetensors, RejectsDamagedFiles) {
       {"not an object", File("[1,2]", 0), "not a JSON object"},
       {"deep nesting", File(std::string(100, '[') + std::string(100, ']'), 0), "nested deeper"},
       {"shape overflow",
-       File(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}})", 8),
+       File(
+           R"({"t":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}})",
+           8),
        "too large"},
   };
   TempDir dir;
@@ -140,8 +149,10 @@ TEST(Safetensors, RejectsDamagedFiles) {
 
 // A two-shard folder with an index.
 void WriteSharded(const TempDir& dir, const std::string& index) {
-  WriteFile(dir / "s1.safetensors", File(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4));
-  WriteFile(dir / "s2.safetensors", File(R"({"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4));
+  WriteFile(dir / "s1.safetensors",
+            File(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4));
+  WriteFile(dir / "s2.safetensors",
+            File(R"({"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4));
   WriteFile(dir / "model.safetensors.index.json", index);
 }
 
@@ -168,12 +179,14 @@ TEST(Checkpoint, SingleFileAndErrors) {
   {
     TempDir dir;
     WriteSharded(dir, R"({"weight_map":{"a":"s1.safetensors","b":"missing.safetensors"}})");
-    EXPECT_ERROR(Checkpoint c(dir.path()), "shard 'missing.safetensors' listed in model.safetensors.index.json is missing");
+    EXPECT_ERROR(Checkpoint c(dir.path()),
+                 "shard 'missing.safetensors' listed in model.safetensors.index.json is missing");
   }
   {
     TempDir dir;
     WriteSharded(dir, R"({"weight_map":{"a":"s2.safetensors","b":"s2.safetensors"}})");
-    EXPECT_ERROR(Checkpoint c(dir.path()), "tensor 'a' is listed in model.safetensors.index.json but not stored there");
+    EXPECT_ERROR(Checkpoint c(dir.path()),
+                 "tensor 'a' is listed in model.safetensors.index.json but not stored there");
   }
   {
     TempDir dir;
@@ -183,7 +196,8 @@ TEST(Checkpoint, SingleFileAndErrors) {
   {
     TempDir dir;
     WriteSharded(dir, R"({"weight_map":{"a":"s1.safetensors","b":"s2.safetensors"}})");
-    WriteFile(dir / "s2.safetensors", File(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4));
+    WriteFile(dir / "s2.safetensors",
+              File(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4));
     EXPECT_ERROR(Checkpoint c(dir.path()), "is also stored in");
   }
   {

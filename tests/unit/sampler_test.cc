@@ -29,9 +29,9 @@ TEST(Sampler, SeededAndCut) {
   EXPECT_EQ(draw({1.0f, 1, 0, 42}), draw({1.0f, 1, 0, 42}));
   EXPECT_NE(draw({1.0f, 1, 0, 42}), draw({1.0f, 1, 0, 43}));
   const int32_t best = Argmax(logits.data(), 100);
-  for (int32_t t : draw({1.0f, 1, 1, 7})) EXPECT_EQ(t, best);       // top-k 1
-  for (int32_t t : draw({1.0f, 1e-6f, 0, 7})) EXPECT_EQ(t, best);   // tiny nucleus
-  for (int32_t t : draw({1.0f, 1, 3, 7})) {                          // top-k 3
+  for (int32_t t : draw({1.0f, 1, 1, 7})) EXPECT_EQ(t, best);      // top-k 1
+  for (int32_t t : draw({1.0f, 1e-6f, 0, 7})) EXPECT_EQ(t, best);  // tiny nucleus
+  for (int32_t t : draw({1.0f, 1, 3, 7})) {                        // top-k 3
     int rank = 0;
     for (float l : logits) rank += l > logits[t];
     EXPECT_LT(rank, 3);

@@ -1,0 +1,60 @@
+// The decode loop allocates nothing: global operator new is counted while a synthetic model
+// decodes token after token.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+#include "model/model.h"
+#include "model/synth.h"
+#include "runtime/sampler.h"
+#include "tests/test_util.h"
+
+namespace {
+std::atomic<int64_t> g_allocations{0};
+}  // namespace
+
+void* operator new(size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](size_t n) { return operator new(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
+void operator delete[](void* p, size_t) noexcept { std::free(p); }
+
+namespace dsv3 {
+namespace {
+
+TEST(DecodeLoop, AllocatesNothing) {
+  test::TempDir dir;
+  SynthOptions o;
+  o.preset = "tiny";
+  o.dtype = "fp8";
+  o.out_dir = dir.path();
+  o.progress = false;
+  Synthesize(o);
+  const std::unique_ptr<Model> model = Model::Load(dir.path());
+  Context ctx(*model, {64, 16, AttentionImpl::kAbsorbed});
+  Sampler sampler({0.7f, 0.9f, 50, 1}, model->config().vocab_size);
+  const std::vector<int32_t> prompt = {1, 2, 3, 4};
+  ctx.Forward(prompt);
+  int32_t token = sampler.Sample(ctx.last_logits());
+  ctx.Forward(std::span<const int32_t>(&token, 1));  // warm-up step (thread team start-up)
+  token = sampler.Sample(ctx.last_logits());
+
+  const int64_t before = g_allocations.load();
+  ASSERT_GT(before, 0);  // the counter sees allocations
+  for (int step = 0; step < 16; ++step) {
+    ctx.Forward(std::span<const int32_t>(&token, 1));
+    token = sampler.Sample(ctx.last_logits());
+  }
+  EXPECT_EQ(g_allocations.load() - before, 0);
+  EXPECT_EQ(ctx.n_past(), 4 + 1 + 16);
+}
+
+}  // namespace
+}  // namespace dsv3
