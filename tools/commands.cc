@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/json.h"
+#include "core/parallel.h"
 #include "kernels/targets.h"
 #include "model/model.h"
 #include "model/model_info.h"
@@ -52,8 +53,6 @@ std::string Human(double bytes) {
 std::string Count(int64_t n) {
   return n >= 1000000000 ? fmt::format("{:.2f} B", n / 1e9) : fmt::format("{:.2f} M", n / 1e6);
 }
-
-uint64_t MlpBytes(const MlpWeights& m) { return m.gate.bytes() + m.up.bytes() + m.down.bytes(); }
 
 void WriteBinaryAtomic(const std::string& path, const float* data, size_t count) {
   const std::string tmp = path + ".tmp";
@@ -107,13 +106,7 @@ int RunInfo(const InfoArgs& a) {
   std::map<std::string, uint64_t> bytes_by_dtype;
   for (const TensorInfo* t : m->checkpoint().tensors())
     bytes_by_dtype[DTypeName(t->dtype)] += t->nbytes;
-  // Weight bytes one decoded token reads: everything but unselected experts and the embedding
-  // table (one row of it).
-  uint64_t per_token = m->report().main_bytes - w.embed.bytes() + w.embed.bytes() / c.vocab_size;
-  for (const LayerWeights& l : w.layers) {
-    if (l.is_moe)
-      per_token -= (c.n_routed_experts - c.num_experts_per_tok) * MlpBytes(l.moe.experts[0]);
-  }
+  const uint64_t per_token = WeightBytesPerToken(c, w);
   const int64_t kv_f32 = KvBytesPerToken(c, 4), kv_bf16 = KvBytesPerToken(c, 2);
 
   Json j;
@@ -282,6 +275,79 @@ int RunGenerate(const GenerateArgs& a) {
                stats.decode_seconds, stats.decode_tokens_per_second(),
                (long long)ctx.cache().bytes_per_token(), (long long)c.num_hidden_layers,
                (long long)c.kv_width());
+  return 0;
+}
+
+int RunBench(const BenchArgs& a) {
+  std::vector<int> thread_counts;
+  if (a.threads.empty()) {
+    thread_counts.push_back(NumThreads());
+  } else {
+    for (int32_t t : ParseIds(a.threads)) {
+      if (t < 1) Fail("-t: thread counts must be >= 1");
+      thread_counts.push_back(t);
+    }
+  }
+  std::unique_ptr<Model> m = LoadModel(a.model_dir, a.json);
+  std::fflush(stdout);
+  std::vector<BenchResult> results;
+  for (int t : thread_counts) {
+    SetNumThreads(t);
+    if (!a.json) std::fprintf(stderr, "dsv3: bench with %d thread(s)...\n", t);
+    std::fflush(stderr);
+    results.push_back(RunBench(*m, a.options));
+  }
+  if (a.json) {
+    Json j;
+    j["model_dir"] = a.model_dir;
+    j["runs"] = Json::array();
+    for (const BenchResult& r : results) j["runs"].push_back(r.ToJson());
+    std::printf("%s\n", j.dump(2).c_str());
+    return 0;
+  }
+  const BenchResult& first = results.front();
+  std::printf("model %s: %s per decoded token, KV cache %lld B/token, %s kernels\n",
+              a.model_dir.c_str(), Human(static_cast<double>(first.weight_bytes_per_token)).c_str(),
+              (long long)first.kv_bytes_per_token, first.kernels.c_str());
+  std::printf("%7s %14s %13s %8s %11s %10s %6s %10s %10s\n", "threads", "prefill tok/s",
+              "decode tok/s", "pre/dec", "weight GB/s", "read GB/s", "ratio", "peak RSS",
+              "scratch");
+  for (const BenchResult& r : results) {
+    std::printf("%7d %14.2f %13.3f %8.1f %11.2f %10.2f %6.2f %10s %10s\n", r.threads,
+                r.prefill_tokens_per_second(), r.decode.tokens_per_second(),
+                r.prefill_tokens_per_second() / r.decode.tokens_per_second(), r.effective_gbs(),
+                r.read_bandwidth_gbs, r.effective_gbs() / r.read_bandwidth_gbs,
+                Human(static_cast<double>(r.peak_rss_bytes)).c_str(),
+                Human(static_cast<double>(r.scratch_bytes)).c_str());
+  }
+  for (const BenchResult& r : results) {
+    auto phases = [](const ForwardProfile& p, double total) {
+      std::string s;
+      for (int i = 0; i < static_cast<int>(Phase::kCount); ++i) {
+        if (p.seconds[i] > 0) {
+          s += fmt::format(" {} {:.1f}%", ForwardProfile::Name(static_cast<Phase>(i)),
+                           100 * p.seconds[i] / total);
+        }
+      }
+      return s;
+    };
+    std::printf("t=%d prefill (%lld tokens):%s\n", r.threads, (long long)r.prompt_tokens,
+                phases(r.prefill_profile, r.prefill_seconds).c_str());
+    std::printf("t=%d decode (context %lld):%s\n", r.threads, (long long)r.decode.context,
+                phases(r.decode.profile, r.decode.seconds).c_str());
+    if (r.long_decode.steps > 0) {
+      std::printf("t=%d decode at context %lld: %.3f tok/s, attention %.1f%% of the step:%s\n",
+                  r.threads, (long long)r.long_decode.context, r.long_decode.tokens_per_second(),
+                  100 * r.long_decode.attention_fraction(),
+                  phases(r.long_decode.profile, r.long_decode.seconds).c_str());
+    }
+  }
+  if (results.size() > 1) {
+    std::printf("thread scaling %d -> %d: prefill x%.2f, decode x%.2f\n", results.front().threads,
+                results.back().threads,
+                results.back().prefill_tokens_per_second() / first.prefill_tokens_per_second(),
+                results.back().decode.tokens_per_second() / first.decode.tokens_per_second());
+  }
   return 0;
 }
 

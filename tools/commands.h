@@ -7,6 +7,7 @@
 
 #include "model/mla.h"
 #include "model/synth.h"
+#include "runtime/bench.h"
 #include "runtime/sampler.h"
 
 namespace dsv3::cli {
@@ -28,7 +29,15 @@ struct GenerateArgs {
   SamplingParams sampling;
 };
 
+struct BenchArgs {
+  std::string model_dir;
+  std::string threads;  // "1,2": one run per count; empty: all CPUs
+  bool json = false;
+  BenchOptions options;
+};
+
 int RunInfo(const InfoArgs& a);
+int RunBench(const BenchArgs& a);
 int RunLogits(const LogitsArgs& a);
 int RunGenerate(const GenerateArgs& a);
 int RunSynth(const SynthOptions& a);

@@ -16,8 +16,8 @@ struct Common {
   std::string simd;
 };
 
-void AddCommon(CLI::App* cmd, Common& common) {
-  cmd->add_option("-t,--threads", common.threads, "threads (default: all CPUs)");
+void AddCommon(CLI::App* cmd, Common& common, bool threads = true) {
+  if (threads) cmd->add_option("-t,--threads", common.threads, "threads (default: all CPUs)");
   cmd->add_option("--simd", common.simd,
                   "force a SIMD target (AVX3, AVX2, SSE4, SSSE3, EMU128, ...; default: best)");
 }
@@ -74,6 +74,18 @@ int main(int argc, char** argv) {
   gen_cmd->add_flag("--ignore-eos", gen.ignore_eos, "keep generating after an EOS token");
   AddCommon(gen_cmd, common);
 
+  dsv3::cli::BenchArgs bench;
+  CLI::App* bench_cmd = app.add_subcommand("bench", "measure prefill, decode and memory bandwidth");
+  bench_cmd->add_option("-m,--model", bench.model_dir, "model folder")->required();
+  bench_cmd->add_option("-p,--prompt", bench.options.prompt_tokens, "prompt tokens (default 512)");
+  bench_cmd->add_option("-n,--n-predict", bench.options.decode_tokens, "decoded tokens (default 128)");
+  bench_cmd->add_option("-t,--threads", bench.threads, "thread counts, e.g. 1,2 (default: all CPUs)");
+  bench_cmd->add_option("--context", bench.options.context,
+                        "also decode after this many cached tokens (random history)");
+  bench_cmd->add_option("--seed", bench.options.seed, "seed of the random prompt");
+  bench_cmd->add_flag("--json", bench.json, "print JSON");
+  AddCommon(bench_cmd, common, /*threads=*/false);
+
   dsv3::SynthOptions synth;
   double shard_mib = 4096;
   bool no_progress = false;
@@ -104,6 +116,7 @@ int main(int argc, char** argv) {
       return dsv3::cli::RunLogits(logits);
     }
     if (*gen_cmd) return dsv3::cli::RunGenerate(gen);
+    if (*bench_cmd) return dsv3::cli::RunBench(bench);
     if (*synth_cmd) {
       if (!(shard_mib > 0)) dsv3::Fail("--shard-size must be positive");
       synth.shard_bytes = static_cast<uint64_t>(shard_mib * (1 << 20));

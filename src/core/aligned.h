@@ -13,7 +13,7 @@ template <typename T>
 class AlignedArray {
  public:
   AlignedArray() = default;
-  explicit AlignedArray(size_t n) { Resize(n); }
+  explicit AlignedArray(size_t n, bool zero = true) { Resize(n, zero); }
   ~AlignedArray() { std::free(data_); }
   AlignedArray(const AlignedArray&) = delete;
   AlignedArray& operator=(const AlignedArray&) = delete;

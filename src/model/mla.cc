@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "core/parallel.h"
 #include "kernels/matmul.h"
@@ -38,6 +39,11 @@ Mla::Mla(const Config& c, const RopeTable& rope, int64_t max_batch, int64_t capa
   thread_scratch_.Resize(static_cast<size_t>(thread_stride_ * threads_));
 }
 
+size_t Mla::scratch_bytes() const {
+  return sizeof(float) * (cos_.size() + sin_.size() + q_a_.size() + q_.size() + kv_a_.size() +
+                          heads_.size() + thread_scratch_.size());
+}
+
 void Mla::SetPositions(int64_t start, int64_t T) {
   start_ = start;
   T_ = T;
@@ -56,6 +62,7 @@ void Mla::Forward(const MlaWeights& w, int64_t layer, const float* xn, KvCache& 
     thread_scratch_.Resize(static_cast<size_t>(thread_stride_ * threads_));
   }
 
+  std::optional<PhaseTimer> timer(std::in_place, profile_, Phase::kAttnProject);
   // Queries: [T, H, N+R].
   if (c_.q_lora_rank > 0) {
     const int64_t QL = c_.q_lora_rank;
@@ -92,11 +99,13 @@ void Mla::Forward(const MlaWeights& w, int64_t layer, const float* xn, KvCache& 
     trace->Emit(name + "k_pe_rotated", cache.Row(layer, start_) + C, T, R, C + R);
   }
 
+  timer.emplace(profile_, Phase::kAttnCore);
   if (impl_ == AttentionImpl::kAbsorbed) {
     AttendAbsorbed(w, layer, cache);
   } else {
     AttendExpanded(w, layer, cache);
   }
+  timer.emplace(profile_, Phase::kAttnOut);
   if (trace)
     trace->Emit(name + "attn_heads_out", heads_.data(), T, H * c_.v_head_dim, H * c_.v_head_dim);
   kernels::MatMul(w.o, heads_.data(), H * c_.v_head_dim, T, out, D);

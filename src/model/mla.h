@@ -6,6 +6,7 @@
 #include "core/aligned.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
+#include "model/profile.h"
 #include "model/rope.h"
 #include "model/trace.h"
 #include "model/weights.h"
@@ -28,6 +29,8 @@ class Mla {
   // out [T, D] = MLA(xn [T, D]); writes the tokens' rows of `layer` in the cache first.
   void Forward(const MlaWeights& w, int64_t layer, const float* xn, KvCache& cache, float* out,
                ForwardTrace* trace);
+  void set_profile(ForwardProfile* profile) { profile_ = profile; }
+  size_t scratch_bytes() const;
 
  private:
   void AttendAbsorbed(const MlaWeights& w, int64_t layer, const KvCache& cache);
@@ -36,6 +39,7 @@ class Mla {
   const Config& c_;
   const RopeTable& rope_;
   const AttentionImpl impl_;
+  ForwardProfile* profile_ = nullptr;
   const int64_t max_batch_, capacity_;
   int64_t start_ = 0, T_ = 0;
   AlignedArray<float> cos_, sin_;  // [B, R/2]

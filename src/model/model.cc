@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <random>
 
 #include "core/error.h"
 #include "kernels/matmul.h"
@@ -39,6 +40,30 @@ Context::Context(const Model& model, const ContextOptions& o)
       xn_(max_batch_ * c_.hidden_size),
       y_(max_batch_ * c_.hidden_size),
       last_logits_(c_.vocab_size) {}
+
+void Context::set_profile(ForwardProfile* profile) {
+  profile_ = profile;
+  mla_.set_profile(profile);
+  moe_.set_profile(profile);
+}
+
+size_t Context::scratch_bytes() const {
+  return mla_.scratch_bytes() + mlp_.scratch_bytes() + moe_.scratch_bytes() +
+         sizeof(float) * (x_.size() + xn_.size() + y_.size() + last_logits_.size());
+}
+
+void Context::FillRandomHistory(int64_t n, uint64_t seed) {
+  if (n > capacity()) Fail("history of {} tokens exceeds the context size of {}", n, capacity());
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t l = 0; l < cache_.layers(); ++l) {
+    for (int64_t s = 0; s < n; ++s) {
+      float* row = cache_.Row(l, s);
+      for (int64_t i = 0; i < cache_.width(); ++i) row[i] = normal(rng);
+    }
+  }
+  n_past_ = n;
+}
 
 void Context::Truncate(int64_t n) { n_past_ = std::clamp<int64_t>(n, 0, n_past_); }
 
@@ -85,7 +110,10 @@ void Context::ForwardChunk(const int32_t* tokens, int64_t T, float* logits, bool
       kernels::RmsNorm(in + t * D, weight.data(), eps, D, out + t * D);
   };
 
-  for (int64_t t = 0; t < T; ++t) kernels::DequantRow(w.embed, tokens[t], x + t * D);
+  {
+    PhaseTimer timer(profile_, Phase::kEmbed);
+    for (int64_t t = 0; t < T; ++t) kernels::DequantRow(w.embed, tokens[t], x + t * D);
+  }
   emit("embed", -1, x);
   mla_.SetPositions(n_past_, T);
   for (int64_t l = 0; l < c_.num_hidden_layers; ++l) {
@@ -98,6 +126,7 @@ void Context::ForwardChunk(const int32_t* tokens, int64_t T, float* logits, bool
     if (lw.is_moe) {
       moe_.Forward(lw.moe, l, xn, T, y, trace);  // y = MoE(norm(x))
     } else {
+      PhaseTimer timer(profile_, Phase::kDenseMlp);
       mlp_.Forward(lw.mlp, xn, T, y);  // y = MLP(norm(x))
     }
     emit("ffn_out", l, y);
@@ -107,6 +136,7 @@ void Context::ForwardChunk(const int32_t* tokens, int64_t T, float* logits, bool
   n_past_ += T;
 
   // Final norm and lm_head, on every row or only the last.
+  PhaseTimer timer(profile_, Phase::kLmHead);
   emit("final_hidden_pre_norm", -1, x);
   rms_norm(w.final_norm, x, xn, T);
   emit("final_hidden_post_norm", -1, xn);

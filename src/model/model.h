@@ -61,6 +61,13 @@ class Context {
   int64_t capacity() const { return cache_.capacity(); }
   void Truncate(int64_t n);  // forget the tokens at positions >= n
   const KvCache& cache() const { return cache_; }
+  // Phase timing of later Forward calls (null: off).
+  void set_profile(ForwardProfile* profile);
+  // Bytes of scratch this context allocated besides the KV cache (fixed at construction).
+  size_t scratch_bytes() const;
+  // Benchmarks only: fills the cache with n random rows and sets n_past() = n, standing in for a
+  // long history without computing it.
+  void FillRandomHistory(int64_t n, uint64_t seed);
   const Model& model() const { return model_; }
 
  private:
@@ -70,6 +77,7 @@ class Context {
   const Model& model_;
   const Config& c_;
   const int64_t max_batch_;
+  ForwardProfile* profile_ = nullptr;
   int64_t n_past_ = 0;
   KvCache cache_;
   Mla mla_;

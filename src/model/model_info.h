@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "model/config.h"
+#include "model/weights.h"
 
 namespace dsv3 {
 
@@ -25,5 +26,9 @@ ParamCounts CountParams(const Config& c);
 inline int64_t KvBytesPerToken(const Config& c, int64_t bytes_per_value) {
   return c.num_hidden_layers * c.kv_width() * bytes_per_value;
 }
+
+// Weight bytes one decoded token reads (scales included): every attention and dense weight, the
+// router, K routed experts and the shared experts of each MoE layer, one embedding row, lm_head.
+uint64_t WeightBytesPerToken(const Config& c, const Weights& w);
 
 }  // namespace dsv3

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
@@ -90,9 +91,17 @@ Moe::Moe(const Config& c, int64_t max_batch)
       gathered_(max_batch * c.hidden_size),
       expert_out_(max_batch * c.hidden_size) {}
 
+size_t Moe::scratch_bytes() const {
+  return mlp_.scratch_bytes() +
+         sizeof(float) * (logits_.size() + gathered_.size() + expert_out_.size() + weights_.size() +
+                          slot_weight_.size() + router_scratch_.scores.size() * 2) +
+         sizeof(int32_t) * (indices_.size() + count_.size() + first_.size() + slot_token_.size());
+}
+
 void Moe::Forward(const MoeWeights& w, int64_t layer, const float* xn, int64_t T, float* out,
                   ForwardTrace* trace) {
   const int64_t D = c_.hidden_size, E = c_.n_routed_experts, K = c_.num_experts_per_tok;
+  std::optional<PhaseTimer> timer(std::in_place, profile_, Phase::kRouter);
   // Router in float32: [T, E].
   kernels::MatMul(w.router, xn, D, T, logits_.data(), E);
   const float* bias = w.correction_bias.empty() ? nullptr : w.correction_bias.data();
@@ -121,6 +130,7 @@ void Moe::Forward(const MoeWeights& w, int64_t layer, const float* xn, int64_t T
     }
   }
 
+  timer.emplace(profile_, Phase::kExperts);
   std::fill(out, out + T * D, 0.0f);
   for (int64_t e = 0; e < E; ++e) {
     const int64_t n = first_[e + 1] - first_[e];
@@ -134,6 +144,7 @@ void Moe::Forward(const MoeWeights& w, int64_t layer, const float* xn, int64_t T
       kernels::Axpy(slot_weight_[slot], expert_out_.data() + j * D, out + slot_token_[slot] * D, D);
     }
   }
+  timer.emplace(profile_, Phase::kShared);
   if (c_.n_shared_experts > 0) {
     mlp_.Forward(w.shared, xn, T, expert_out_.data());
     kernels::Add(expert_out_.data(), out, T * D);

@@ -7,6 +7,7 @@
 
 #include "core/aligned.h"
 #include "model/config.h"
+#include "model/profile.h"
 #include "model/trace.h"
 #include "model/weights.h"
 
@@ -17,6 +18,7 @@ class Mlp {
   Mlp(int64_t max_batch, int64_t max_intermediate);
   // out [T, D] = down(silu(gate(x)) * up(x)), x [T, D].
   void Forward(const MlpWeights& w, const float* x, int64_t T, float* out);
+  size_t scratch_bytes() const { return sizeof(float) * (gate_.size() + up_.size()); }
 
  private:
   AlignedArray<float> gate_, up_;  // [B, I]
@@ -41,9 +43,12 @@ class Moe {
   // out [T, D] = sum_k w_k Expert_k(xn) + Shared(xn), xn [T, D].
   void Forward(const MoeWeights& w, int64_t layer, const float* xn, int64_t T, float* out,
                ForwardTrace* trace);
+  void set_profile(ForwardProfile* profile) { profile_ = profile; }
+  size_t scratch_bytes() const;
 
  private:
   const Config& c_;
+  ForwardProfile* profile_ = nullptr;
   Mlp mlp_;
   AlignedArray<float> logits_;  // [B, E]
   RouterScratch router_scratch_;
