@@ -19,7 +19,7 @@ struct InfoArgs {
 struct LogitsArgs {
   std::string model_dir, ids, output;
   bool decode = false;
-  AttentionImpl attention = AttentionImpl::kAbsorbed;
+  AttentionImpl attention = AttentionImpl::kAuto;
 };
 struct GenerateArgs {
   std::string model_dir, ids;

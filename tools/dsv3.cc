@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
   AddCommon(info_cmd, common);
 
   dsv3::cli::LogitsArgs logits;
-  std::string attention = "absorbed";
+  std::string attention = "auto";
   CLI::App* logits_cmd =
       app.add_subcommand("logits", "write raw float32 logits [n_ids, vocab] for every position");
   logits_cmd->add_option("-m,--model", logits.model_dir, "model folder")->required();
@@ -55,8 +55,9 @@ int main(int argc, char** argv) {
   logits_cmd->add_option("-o,--output", logits.output, "output file")->required();
   logits_cmd->add_flag("--decode", logits.decode,
                        "feed the ids one at a time through the KV cache");
-  logits_cmd->add_option("--attn", attention, "attention form: absorbed (default) or expanded")
-      ->check(CLI::IsMember({"absorbed", "expanded"}));
+  logits_cmd
+      ->add_option("--attn", attention, "attention form: auto (default), absorbed or expanded")
+      ->check(CLI::IsMember({"auto", "absorbed", "expanded"}));
   AddCommon(logits_cmd, common);
 
   dsv3::cli::GenerateArgs gen;
@@ -78,8 +79,10 @@ int main(int argc, char** argv) {
   CLI::App* bench_cmd = app.add_subcommand("bench", "measure prefill, decode and memory bandwidth");
   bench_cmd->add_option("-m,--model", bench.model_dir, "model folder")->required();
   bench_cmd->add_option("-p,--prompt", bench.options.prompt_tokens, "prompt tokens (default 512)");
-  bench_cmd->add_option("-n,--n-predict", bench.options.decode_tokens, "decoded tokens (default 128)");
-  bench_cmd->add_option("-t,--threads", bench.threads, "thread counts, e.g. 1,2 (default: all CPUs)");
+  bench_cmd->add_option("-n,--n-predict", bench.options.decode_tokens,
+                        "decoded tokens (default 128)");
+  bench_cmd->add_option("-t,--threads", bench.threads,
+                        "thread counts, e.g. 1,2 (default: all CPUs)");
   bench_cmd->add_option("--context", bench.options.context,
                         "also decode after this many cached tokens (random history)");
   bench_cmd->add_option("--seed", bench.options.seed, "seed of the random prompt");
@@ -111,8 +114,9 @@ int main(int argc, char** argv) {
     ApplyCommon(common);
     if (*info_cmd) return dsv3::cli::RunInfo(info);
     if (*logits_cmd) {
-      logits.attention =
-          attention == "expanded" ? dsv3::AttentionImpl::kExpanded : dsv3::AttentionImpl::kAbsorbed;
+      logits.attention = attention == "expanded"   ? dsv3::AttentionImpl::kExpanded
+                         : attention == "absorbed" ? dsv3::AttentionImpl::kAbsorbed
+                                                   : dsv3::AttentionImpl::kAuto;
       return dsv3::cli::RunLogits(logits);
     }
     if (*gen_cmd) return dsv3::cli::RunGenerate(gen);

@@ -39,6 +39,7 @@ class SafetensorsFile {
   const std::string& path() const { return map_.path(); }
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const MappedFile& mapping() const { return map_; }
 
  private:
   MappedFile map_;

@@ -1,11 +1,13 @@
-// Weight-times-activation products. One tile of up to 4 weight rows x kMaxSeg columns is converted
-// to float32 (FP8 through a bit rebias, BF16/F16 through widening) and then multiplied with every
-// token of the current token tile, so each converted weight is reused across the batch.
-// FP8 block scales multiply the per-block partial sums, never the individual weights.
+// Weight-times-activation products for every stored weight dtype, converted to float32 inside the
+// kernel. Decode (fewer than 4 tokens) converts in registers and multiplies at once, 4 rows
+// sharing each activation load; FP8 block scales multiply per-block vector partial sums. Prefill
+// dequantizes 4 full rows into a per-thread tile once per token chunk and runs a 4 x 4
+// (rows x tokens) register-blocked micro-kernel over them.
 
 #include "kernels/matmul.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "core/parallel.h"
 
@@ -14,6 +16,7 @@
 #define HWY_TARGET_INCLUDE "kernels/matmul.cc"
 #include "hwy/foreach_target.h"  // must come before highway.h
 #include "hwy/highway.h"
+#include "hwy/cache_control.h"
 // clang-format on
 
 HWY_BEFORE_NAMESPACE();
@@ -21,11 +24,13 @@ namespace dsv3::kernels {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-constexpr int64_t kRowTile = 4;     // weight rows converted together
-constexpr int64_t kMaxSeg = 512;    // columns converted at once (a scale block never straddles)
-constexpr int64_t kTokenTile = 32;  // tokens sharing one pass over the weights
+constexpr int64_t kRowTile = 4;   // weight rows per micro-kernel
+constexpr int64_t kTokTile = 4;   // tokens per micro-kernel (prefill)
+constexpr int64_t kMaxSeg = 512;  // columns per scale segment in the transposed/dequant helpers
 
-// dst[i] = float(src[offset + i]) for i < n (no scale).
+// ---- conversion of stored weights to float32 ------------------------------------------------
+
+// dst[i] = float(src[offset + i]) for i < n, unscaled. Used to build tiles and for single rows.
 template <DType kType>
 HWY_INLINE void ToF32(const void* HWY_RESTRICT src_void, int64_t offset, int64_t n,
                       float* HWY_RESTRICT dst) {
@@ -34,23 +39,23 @@ HWY_INLINE void ToF32(const void* HWY_RESTRICT src_void, int64_t offset, int64_t
   int64_t i = 0;
   if constexpr (kType == DType::kF32) {
     const float* src = static_cast<const float*>(src_void) + offset;
-    for (; i + N <= n; i += N) hn::Store(hn::LoadU(df, src + i), df, dst + i);
+    for (; i + N <= n; i += N) hn::StoreU(hn::LoadU(df, src + i), df, dst + i);
     for (; i < n; ++i) dst[i] = src[i];
   } else if constexpr (kType == DType::kBF16) {
     const hn::Rebind<hwy::bfloat16_t, decltype(df)> dbf;
     const auto* src = static_cast<const hwy::bfloat16_t*>(src_void) + offset;
-    for (; i + N <= n; i += N) hn::Store(hn::PromoteTo(df, hn::LoadU(dbf, src + i)), df, dst + i);
+    for (; i + N <= n; i += N) hn::StoreU(hn::PromoteTo(df, hn::LoadU(dbf, src + i)), df, dst + i);
     const uint16_t* raw = static_cast<const uint16_t*>(src_void) + offset;
     for (; i < n; ++i) dst[i] = BF16ToF32(raw[i]);
   } else if constexpr (kType == DType::kF16) {
     const hn::Rebind<hwy::float16_t, decltype(df)> dh;
     const auto* src = static_cast<const hwy::float16_t*>(src_void) + offset;
-    for (; i + N <= n; i += N) hn::Store(hn::PromoteTo(df, hn::LoadU(dh, src + i)), df, dst + i);
+    for (; i + N <= n; i += N) hn::StoreU(hn::PromoteTo(df, hn::LoadU(dh, src + i)), df, dst + i);
     const uint16_t* raw = static_cast<const uint16_t*>(src_void) + offset;
     for (; i < n; ++i) dst[i] = F16ToF32(raw[i]);
   } else {
     // E4M3 -> float32 without a table: put the 7 magnitude bits at the top of the float32
-    // mantissa/exponent field (exponent bias 127 instead of 7) and multiply by 2^120. Codes with
+    // exponent/mantissa field (exponent bias 127 instead of 7) and multiply by 2^120. Codes with
     // exponent 0 become float32 subnormals, which the multiply turns into the exact E4M3
     // subnormal values. 0x7F / 0xFF are NaN.
     static_assert(kType == DType::kF8E4M3);
@@ -68,40 +73,75 @@ HWY_INLINE void ToF32(const void* HWY_RESTRICT src_void, int64_t offset, int64_t
       const auto sign = hn::ShiftLeft<24>(hn::And(code, k80));
       auto bits = hn::Or(hn::BitCast(di, value), sign);
       bits = hn::IfThenElse(hn::Eq(mag, k7f), kNanBits, bits);
-      hn::Store(hn::BitCast(df, bits), df, dst + i);
+      hn::StoreU(hn::BitCast(df, bits), df, dst + i);
     }
     for (; i < n; ++i) dst[i] = E4M3ToF32(src[i]);
   }
 }
 
-// Four dot products of `len` elements sharing the x loads. Rows are kMaxSeg apart in `tile`.
-HWY_INLINE void Dot4(const float* HWY_RESTRICT tile, const float* HWY_RESTRICT x, int64_t len,
-                     float out[4]) {
-  const hn::ScalableTag<float> df;
+// The decode path converts in registers: Load2 turns the 2N stored weights at element `i` of a
+// row into two float32 vectors. FP8 on AVX2 and better goes through float16: the 7 magnitude bits
+// shifted to bit 7 form an IEEE half with exponent bias 15 instead of 7, i.e. the E4M3 value times
+// 2^-8 (E4M3 subnormals become half subnormals, exact), which F16C widens in one instruction;
+// kFp8Unscale = 256 is folded into the block scale. NaN codes become half NaNs.
+#if HWY_TARGET <= HWY_AVX2 && HWY_TARGET != HWY_SCALAR
+#define DSV3_FP8_VIA_F16 1
+constexpr float kFp8Unscale = 256.0f;
+#else
+#define DSV3_FP8_VIA_F16 0
+constexpr float kFp8Unscale = 1.0f;
+#endif
+
+template <DType kType, class DF>
+HWY_INLINE void Load2(DF df, const void* HWY_RESTRICT row, int64_t i, hn::Vec<DF>& w0,
+                      hn::Vec<DF>& w1) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
-  int64_t i = 0;
-  for (; i + N <= len; i += N) {
-    const auto xv = hn::LoadU(df, x + i);
-    a0 = hn::MulAdd(hn::Load(df, tile + i), xv, a0);
-    a1 = hn::MulAdd(hn::Load(df, tile + kMaxSeg + i), xv, a1);
-    a2 = hn::MulAdd(hn::Load(df, tile + 2 * kMaxSeg + i), xv, a2);
-    a3 = hn::MulAdd(hn::Load(df, tile + 3 * kMaxSeg + i), xv, a3);
-  }
-  out[0] = hn::GetLane(hn::SumOfLanes(df, a0));
-  out[1] = hn::GetLane(hn::SumOfLanes(df, a1));
-  out[2] = hn::GetLane(hn::SumOfLanes(df, a2));
-  out[3] = hn::GetLane(hn::SumOfLanes(df, a3));
-  for (; i < len; ++i) {
-    for (int k = 0; k < 4; ++k) out[k] += tile[k * kMaxSeg + i] * x[i];
+  if constexpr (kType == DType::kF32) {
+    const float* p = static_cast<const float*>(row) + i;
+    w0 = hn::LoadU(df, p);
+    w1 = hn::LoadU(df, p + N);
+  } else if constexpr (kType == DType::kBF16) {
+    const hn::Rebind<hwy::bfloat16_t, DF> dbf;
+    const auto* p = static_cast<const hwy::bfloat16_t*>(row) + i;
+    w0 = hn::PromoteTo(df, hn::LoadU(dbf, p));
+    w1 = hn::PromoteTo(df, hn::LoadU(dbf, p + N));
+  } else if constexpr (kType == DType::kF16) {
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    const auto* p = static_cast<const hwy::float16_t*>(row) + i;
+    w0 = hn::PromoteTo(df, hn::LoadU(dh, p));
+    w1 = hn::PromoteTo(df, hn::LoadU(dh, p + N));
+  } else {
+    const uint8_t* p = static_cast<const uint8_t*>(row) + i;
+#if DSV3_FP8_VIA_F16
+    const hn::Repartition<uint16_t, DF> du16;      // 2N lanes
+    const hn::Rebind<uint8_t, decltype(du16)> d8;  // 2N bytes
+    const hn::Rebind<hwy::float16_t, DF> dh;       // N halves
+    const hn::Half<decltype(du16)> du16h;
+    const auto code = hn::PromoteTo(du16, hn::LoadU(d8, p));
+    const auto mag = hn::And(code, hn::Set(du16, 0x7F));
+    auto h = hn::Or(hn::ShiftLeft<7>(mag), hn::ShiftLeft<8>(hn::And(code, hn::Set(du16, 0x80))));
+    // 0x7F magnitude (NaN in E4M3) -> exponent all ones with a non-zero mantissa: a half NaN.
+    h = hn::Or(
+        h, hn::And(hn::VecFromMask(du16, hn::Eq(mag, hn::Set(du16, 0x7F))), hn::Set(du16, 0x7C00)));
+    w0 = hn::PromoteTo(df, hn::BitCast(dh, hn::LowerHalf(du16h, h)));
+    w1 = hn::PromoteTo(df, hn::BitCast(dh, hn::UpperHalf(du16h, h)));
+#else
+    HWY_ALIGN float tmp[2 * hn::MaxLanes(df)];
+    ToF32<DType::kF8E4M3>(p, 0, 2 * N, tmp);
+    w0 = hn::Load(df, tmp);
+    w1 = hn::Load(df, tmp + N);
+#endif
   }
 }
 
-// End of the column segment starting at c0: at most kMaxSeg wide, never crossing a scale block.
-HWY_INLINE int64_t SegmentEnd(const WeightMatrix& w, int64_t c0) {
-  int64_t c1 = std::min(w.cols, c0 + kMaxSeg);
-  if (w.scale != nullptr) c1 = std::min(c1, (c0 / w.block_cols + 1) * w.block_cols);
-  return c1;
+// Scale of block (r, c) of an FP8 matrix times the decode path's unscale factor; 1 otherwise.
+template <DType kType>
+HWY_INLINE float Load2Scale(const WeightMatrix& w, int64_t r, int64_t c) {
+  if constexpr (kType == DType::kF8E4M3) {
+    return w.scale[(r / w.block_rows) * w.scale_cols + c / w.block_cols] * kFp8Unscale;
+  } else {
+    return 1.0f;
+  }
 }
 
 HWY_INLINE float BlockScale(const WeightMatrix& w, int64_t r, int64_t c) {
@@ -113,32 +153,239 @@ HWY_INLINE const void* RowPtr(const WeightMatrix& w, int64_t r) {
   return static_cast<const uint8_t*>(w.data) + r * w.cols * static_cast<int64_t>(DTypeSize(kType));
 }
 
+// ---- decode: y = W x for one token, weights converted in registers ---------------------------
+
+// One row, one token: y = W[r] . x. Per column block (a scale block for FP8, the whole row
+// otherwise) the products accumulate in a vector that the block scale then folds into the row's
+// accumulator; one horizontal sum at the end.
+template <DType kType>
+HWY_INLINE float MatVecRow(const WeightMatrix& w, int64_t r, const float* HWY_RESTRICT x) {
+  const hn::ScalableTag<float> df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const void* row = RowPtr<kType>(w, r);
+  auto total = hn::Zero(df);
+  float tail = 0;
+  const int64_t block = kType == DType::kF8E4M3 ? w.block_cols : w.cols;
+  for (int64_t c0 = 0; c0 < w.cols; c0 += block) {
+    const int64_t c1 = std::min(w.cols, c0 + block);
+    auto part = hn::Zero(df);
+    int64_t c = c0;
+    for (; c + 2 * N <= c1; c += 2 * N) {
+      decltype(part) w0, w1;
+      Load2<kType>(df, row, c, w0, w1);
+      part = hn::MulAdd(w0, hn::LoadU(df, x + c), part);
+      part = hn::MulAdd(w1, hn::LoadU(df, x + c + N), part);
+    }
+    total = hn::MulAdd(part, hn::Set(df, Load2Scale<kType>(w, r, c0)), total);
+    if (c < c1) {  // ragged end of a block: plain code
+      HWY_ALIGN float deq[2 * hn::MaxLanes(df)];
+      ToF32<kType>(row, c, c1 - c, deq);
+      float t = 0;
+      for (int64_t k = 0; k < c1 - c; ++k) t += deq[k] * x[c + k];
+      tail += t * BlockScale(w, r, c0);
+    }
+  }
+  return hn::GetLane(hn::SumOfLanes(df, total)) + tail;
+}
+
+// Four rows at once share every activation load. While it streams its four rows, it prefetches
+// the same columns of the next four, which follow in memory: rows are often only a few KiB long,
+// too short for the hardware prefetcher to ramp up on each.
+template <DType kType>
+HWY_INLINE void MatVec4Rows(const WeightMatrix& w, int64_t r, const float* HWY_RESTRICT x,
+                            float* HWY_RESTRICT y) {
+  const hn::ScalableTag<float> df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t esize = static_cast<int64_t>(DTypeSize(kType));
+  const uint8_t* r0 = static_cast<const uint8_t*>(RowPtr<kType>(w, r));
+  const int64_t stride = w.cols * esize;  // bytes per row
+  const uint8_t* r1 = r0 + stride;
+  const uint8_t* r2 = r1 + stride;
+  const uint8_t* r3 = r2 + stride;
+  const int64_t ahead = 4 * stride;
+  auto t0 = hn::Zero(df), t1 = t0, t2 = t0, t3 = t0;
+  const int64_t block = kType == DType::kF8E4M3 ? w.block_cols : w.cols;
+  int64_t c1 = 0;
+  for (int64_t c0 = 0; c0 < w.cols; c0 = c1) {
+    c1 = std::min(w.cols, c0 + block);
+    auto p0 = hn::Zero(df), p1 = p0, p2 = p0, p3 = p0;
+    int64_t c = c0;
+    for (; c + 2 * N <= c1; c += 2 * N) {
+      const int64_t byte = c * esize;
+      hwy::Prefetch(r0 + ahead + byte);
+      hwy::Prefetch(r1 + ahead + byte);
+      hwy::Prefetch(r2 + ahead + byte);
+      hwy::Prefetch(r3 + ahead + byte);
+      const auto x0 = hn::LoadU(df, x + c);
+      const auto x1 = hn::LoadU(df, x + c + N);
+      decltype(p0) w0, w1;
+      Load2<kType>(df, r0, c, w0, w1);
+      p0 = hn::MulAdd(w1, x1, hn::MulAdd(w0, x0, p0));
+      Load2<kType>(df, r1, c, w0, w1);
+      p1 = hn::MulAdd(w1, x1, hn::MulAdd(w0, x0, p1));
+      Load2<kType>(df, r2, c, w0, w1);
+      p2 = hn::MulAdd(w1, x1, hn::MulAdd(w0, x0, p2));
+      Load2<kType>(df, r3, c, w0, w1);
+      p3 = hn::MulAdd(w1, x1, hn::MulAdd(w0, x0, p3));
+    }
+    if (c < c1) break;  // ragged block: finish these rows one at a time
+    t0 = hn::MulAdd(p0, hn::Set(df, Load2Scale<kType>(w, r, c0)), t0);
+    t1 = hn::MulAdd(p1, hn::Set(df, Load2Scale<kType>(w, r + 1, c0)), t1);
+    t2 = hn::MulAdd(p2, hn::Set(df, Load2Scale<kType>(w, r + 2, c0)), t2);
+    t3 = hn::MulAdd(p3, hn::Set(df, Load2Scale<kType>(w, r + 3, c0)), t3);
+  }
+  if (c1 < w.cols || (w.cols % (2 * N)) != 0 && kType != DType::kF8E4M3) {
+    for (int i = 0; i < 4; ++i) y[i] = MatVecRow<kType>(w, r + i, x);
+    return;
+  }
+  y[0] = hn::GetLane(hn::SumOfLanes(df, t0));
+  y[1] = hn::GetLane(hn::SumOfLanes(df, t1));
+  y[2] = hn::GetLane(hn::SumOfLanes(df, t2));
+  y[3] = hn::GetLane(hn::SumOfLanes(df, t3));
+}
+
+template <DType kType>
+void MatVecRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, float* y) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(hn::ScalableTag<float>()));
+  // The 4-row path needs every column block to be whole vectors; otherwise rows go one by one.
+  const int64_t block = w.dtype == DType::kF8E4M3 ? w.block_cols : w.cols;
+  const bool whole = block % (2 * N) == 0 && w.cols % (2 * N) == 0;
+  int64_t r = r0;
+  if (whole) {
+    for (; r + kRowTile <= r1; r += kRowTile) MatVec4Rows<kType>(w, r, x, y + (r - r0));
+  }
+  for (; r < r1; ++r) y[r - r0] = MatVecRow<kType>(w, r, x);
+}
+
+// ---- prefill: Y = X W^T for many tokens ------------------------------------------------------
+
+// kRowTile weight rows are dequantized in full (scales applied) into a per-thread tile, then
+// multiplied with the tokens of an L2-sized token chunk, 4 rows x 4 tokens at a time with 16
+// vector accumulators and one horizontal sum per output.
+HWY_INLINE void Gemm4x4(const float* HWY_RESTRICT tile, int64_t cols, const float* HWY_RESTRICT x,
+                        int64_t x_stride, float* HWY_RESTRICT y, int64_t y_stride, int64_t nr) {
+  const hn::ScalableTag<float> df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const float* w0 = tile;
+  const float* w1 = tile + cols;
+  const float* w2 = tile + 2 * cols;
+  const float* w3 = tile + 3 * cols;
+  const float* x0 = x;
+  const float* x1 = x + x_stride;
+  const float* x2 = x + 2 * x_stride;
+  const float* x3 = x + 3 * x_stride;
+  auto a00 = hn::Zero(df), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00,
+       a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00,
+       a33 = a00;
+  int64_t c = 0;
+  for (; c + N <= cols; c += N) {
+    const auto v0 = hn::LoadU(df, x0 + c), v1 = hn::LoadU(df, x1 + c);
+    const auto v2 = hn::LoadU(df, x2 + c), v3 = hn::LoadU(df, x3 + c);
+    auto wv = hn::LoadU(df, w0 + c);
+    a00 = hn::MulAdd(wv, v0, a00);
+    a01 = hn::MulAdd(wv, v1, a01);
+    a02 = hn::MulAdd(wv, v2, a02);
+    a03 = hn::MulAdd(wv, v3, a03);
+    wv = hn::LoadU(df, w1 + c);
+    a10 = hn::MulAdd(wv, v0, a10);
+    a11 = hn::MulAdd(wv, v1, a11);
+    a12 = hn::MulAdd(wv, v2, a12);
+    a13 = hn::MulAdd(wv, v3, a13);
+    wv = hn::LoadU(df, w2 + c);
+    a20 = hn::MulAdd(wv, v0, a20);
+    a21 = hn::MulAdd(wv, v1, a21);
+    a22 = hn::MulAdd(wv, v2, a22);
+    a23 = hn::MulAdd(wv, v3, a23);
+    wv = hn::LoadU(df, w3 + c);
+    a30 = hn::MulAdd(wv, v0, a30);
+    a31 = hn::MulAdd(wv, v1, a31);
+    a32 = hn::MulAdd(wv, v2, a32);
+    a33 = hn::MulAdd(wv, v3, a33);
+  }
+  const decltype(a00) acc[4][4] = {
+      {a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
+  const float* wr[4] = {w0, w1, w2, w3};
+  const float* xr[4] = {x0, x1, x2, x3};
+  for (int64_t i = 0; i < nr; ++i) {
+    for (int t = 0; t < 4; ++t) {
+      float s = hn::GetLane(hn::SumOfLanes(df, acc[i][t]));
+      for (int64_t k = c; k < cols; ++k) s += wr[i][k] * xr[t][k];
+      y[t * y_stride + i] = s;
+    }
+  }
+}
+
+// One token against the 4 tile rows (the tokens left over after groups of 4).
+HWY_INLINE void Gemm4x1(const float* HWY_RESTRICT tile, int64_t cols, const float* HWY_RESTRICT x,
+                        float* HWY_RESTRICT y, int64_t nr) {
+  const hn::ScalableTag<float> df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  auto a0 = hn::Zero(df), a1 = a0, a2 = a0, a3 = a0;
+  int64_t c = 0;
+  for (; c + N <= cols; c += N) {
+    const auto v = hn::LoadU(df, x + c);
+    a0 = hn::MulAdd(hn::LoadU(df, tile + c), v, a0);
+    a1 = hn::MulAdd(hn::LoadU(df, tile + cols + c), v, a1);
+    a2 = hn::MulAdd(hn::LoadU(df, tile + 2 * cols + c), v, a2);
+    a3 = hn::MulAdd(hn::LoadU(df, tile + 3 * cols + c), v, a3);
+  }
+  const decltype(a0) acc[4] = {a0, a1, a2, a3};
+  for (int64_t i = 0; i < nr; ++i) {
+    float s = hn::GetLane(hn::SumOfLanes(df, acc[i]));
+    for (int64_t k = c; k < cols; ++k) s += tile[i * cols + k] * x[k];
+    y[i] = s;
+  }
+}
+
+template <DType kType>
+void DequantRowT(const WeightMatrix& w, int64_t r, float* HWY_RESTRICT out) {
+  const hn::ScalableTag<float> df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  ToF32<kType>(RowPtr<kType>(w, r), 0, w.cols, out);
+  if (w.scale == nullptr) return;
+  for (int64_t c0 = 0; c0 < w.cols; c0 += w.block_cols) {
+    const int64_t c1 = std::min(w.cols, c0 + w.block_cols);
+    const auto s = hn::Set(df, BlockScale(w, r, c0));
+    int64_t c = c0;
+    for (; c + N <= c1; c += N) hn::StoreU(hn::Mul(hn::LoadU(df, out + c), s), df, out + c);
+    for (; c < c1; ++c) out[c] *= BlockScale(w, r, c0);
+  }
+}
+
+template <DType kType>
+void GemmRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
+               int64_t T, float* y, int64_t y_stride) {
+  thread_local std::vector<float> tile;  // [kRowTile, cols], grows once per thread
+  if (tile.size() < static_cast<size_t>(kRowTile * w.cols)) tile.resize(kRowTile * w.cols);
+  // Tokens per chunk: their rows (about 1 MiB) stay in L2 while every row tile passes over them.
+  const int64_t chunk = std::max<int64_t>(kTokTile, (1 << 20) / (w.cols * 4) / kTokTile * kTokTile);
+  for (int64_t t0 = 0; t0 < T; t0 += chunk) {
+    const int64_t t1 = std::min(T, t0 + chunk);
+    for (int64_t rb = r0; rb < r1; rb += kRowTile) {
+      const int64_t nr = std::min(kRowTile, r1 - rb);
+      for (int64_t i = 0; i < kRowTile; ++i) {
+        DequantRowT<kType>(w, rb + std::min(i, nr - 1), tile.data() + i * w.cols);
+      }
+      int64_t t = t0;
+      for (; t + kTokTile <= t1; t += kTokTile) {
+        Gemm4x4(tile.data(), w.cols, x + t * x_stride, x_stride, y + t * y_stride + (rb - r0),
+                y_stride, nr);
+      }
+      for (; t < t1; ++t) {
+        Gemm4x1(tile.data(), w.cols, x + t * x_stride, y + t * y_stride + (rb - r0), nr);
+      }
+    }
+  }
+}
+
 template <DType kType>
 void MatMulRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
                  int64_t T, float* y, int64_t y_stride) {
-  HWY_ALIGN float tile[kRowTile * kMaxSeg];
-  for (int64_t t = 0; t < T; ++t) std::fill(y + t * y_stride, y + t * y_stride + (r1 - r0), 0.0f);
-  for (int64_t t0 = 0; t0 < T; t0 += kTokenTile) {
-    const int64_t t1 = std::min(T, t0 + kTokenTile);
-    for (int64_t rb = r0; rb < r1; rb += kRowTile) {
-      const int64_t nr = std::min(kRowTile, r1 - rb);
-      for (int64_t c0 = 0; c0 < w.cols;) {
-        const int64_t c1 = SegmentEnd(w, c0), len = c1 - c0;
-        float scale[kRowTile];
-        for (int64_t i = 0; i < kRowTile; ++i) {
-          const int64_t r = rb + std::min(i, nr - 1);  // short tiles repeat their last row
-          ToF32<kType>(RowPtr<kType>(w, r), c0, len, tile + i * kMaxSeg);
-          scale[i] = BlockScale(w, r, c0);
-        }
-        for (int64_t t = t0; t < t1; ++t) {
-          float dot[kRowTile];
-          Dot4(tile, x + t * x_stride + c0, len, dot);
-          float* yt = y + t * y_stride + (rb - r0);
-          for (int64_t i = 0; i < nr; ++i) yt[i] += scale[i] * dot[i];
-        }
-        c0 = c1;
-      }
-    }
+  if (T < kTokTile) {
+    for (int64_t t = 0; t < T; ++t)
+      MatVecRowsT<kType>(w, r0, r1, x + t * x_stride, y + t * y_stride);
+  } else {
+    GemmRowsT<kType>(w, r0, r1, x, x_stride, T, y, y_stride);
   }
 }
 
@@ -158,6 +405,14 @@ void MatMulRowsImpl(const WeightMatrix& w, int64_t r0, int64_t r1, const float* 
   }
 }
 
+// End of the column segment starting at c0: at most kMaxSeg wide, never crossing a scale block.
+HWY_INLINE int64_t SegmentEnd(const WeightMatrix& w, int64_t c0) {
+  int64_t c1 = std::min(w.cols, c0 + kMaxSeg);
+  if (w.scale != nullptr) c1 = std::min(c1, (c0 / w.block_cols + 1) * w.block_cols);
+  return c1;
+}
+
+// y = a * W[r] (accumulate: y += a * W[r]), dequantized, segment by segment.
 template <DType kType>
 void ConvertRowT(const WeightMatrix& w, int64_t r, float a, float* y, bool accumulate) {
   const hn::ScalableTag<float> df;

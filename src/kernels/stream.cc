@@ -44,7 +44,9 @@ namespace dsv3::kernels {
 
 HWY_EXPORT(SumFloatsImpl);
 
-float SumFloats(const float* data, size_t n) { return HWY_DYNAMIC_DISPATCH(SumFloatsImpl)(data, n); }
+float SumFloats(const float* data, size_t n) {
+  return HWY_DYNAMIC_DISPATCH(SumFloatsImpl)(data, n);
+}
 
 double MeasureReadBandwidthGBs(size_t bytes, int repeats) {
   const size_t n = bytes / sizeof(float);

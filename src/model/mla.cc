@@ -9,39 +9,48 @@
 #include "model/mla.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <optional>
+#include <tuple>
 
 #include "core/parallel.h"
+#include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
 
 namespace dsv3 {
 namespace {
 int64_t Pad16(int64_t n) { return (n + 15) / 16 * 16; }
+constexpr int64_t kKeyBlock = 256;  // cached tokens per attention block
 }  // namespace
 
 Mla::Mla(const Config& c, const RopeTable& rope, int64_t max_batch, int64_t capacity,
          AttentionImpl impl)
     : c_(c), rope_(rope), impl_(impl), max_batch_(max_batch), capacity_(capacity) {
-  const int64_t B = max_batch, H = c.num_attention_heads;
+  const int64_t B = max_batch, H = c.num_attention_heads, C = c.kv_lora_rank;
+  const int64_t NR = c.qk_head_dim(), V = c.v_head_dim;
   cos_.Resize(B * c.qk_rope_head_dim / 2);
   sin_.Resize(B * c.qk_rope_head_dim / 2);
   q_a_.Resize(B * std::max<int64_t>(c.q_lora_rank, 1));
-  q_.Resize(B * H * c.qk_head_dim());
+  q_.Resize(B * H * NR);
   kv_a_.Resize(B * c.kv_width());
-  heads_.Resize(B * H * c.v_head_dim);
-  thread_stride_ = Pad16(c.kv_width()) + Pad16(c.kv_lora_rank) + Pad16(capacity);
-  if (impl == AttentionImpl::kExpanded) {
-    thread_stride_ += Pad16(capacity * c.qk_nope_head_dim) + Pad16(capacity * c.v_head_dim);
-  }
+  heads_.Resize(B * H * V);
+  q_lat_.Resize(H * c.kv_width());
+  // Absorbed: scores [H, kKeyBlock], m and l [H], outputs [H, C].
+  const int64_t absorbed = Pad16(H * kKeyBlock) + 2 * Pad16(H) + Pad16(H * C);
+  // Expanded: keys [kKeyBlock, N+R], values [kKeyBlock, V], scores [4, kKeyBlock], m and l [B],
+  // outputs [B, V].
+  const int64_t expanded = Pad16(kKeyBlock * NR) + Pad16(kKeyBlock * V) + Pad16(4 * kKeyBlock) +
+                           2 * Pad16(B) + Pad16(B * V);
+  thread_stride_ = std::max(absorbed, expanded);
   threads_ = NumThreads();
   thread_scratch_.Resize(static_cast<size_t>(thread_stride_ * threads_));
 }
 
 size_t Mla::scratch_bytes() const {
   return sizeof(float) * (cos_.size() + sin_.size() + q_a_.size() + q_.size() + kv_a_.size() +
-                          heads_.size() + thread_scratch_.size());
+                          heads_.size() + q_lat_.size() + thread_scratch_.size());
 }
 
 void Mla::SetPositions(int64_t start, int64_t T) {
@@ -50,6 +59,19 @@ void Mla::SetPositions(int64_t start, int64_t T) {
   const int64_t half = c_.qk_rope_head_dim / 2;
   for (int64_t t = 0; t < T; ++t)
     rope_.Angles(start + t, cos_.data() + t * half, sin_.data() + t * half);
+}
+
+// Multiply-adds of each form for this step (see the file comment), to pick the cheaper.
+bool Mla::UseAbsorbed() const {
+  if (impl_ != AttentionImpl::kAuto) return impl_ == AttentionImpl::kAbsorbed;
+  const double N = static_cast<double>(c_.qk_nope_head_dim), V = static_cast<double>(c_.v_head_dim);
+  const double C = static_cast<double>(c_.kv_lora_rank),
+               R = static_cast<double>(c_.qk_rope_head_dim);
+  const double T = static_cast<double>(T_), S = static_cast<double>(start_ + T_);
+  const double attended = T * (static_cast<double>(start_) + (T + 1) / 2);  // causal (t, s) pairs
+  const double absorbed = T * (N + V) * C + attended * (2 * C + R);
+  const double expanded = S * (N + V) * C + attended * (N + R + V);
+  return absorbed <= expanded;
 }
 
 void Mla::Forward(const MlaWeights& w, int64_t layer, const float* xn, KvCache& cache, float* out,
@@ -61,7 +83,6 @@ void Mla::Forward(const MlaWeights& w, int64_t layer, const float* xn, KvCache& 
     threads_ = NumThreads();
     thread_scratch_.Resize(static_cast<size_t>(thread_stride_ * threads_));
   }
-
   std::optional<PhaseTimer> timer(std::in_place, profile_, Phase::kAttnProject);
   // Queries: [T, H, N+R].
   if (c_.q_lora_rank > 0) {
@@ -100,8 +121,8 @@ void Mla::Forward(const MlaWeights& w, int64_t layer, const float* xn, KvCache& 
   }
 
   timer.emplace(profile_, Phase::kAttnCore);
-  if (impl_ == AttentionImpl::kAbsorbed) {
-    AttendAbsorbed(w, layer, cache);
+  if (UseAbsorbed()) {
+    for (int64_t t = 0; t < T; ++t) AttendAbsorbed(w, layer, cache, t);
   } else {
     AttendExpanded(w, layer, cache);
   }
@@ -111,60 +132,126 @@ void Mla::Forward(const MlaWeights& w, int64_t layer, const float* xn, KvCache& 
   kernels::MatMul(w.o, heads_.data(), H * c_.v_head_dim, T, out, D);
 }
 
-void Mla::AttendAbsorbed(const MlaWeights& w, int64_t layer, const KvCache& cache) {
-  const int64_t T = T_, H = c_.num_attention_heads, C = c_.kv_lora_rank, R = c_.qk_rope_head_dim;
-  const int64_t N = c_.qk_nope_head_dim, V = c_.v_head_dim, NR = N + R, NV = N + V;
+// Token t at position start_ + t against cache rows 0..pos, all heads at once: the absorbed
+// queries [H, C+R] are scored against blocks of cached rows; the rows of the cache are split
+// across threads (flash-decoding), each keeping a running softmax per head, merged at the end.
+void Mla::AttendAbsorbed(const MlaWeights& w, int64_t layer, const KvCache& cache, int64_t t) {
+  const int64_t H = c_.num_attention_heads, C = c_.kv_lora_rank, R = c_.qk_rope_head_dim;
+  const int64_t N = c_.qk_nope_head_dim, V = c_.v_head_dim, NR = N + R, NV = N + V, CR = C + R;
+  const int64_t S = start_ + t + 1;
   const float scale = rope_.softmax_scale;
-  // Tasks are (head, token) pairs, head-major, so a thread reuses one head's W_uk / W_uv slices.
-  ParallelFor(H * T, 1, [&](int64_t begin, int64_t end, int thread) {
-    float* q_lat = thread_scratch_.data() + thread * thread_stride_;  // [C+R]
-    float* o_lat = q_lat + Pad16(C + R);                              // [C]
-    float* scores = o_lat + Pad16(C);                                 // [S]
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t h = task / T, t = task % T, pos = start_ + t;
-      const float* q = q_.data() + (t * H + h) * NR;  // [q_nope N | q_pe R]
-      std::fill(q_lat, q_lat + C, 0.0f);
-      kernels::MatVecTransposedRows(w.kv_b, h * NV, h * NV + N, q, q_lat);  // W_uk[h]^T q_nope
-      std::memcpy(q_lat + C, q + N, R * sizeof(float));
-      for (int64_t s = 0; s <= pos; ++s) {
-        scores[s] = kernels::Dot(q_lat, cache.Row(layer, s), C + R) * scale;
+  float* q_lat = q_lat_.data();  // [H, C+R]
+
+  // q_lat[h] = [W_uk[h]^T q_nope[h] | q_pe[h]]
+  ParallelFor(H, 1, [&](int64_t h0, int64_t h1, int) {
+    for (int64_t h = h0; h < h1; ++h) {
+      const float* q = q_.data() + (t * H + h) * NR;
+      float* ql = q_lat + h * CR;
+      std::fill(ql, ql + C, 0.0f);
+      kernels::MatVecTransposedRows(w.kv_b, h * NV, h * NV + N, q, ql);
+      std::memcpy(ql + C, q + N, R * sizeof(float));
+    }
+  });
+
+  // Each thread: a contiguous range of cached rows, in blocks.
+  const int64_t tiles = (S + kKeyBlock - 1) / kKeyBlock;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(NumThreads(), tiles));
+  auto part = [&](int p) {
+    float* base = thread_scratch_.data() + p * thread_stride_;
+    float* scores = base;                      // [H, kKeyBlock]
+    float* m = scores + Pad16(H * kKeyBlock);  // [H]
+    float* l = m + Pad16(H);                   // [H]
+    float* o = l + Pad16(H);                   // [H, C]
+    return std::make_tuple(scores, m, l, o);
+  };
+  ParallelFor(S, kKeyBlock, [&](int64_t s0, int64_t s1, int p) {
+    auto [scores, m, l, o] = part(p);
+    std::fill(m, m + H, -INFINITY);
+    std::fill(l, l + H, 0.0f);
+    std::fill(o, o + H * C, 0.0f);
+    for (int64_t b0 = s0; b0 < s1; b0 += kKeyBlock) {
+      const int64_t nb = std::min(kKeyBlock, s1 - b0);
+      const float* rows = cache.Row(layer, b0);  // [nb, C+R]
+      kernels::QKScores(q_lat, CR, H, rows, CR, nb, CR, scale, scores);
+      for (int64_t h = 0; h < H; ++h) {
+        const float correction = kernels::OnlineSoftmax(scores + h * nb, nb, m[h], l[h]);
+        if (correction != 1.0f) kernels::Scale(correction, o + h * C, C);
       }
-      kernels::Softmax(scores, pos + 1);
-      std::fill(o_lat, o_lat + C, 0.0f);
-      for (int64_t s = 0; s <= pos; ++s) kernels::Axpy(scores[s], cache.Row(layer, s), o_lat, C);
-      // W_uv[h] o_lat -> [V]
-      kernels::MatMulRows(w.kv_b, h * NV + N, (h + 1) * NV, o_lat, C, 1,
+      kernels::PVAccumulate(scores, H, nb, rows, CR, C, o, C);  // values: the latents themselves
+    }
+  });
+
+  // Merge the parts per head, then out[h] = W_uv[h] o[h].
+  ParallelFor(H, 1, [&](int64_t h0, int64_t h1, int) {
+    for (int64_t h = h0; h < h1; ++h) {
+      auto [scores0, m0, l0, o0] = part(0);
+      float m = m0[h];
+      for (int p = 1; p < parts; ++p) m = std::max(m, std::get<1>(part(p))[h]);
+      float l = 0;
+      float* merged = o0 + h * C;
+      for (int p = 0; p < parts; ++p) {
+        auto [sp, mp, lp, op] = part(p);
+        const float f = std::exp(mp[h] - m);
+        l += lp[h] * f;
+        if (p == 0) {
+          kernels::Scale(f, merged, C);
+        } else {
+          kernels::Axpy(f, op + h * C, merged, C);
+        }
+      }
+      kernels::Scale(1.0f / l, merged, C);
+      kernels::MatMulRows(w.kv_b, h * NV + N, (h + 1) * NV, merged, C, 1,
                           heads_.data() + t * H * V + h * V, H * V);
     }
   });
 }
 
+// All T tokens of the step, one head per task: per block of cached tokens, the head's keys
+// [k_nope | k_pe] and values are rebuilt from the latents with kv_b_proj, and every query that
+// can see the block updates its running softmax and output (flash attention). Scratch is fixed:
+// one key block, not the whole cache.
 void Mla::AttendExpanded(const MlaWeights& w, int64_t layer, const KvCache& cache) {
   const int64_t T = T_, H = c_.num_attention_heads, C = c_.kv_lora_rank, R = c_.qk_rope_head_dim;
-  const int64_t N = c_.qk_nope_head_dim, V = c_.v_head_dim, NR = N + R, NV = N + V;
+  const int64_t N = c_.qk_nope_head_dim, V = c_.v_head_dim, NR = N + R, NV = N + V, CR = C + R;
   const int64_t S = start_ + T;
   const float scale = rope_.softmax_scale;
-  ParallelFor(H, 1, [&](int64_t begin, int64_t end, int thread) {
-    float* scores = thread_scratch_.data() + thread * thread_stride_ + Pad16(C + R) + Pad16(C);
-    float* k_nope = scores + Pad16(capacity_);      // [S, N]
-    float* values = k_nope + Pad16(capacity_ * N);  // [S, V]
-    for (int64_t h = begin; h < end; ++h) {
-      // Per-head keys and values of every cached token: kv_b_proj applied to the latents.
-      kernels::MatMulRows(w.kv_b, h * NV, h * NV + N, cache.Row(layer, 0), C + R, S, k_nope, N);
-      kernels::MatMulRows(w.kv_b, h * NV + N, (h + 1) * NV, cache.Row(layer, 0), C + R, S, values,
-                          V);
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t pos = start_ + t;
-        const float* q = q_.data() + (t * H + h) * NR;
-        for (int64_t s = 0; s <= pos; ++s) {
-          scores[s] = (kernels::Dot(q, k_nope + s * N, N) +
-                       kernels::Dot(q + N, cache.Row(layer, s) + C, R)) *
-                      scale;
+  ParallelFor(H, 1, [&](int64_t h0, int64_t h1, int p) {
+    float* keys = thread_scratch_.data() + p * thread_stride_;  // [kKeyBlock, N+R]
+    float* values = keys + Pad16(kKeyBlock * NR);               // [kKeyBlock, V]
+    float* scores = values + Pad16(kKeyBlock * V);              // [4, kKeyBlock]
+    float* m = scores + Pad16(4 * kKeyBlock);                   // [T]
+    float* l = m + Pad16(max_batch_);                           // [T]
+    float* o = l + Pad16(max_batch_);                           // [T, V]
+    for (int64_t h = h0; h < h1; ++h) {
+      std::fill(m, m + T, -INFINITY);
+      std::fill(l, l + T, 0.0f);
+      std::fill(o, o + T * V, 0.0f);
+      for (int64_t s0 = 0; s0 < S; s0 += kKeyBlock) {
+        const int64_t nb = std::min(kKeyBlock, S - s0);
+        const float* rows = cache.Row(layer, s0);
+        kernels::MatMulRows(w.kv_b, h * NV, h * NV + N, rows, CR, nb, keys, NR);  // k_nope
+        for (int64_t k = 0; k < nb; ++k)
+          std::memcpy(keys + k * NR + N, rows + k * CR + C, R * sizeof(float));
+        kernels::MatMulRows(w.kv_b, h * NV + N, (h + 1) * NV, rows, CR, nb, values, V);
+        for (int64_t t0 = std::max<int64_t>(0, s0 - start_); t0 < T; t0 += 4) {
+          const int64_t nq = std::min<int64_t>(4, T - t0);
+          kernels::QKScores(q_.data() + (t0 * H + h) * NR, H * NR, nq, keys, NR, nb, NR, scale,
+                            scores);
+          for (int64_t a = 0; a < nq; ++a) {
+            const int64_t pos = start_ + t0 + a;  // causal: keys after pos are masked
+            for (int64_t k = std::max<int64_t>(0, pos + 1 - s0); k < nb; ++k)
+              scores[a * nb + k] = -INFINITY;
+            const float correction =
+                kernels::OnlineSoftmax(scores + a * nb, nb, m[t0 + a], l[t0 + a]);
+            if (correction != 1.0f) kernels::Scale(correction, o + (t0 + a) * V, V);
+          }
+          kernels::PVAccumulate(scores, nq, nb, values, V, V, o + t0 * V, V);
         }
-        kernels::Softmax(scores, pos + 1);
-        float* o = heads_.data() + t * H * V + h * V;
-        std::fill(o, o + V, 0.0f);
-        for (int64_t s = 0; s <= pos; ++s) kernels::Axpy(scores[s], values + s * V, o, V);
+      }
+      for (int64_t t = 0; t < T; ++t) {
+        float* dst = heads_.data() + t * H * V + h * V;
+        const float inv = 1.0f / l[t];
+        for (int64_t j = 0; j < V; ++j) dst[j] = o[t * V + j] * inv;
       }
     }
   });

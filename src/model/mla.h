@@ -14,10 +14,11 @@
 namespace dsv3 {
 
 // kAbsorbed folds kv_b_proj into the query (W_uk) and the output (W_uv) so attention runs on the
-// latent rows directly: the decode path. kExpanded rebuilds per-head keys and values from the
-// latents (the textbook form); it exists to check the absorbed form and needs O(S) scratch per
-// thread.
-enum class AttentionImpl { kAbsorbed, kExpanded };
+// latent rows directly, all heads sharing each cached row: the decode path, cheapest when few
+// tokens attend to a long cache. kExpanded rebuilds per-head keys and values from the latents,
+// one block of cached tokens at a time (the textbook form): cheaper when many tokens attend, as in
+// prompt prefill. kAuto picks per step by operation count.
+enum class AttentionImpl { kAuto, kAbsorbed, kExpanded };
 
 class Mla {
  public:
@@ -33,7 +34,8 @@ class Mla {
   size_t scratch_bytes() const;
 
  private:
-  void AttendAbsorbed(const MlaWeights& w, int64_t layer, const KvCache& cache);
+  bool UseAbsorbed() const;
+  void AttendAbsorbed(const MlaWeights& w, int64_t layer, const KvCache& cache, int64_t t);
   void AttendExpanded(const MlaWeights& w, int64_t layer, const KvCache& cache);
 
   const Config& c_;
@@ -47,8 +49,8 @@ class Mla {
   AlignedArray<float> q_;          // [B, H, N+R]
   AlignedArray<float> kv_a_;       // [B, C+R]
   AlignedArray<float> heads_;      // [B, H*V]  attention output per head, o_proj input
-  // Per-thread scratch: absorbed: q_lat [C+R], o_lat [C], scores [S];
-  // expanded: + k_nope [S, N], values [S, V].
+  AlignedArray<float> q_lat_;      // [H, C+R]  absorbed queries of one token
+  // Per-thread scratch (see Mla::Mla): a key block's scores, running softmax state and outputs.
   int64_t thread_stride_ = 0, threads_ = 0;
   AlignedArray<float> thread_scratch_;
 };

@@ -34,7 +34,7 @@ Context::Context(const Model& model, const ContextOptions& o)
       max_batch_(std::max<int64_t>(1, std::min(o.max_batch, o.capacity))),
       cache_(c_, c_.num_hidden_layers, CheckedCapacity(c_, o.capacity)),
       mla_(c_, model.rope(), max_batch_, o.capacity, o.attention),
-      mlp_(max_batch_, c_.intermediate_size),
+      mlp_(1, max_batch_, c_.intermediate_size, c_.hidden_size),
       moe_(c_, c_.n_routed_experts > 0 ? max_batch_ : 0),
       x_(max_batch_ * c_.hidden_size),
       xn_(max_batch_ * c_.hidden_size),

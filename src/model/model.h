@@ -43,7 +43,7 @@ class Model {
 struct ContextOptions {
   int64_t capacity = 4096;  // tokens the latent cache holds (<= max_position_embeddings)
   int64_t max_batch = 256;  // tokens per forward chunk; longer prompts run in several chunks
-  AttentionImpl attention = AttentionImpl::kAbsorbed;
+  AttentionImpl attention = AttentionImpl::kAuto;
 };
 
 class Context {
@@ -81,7 +81,7 @@ class Context {
   int64_t n_past_ = 0;
   KvCache cache_;
   Mla mla_;
-  Mlp mlp_;
+  MlpBatch mlp_;  // the dense layers' MLP
   Moe moe_;
   AlignedArray<float> x_;            // [B, D] residual stream
   AlignedArray<float> xn_;           // [B, D] normalized input of a block

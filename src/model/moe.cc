@@ -9,20 +9,62 @@
 #include <limits>
 #include <optional>
 
+#include "core/parallel.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
 
 namespace dsv3 {
 
-Mlp::Mlp(int64_t max_batch, int64_t max_intermediate)
-    : gate_(max_batch * max_intermediate), up_(max_batch * max_intermediate) {}
+MlpBatch::MlpBatch(int64_t max_jobs, int64_t max_rows, int64_t max_intermediate, int64_t hidden)
+    : D_(hidden), hidden_(static_cast<size_t>(max_rows * 2 * max_intermediate)) {
+  jobs_.reserve(static_cast<size_t>(max_jobs));
+}
 
-void Mlp::Forward(const MlpWeights& w, const float* x, int64_t T, float* out) {
-  const int64_t I = w.gate.rows, D = w.gate.cols;
-  kernels::MatMul(w.gate, x, D, T, gate_.data(), I);
-  kernels::MatMul(w.up, x, D, T, up_.data(), I);
-  kernels::SiluMul(gate_.data(), up_.data(), gate_.data(), T * I);
-  kernels::MatMul(w.down, gate_.data(), I, T, out, D);
+void MlpBatch::Add(const MlpWeights& w, const float* x, int64_t n, float* out) {
+  if (jobs_.empty()) hidden_used_ = 0;
+  jobs_.push_back({&w, x, n, out, hidden_.data() + hidden_used_});
+  hidden_used_ += n * 2 * w.gate.rows;
+}
+
+void MlpBatch::Run() {
+  // Phase 1: rows [0, 2I) of each job: gate rows, then up rows, into hidden [n, 2I].
+  int64_t total = 0;
+  for (const Job& j : jobs_) total += 2 * j.w->gate.rows;
+  ParallelFor(total, 4, [&](int64_t b, int64_t e, int) {
+    int64_t base = 0;
+    for (const Job& j : jobs_) {
+      const int64_t I = j.w->gate.rows;
+      const int64_t r0 = std::max(b, base) - base, r1 = std::min(e, base + 2 * I) - base;
+      base += 2 * I;
+      if (r0 >= r1) continue;
+      if (r0 < I)
+        kernels::MatMulRows(j.w->gate, r0, std::min(r1, I), j.x, D_, j.n, j.hidden + r0, 2 * I);
+      if (r1 > I) {
+        const int64_t u0 = std::max(r0, I) - I;
+        kernels::MatMulRows(j.w->up, u0, r1 - I, j.x, D_, j.n, j.hidden + I + u0, 2 * I);
+      }
+    }
+  });
+  for (const Job& j : jobs_) {
+    const int64_t I = j.w->gate.rows;
+    for (int64_t t = 0; t < j.n; ++t) {
+      float* h = j.hidden + t * 2 * I;
+      kernels::SiluMul(h, h + I, h, I);
+    }
+  }
+  // Phase 2: the D rows of each job's down projection.
+  total = static_cast<int64_t>(jobs_.size()) * D_;
+  ParallelFor(total, 4, [&](int64_t b, int64_t e, int) {
+    for (size_t k = 0; k < jobs_.size(); ++k) {
+      const Job& j = jobs_[k];
+      const int64_t base = static_cast<int64_t>(k) * D_;
+      const int64_t r0 = std::max(b, base) - base, r1 = std::min(e, base + D_) - base;
+      if (r0 < r1) {
+        kernels::MatMulRows(j.w->down, r0, r1, j.hidden, 2 * j.w->gate.rows, j.n, j.out + r0, D_);
+      }
+    }
+  });
+  jobs_.clear();
 }
 
 RouterScratch::RouterScratch(const Config& c)
@@ -79,7 +121,8 @@ void RouteToken(const Config& c, const float* logits, const float* bias, RouterS
 
 Moe::Moe(const Config& c, int64_t max_batch)
     : c_(c),
-      mlp_(max_batch, std::max(c.moe_intermediate_size, c.shared_intermediate())),
+      mlps_(c.n_routed_experts + 1, max_batch * (c.num_experts_per_tok + 1),
+            std::max(c.moe_intermediate_size, c.shared_intermediate()), c.hidden_size),
       logits_(max_batch * c.n_routed_experts),
       router_scratch_(c),
       indices_(max_batch * c.num_experts_per_tok),
@@ -88,13 +131,15 @@ Moe::Moe(const Config& c, int64_t max_batch)
       first_(c.n_routed_experts + 1),
       slot_token_(max_batch * c.num_experts_per_tok),
       slot_weight_(max_batch * c.num_experts_per_tok),
-      gathered_(max_batch * c.hidden_size),
-      expert_out_(max_batch * c.hidden_size) {}
+      gathered_(max_batch * c.num_experts_per_tok * c.hidden_size),
+      expert_out_(max_batch * c.num_experts_per_tok * c.hidden_size),
+      shared_out_(max_batch * c.hidden_size) {}
 
 size_t Moe::scratch_bytes() const {
-  return mlp_.scratch_bytes() +
-         sizeof(float) * (logits_.size() + gathered_.size() + expert_out_.size() + weights_.size() +
-                          slot_weight_.size() + router_scratch_.scores.size() * 2) +
+  return mlps_.scratch_bytes() +
+         sizeof(float) *
+             (logits_.size() + gathered_.size() + expert_out_.size() + shared_out_.size() +
+              weights_.size() + slot_weight_.size() + router_scratch_.scores.size() * 2) +
          sizeof(int32_t) * (indices_.size() + count_.size() + first_.size() + slot_token_.size());
 }
 
@@ -130,25 +175,28 @@ void Moe::Forward(const MoeWeights& w, int64_t layer, const float* xn, int64_t T
     }
   }
 
+  // Selected experts (each on its gathered tokens) and the shared experts, as one batch.
   timer.emplace(profile_, Phase::kExperts);
-  std::fill(out, out + T * D, 0.0f);
   for (int64_t e = 0; e < E; ++e) {
     const int64_t n = first_[e + 1] - first_[e];
     if (n == 0) continue;  // never read an unselected expert's weights
     for (int64_t j = 0; j < n; ++j) {
-      std::memcpy(gathered_.data() + j * D, xn + slot_token_[first_[e] + j] * D, D * sizeof(float));
+      std::memcpy(gathered_.data() + (first_[e] + j) * D, xn + slot_token_[first_[e] + j] * D,
+                  D * sizeof(float));
     }
-    mlp_.Forward(w.experts[e], gathered_.data(), n, expert_out_.data());
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t slot = first_[e] + j;
-      kernels::Axpy(slot_weight_[slot], expert_out_.data() + j * D, out + slot_token_[slot] * D, D);
-    }
+    mlps_.Add(w.experts[e], gathered_.data() + first_[e] * D, n,
+              expert_out_.data() + first_[e] * D);
   }
-  timer.emplace(profile_, Phase::kShared);
-  if (c_.n_shared_experts > 0) {
-    mlp_.Forward(w.shared, xn, T, expert_out_.data());
-    kernels::Add(expert_out_.data(), out, T * D);
+  if (c_.n_shared_experts > 0) mlps_.Add(w.shared, xn, T, shared_out_.data());
+  mlps_.Run();
+
+  // out[t] = sum over t's slots of weight * expert output (experts in index order), + shared.
+  std::fill(out, out + T * D, 0.0f);
+  for (int64_t slot = 0; slot < T * K; ++slot) {
+    kernels::Axpy(slot_weight_[slot], expert_out_.data() + slot * D, out + slot_token_[slot] * D,
+                  D);
   }
+  if (c_.n_shared_experts > 0) kernels::Add(shared_out_.data(), out, T * D);
 }
 
 }  // namespace dsv3

@@ -13,15 +13,37 @@
 
 namespace dsv3 {
 
-class Mlp {
+// Runs several SwiGLU MLPs (the selected experts, the shared experts, or one dense MLP), each on
+// its own rows of input, as one pass: the gate and up projections of all of them form one row
+// space split evenly across threads, then the down projections do. Each weight row is read once
+// per step, by one thread, for all the tokens its MLP sees.
+class MlpBatch {
  public:
-  Mlp(int64_t max_batch, int64_t max_intermediate);
-  // out [T, D] = down(silu(gate(x)) * up(x)), x [T, D].
-  void Forward(const MlpWeights& w, const float* x, int64_t T, float* out);
-  size_t scratch_bytes() const { return sizeof(float) * (gate_.size() + up_.size()); }
+  MlpBatch(int64_t max_jobs, int64_t max_rows, int64_t max_intermediate, int64_t hidden);
+
+  void Clear() { jobs_.clear(); }
+  // out [n, D] = down(silu(gate(x)) * up(x)) for x [n, D] (rows D floats apart), run by Run().
+  void Add(const MlpWeights& w, const float* x, int64_t n, float* out);
+  void Run();
+  // One MLP on its own: Add + Run.
+  void Forward(const MlpWeights& w, const float* x, int64_t n, float* out) {
+    Add(w, x, n, out);
+    Run();
+  }
+  size_t scratch_bytes() const { return sizeof(float) * hidden_.size(); }
 
  private:
-  AlignedArray<float> gate_, up_;  // [B, I]
+  struct Job {
+    const MlpWeights* w;
+    const float* x;
+    int64_t n;
+    float* out;
+    float* hidden;  // [n, 2I]: gate | up, then silu(gate) * up in the gate half
+  };
+  int64_t D_;
+  std::vector<Job> jobs_;
+  int64_t hidden_used_ = 0;
+  AlignedArray<float> hidden_;
 };
 
 struct RouterScratch {
@@ -49,14 +71,15 @@ class Moe {
  private:
   const Config& c_;
   ForwardProfile* profile_ = nullptr;
-  Mlp mlp_;
+  MlpBatch mlps_;
   AlignedArray<float> logits_;  // [B, E]
   RouterScratch router_scratch_;
   std::vector<int32_t> indices_;                     // [B, K]
   std::vector<float> weights_;                       // [B, K]
   std::vector<int32_t> count_, first_, slot_token_;  // tokens grouped by expert
   std::vector<float> slot_weight_;
-  AlignedArray<float> gathered_, expert_out_;  // [B, D]
+  AlignedArray<float> gathered_, expert_out_;  // [B*K, D] token rows grouped by expert
+  AlignedArray<float> shared_out_;             // [B, D]
 };
 
 }  // namespace dsv3

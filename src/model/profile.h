@@ -12,10 +12,9 @@ enum class Phase {
   kAttnCore,     // attention over the latent cache, incl. the W_uk / W_uv absorption
   kAttnOut,      // o_proj
   kRouter,
-  kExperts,      // routed experts
-  kShared,       // shared experts
+  kExperts,  // routed and shared experts
   kDenseMlp,
-  kLmHead,       // final norm + lm_head
+  kLmHead,  // final norm + lm_head
   kCount
 };
 
@@ -29,8 +28,8 @@ struct ForwardProfile {
     return t;
   }
   static const char* Name(Phase p) {
-    static const char* kNames[] = {"embed",   "attn_project", "attn_core", "attn_out", "router",
-                                   "experts", "shared",       "dense_mlp", "lm_head"};
+    static const char* kNames[] = {"embed",  "attn_project", "attn_core", "attn_out",
+                                   "router", "experts",      "dense_mlp", "lm_head"};
     return kNames[static_cast<int>(p)];
   }
 };

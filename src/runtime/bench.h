@@ -25,12 +25,15 @@ struct DecodeRun {
   double seconds = 0;
   ForwardProfile profile;  // summed over the steps
   double tokens_per_second() const { return seconds > 0 ? steps / seconds : 0; }
-  double attention_fraction() const { return seconds > 0 ? profile[Phase::kAttnCore] / seconds : 0; }
+  double attention_fraction() const {
+    return seconds > 0 ? profile[Phase::kAttnCore] / seconds : 0;
+  }
 };
 
 struct BenchResult {
   int threads = 0;
   std::string kernels;
+  double prefault_seconds = 0;  // paging the weights in before measuring
   int64_t prompt_tokens = 0;
   double prefill_seconds = 0;
   ForwardProfile prefill_profile;
@@ -42,7 +45,9 @@ struct BenchResult {
   size_t scratch_bytes = 0;
   int64_t peak_rss_bytes = 0;
 
-  double prefill_tokens_per_second() const { return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0; }
+  double prefill_tokens_per_second() const {
+    return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0;
+  }
   // Weight bytes per second the decode achieved, in GB/s.
   double effective_gbs() const { return weight_bytes_per_token * decode.tokens_per_second() / 1e9; }
   Json ToJson() const;

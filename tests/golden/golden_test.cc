@@ -120,8 +120,32 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
 
 TEST_P(GoldenTest, PrefillLogitsAndRouting) {
   for (const Json& seq : ref_->json()["sequences"]) {
-    CheckPrefill(seq, /*max_batch=*/seq["length"].get<int64_t>(), AttentionImpl::kAbsorbed);
+    for (AttentionImpl impl : {AttentionImpl::kAuto, AttentionImpl::kAbsorbed}) {
+      CheckPrefill(seq, /*max_batch=*/seq["length"].get<int64_t>(), impl);
+    }
   }
+}
+
+// Beyond the reference sequences: 700 tokens span several attention blocks, so the absorbed decode
+// splits the cache across threads and merges partial softmaxes, and the expanded prefill runs
+// several key blocks. The two forms are independent; they must agree everywhere.
+TEST_P(GoldenTest, LongSequenceFormsAgree) {
+  const int64_t L = 700, V = model_->config().vocab_size;
+  std::vector<int32_t> tokens(L);
+  for (int64_t i = 0; i < L; ++i) tokens[i] = static_cast<int32_t>((i * 7919 + 13) % V);
+  std::vector<float> expanded(L * V), absorbed(L * V);
+  Context e(*model_, {L, L, AttentionImpl::kExpanded});
+  e.Forward(tokens, expanded.data());
+  Context a(*model_, {L, 1, AttentionImpl::kAbsorbed});
+  for (int64_t i = 0; i < L; ++i) {
+    a.Forward(std::span<const int32_t>(&tokens[i], 1));
+    std::copy_n(a.last_logits(), V, absorbed.begin() + i * V);
+  }
+  EXPECT_LE(MaxAbsDiff(expanded.data(), absorbed.data(), L * V), kLogitTol);
+  Context chunked(*model_, {L, 96, AttentionImpl::kAuto});  // chunks at non-zero start positions
+  std::vector<float> auto_logits(L * V);
+  chunked.Forward(tokens, auto_logits.data());
+  EXPECT_LE(MaxAbsDiff(expanded.data(), auto_logits.data(), L * V), kLogitTol);
 }
 
 TEST_P(GoldenTest, DecodeLogits) {
@@ -206,6 +230,7 @@ TEST_P(GoldenTest, EverySimdTarget) {
     ASSERT_TRUE(kernels::ForceTarget(t));
     ASSERT_EQ(kernels::ActiveTarget(), t);
     CheckPrefill(Sequence(33), 33, AttentionImpl::kAbsorbed);
+    CheckPrefill(Sequence(33), 33, AttentionImpl::kExpanded);
     CheckDecode(Sequence(7));
   }
 }

@@ -7,6 +7,7 @@
 #include <random>
 
 #include "core/dtype.h"
+#include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
 #include "kernels/reference.h"
@@ -106,6 +107,41 @@ TEST_P(KernelTest, MatMulAllDtypesShapesAndBatches) {
   }
 }
 
+// The FP8 decode path converts in registers (through float16 on AVX2 and better), not with the
+// table: every code, NaNs included, must come out exactly, in the 4-row and the 1-row kernels.
+TEST_P(KernelTest, Fp8DecodePathHasEveryCodeExact) {
+  const int64_t rows = 5, cols = 256;
+  std::vector<uint8_t> codes(rows * cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c)
+      codes[r * cols + c] = static_cast<uint8_t>((c + 37 * r) % 256);
+  }
+  const std::vector<float> scale = {1.0f, 1.0f};
+  const WeightMatrix w{DType::kF8E4M3, rows, cols, codes.data(), scale.data(), 128, 128, 2};
+  // Every row holds the NaN codes 0x7F and 0xFF somewhere: whatever x is, the products are NaN.
+  std::vector<float> x(cols, 0.0f), y(rows);
+  x[3] = 1.0f;
+  MatMul(w, x.data(), cols, 1, y.data(), rows);
+  for (int64_t r = 0; r < rows; ++r) EXPECT_TRUE(std::isnan(y[r])) << "row " << r;
+  x[3] = 0.0f;
+  // Rows without NaN codes: every finite code exactly.
+  std::vector<uint8_t> finite(4 * cols);
+  for (int64_t i = 0; i < 4 * cols; ++i) {
+    const uint8_t code = static_cast<uint8_t>(i % 256);
+    finite[i] = (code & 0x7F) == 0x7F ? 0 : code;
+  }
+  const WeightMatrix f{DType::kF8E4M3, 4, cols, finite.data(), scale.data(), 128, 128, 2};
+  std::vector<float> y4(4);
+  for (int64_t k = 0; k < cols; ++k) {
+    x[k] = 1.0f;
+    MatMul(f, x.data(), cols, 1, y4.data(), 4);
+    for (int64_t r = 0; r < 4; ++r) {
+      ASSERT_EQ(y4[r], E4M3ToF32(finite[r * cols + k])) << "code " << int(finite[r * cols + k]);
+    }
+    x[k] = 0.0f;
+  }
+}
+
 TEST_P(KernelTest, MatMulRowsWritesOnlyItsSlice) {
   const TestMatrix m = MakeMatrix(DType::kF8E4M3, 300, 256, 3);
   const std::vector<float> x = Random(2 * 256, 9);
@@ -173,6 +209,44 @@ TEST_P(KernelTest, VectorOps) {
     Add(a.data(), got.data(), n);
     for (int64_t i = 0; i < n; ++i) ASSERT_FLOAT_EQ(got[i], b[i] + a[i]);
   }
+}
+
+// Blocked attention: scores, online softmax over several blocks, weighted values, against a
+// plain softmax-weighted sum.
+TEST_P(KernelTest, BlockedAttentionMatchesPlainSoftmax) {
+  const int64_t nq = 6, nk = 45, d = 40, dv = 150, block = 16;
+  const std::vector<float> Q = Random(nq * d, 1), K = Random(nk * 48, 2), V = Random(nk * 160, 3);
+  std::vector<float> want(nq * dv, 0.0f);
+  for (int64_t q = 0; q < nq; ++q) {
+    std::vector<float> p(nk);
+    for (int64_t k = 0; k < nk; ++k) p[k] = reference::Dot(&Q[q * d], &K[k * 48], d) * 0.3f;
+    reference::Softmax(p.data(), nk);
+    for (int64_t k = 0; k < nk; ++k) {
+      for (int64_t j = 0; j < dv; ++j) want[q * dv + j] += p[k] * V[k * 160 + j];
+    }
+  }
+  std::vector<float> o(nq * dv, 0.0f), m(nq, -INFINITY), l(nq, 0.0f), scores(nq * block);
+  for (int64_t k0 = 0; k0 < nk; k0 += block) {
+    const int64_t nb = std::min(block, nk - k0);
+    QKScores(Q.data(), d, nq, &K[k0 * 48], 48, nb, d, 0.3f, scores.data());
+    for (int64_t q = 0; q < nq; ++q) {
+      for (int64_t k = 0; k < nb; ++k) {
+        ASSERT_NEAR(scores[q * nb + k], reference::Dot(&Q[q * d], &K[(k0 + k) * 48], d) * 0.3f,
+                    1e-5f);
+      }
+      const float correction = OnlineSoftmax(&scores[q * nb], nb, m[q], l[q]);
+      Scale(correction, &o[q * dv], dv);
+    }
+    PVAccumulate(scores.data(), nq, nb, &V[k0 * 160], 160, dv, o.data(), dv);
+  }
+  for (int64_t q = 0; q < nq; ++q) {
+    for (int64_t j = 0; j < dv; ++j) ASSERT_NEAR(o[q * dv + j] / l[q], want[q * dv + j], 1e-5f);
+  }
+  // Fully masked blocks contribute nothing.
+  float masked[3] = {-INFINITY, -INFINITY, -INFINITY}, mm = -INFINITY, ll = 0;
+  EXPECT_EQ(OnlineSoftmax(masked, 3, mm, ll), 1.0f);
+  EXPECT_EQ(ll, 0.0f);
+  EXPECT_EQ(masked[1], 0.0f);
 }
 
 TEST_P(KernelTest, SiluAndSoftmaxExtremes) {

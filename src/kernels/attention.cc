@@ -1,0 +1,207 @@
+#include "kernels/attention.h"
+
+#include <algorithm>
+#include <cmath>
+
+// clang-format off
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/attention.cc"
+#include "hwy/foreach_target.h"  // must come before highway.h
+#include "hwy/highway.h"
+#include "hwy/contrib/math/math-inl.h"
+// clang-format on
+
+HWY_BEFORE_NAMESPACE();
+namespace dsv3::kernels {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+using DF = hn::ScalableTag<float>;
+
+// 4 queries x 4 keys of dot products with 16 accumulators: each loaded vector is used 4 times.
+HWY_INLINE void Dots4x4(const float* HWY_RESTRICT q, int64_t qs, const float* HWY_RESTRICT k,
+                        int64_t ks, int64_t d, float out[4][4]) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  auto a00 = hn::Zero(df), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00,
+       a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00,
+       a33 = a00;
+  int64_t i = 0;
+  for (; i + N <= d; i += N) {
+    const auto k0 = hn::LoadU(df, k + i), k1 = hn::LoadU(df, k + ks + i);
+    const auto k2 = hn::LoadU(df, k + 2 * ks + i), k3 = hn::LoadU(df, k + 3 * ks + i);
+    auto qv = hn::LoadU(df, q + i);
+    a00 = hn::MulAdd(qv, k0, a00);
+    a01 = hn::MulAdd(qv, k1, a01);
+    a02 = hn::MulAdd(qv, k2, a02);
+    a03 = hn::MulAdd(qv, k3, a03);
+    qv = hn::LoadU(df, q + qs + i);
+    a10 = hn::MulAdd(qv, k0, a10);
+    a11 = hn::MulAdd(qv, k1, a11);
+    a12 = hn::MulAdd(qv, k2, a12);
+    a13 = hn::MulAdd(qv, k3, a13);
+    qv = hn::LoadU(df, q + 2 * qs + i);
+    a20 = hn::MulAdd(qv, k0, a20);
+    a21 = hn::MulAdd(qv, k1, a21);
+    a22 = hn::MulAdd(qv, k2, a22);
+    a23 = hn::MulAdd(qv, k3, a23);
+    qv = hn::LoadU(df, q + 3 * qs + i);
+    a30 = hn::MulAdd(qv, k0, a30);
+    a31 = hn::MulAdd(qv, k1, a31);
+    a32 = hn::MulAdd(qv, k2, a32);
+    a33 = hn::MulAdd(qv, k3, a33);
+  }
+  const decltype(a00) acc[4][4] = {
+      {a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
+  for (int a = 0; a < 4; ++a) {
+    for (int b = 0; b < 4; ++b) {
+      float s = hn::GetLane(hn::SumOfLanes(df, acc[a][b]));
+      for (int64_t j = i; j < d; ++j) s += q[a * qs + j] * k[b * ks + j];
+      out[a][b] = s;
+    }
+  }
+}
+
+HWY_INLINE float Dot1(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, int64_t d) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  auto acc = hn::Zero(df);
+  int64_t i = 0;
+  for (; i + N <= d; i += N) acc = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), acc);
+  float s = hn::GetLane(hn::SumOfLanes(df, acc));
+  for (; i < d; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void QKScoresImpl(const float* Q, int64_t qs, int64_t nq, const float* K, int64_t ks, int64_t nk,
+                  int64_t d, float scale, float* scores) {
+  int64_t q = 0;
+  for (; q + 4 <= nq; q += 4) {
+    int64_t k = 0;
+    for (; k + 4 <= nk; k += 4) {
+      float out[4][4];
+      Dots4x4(Q + q * qs, qs, K + k * ks, ks, d, out);
+      for (int a = 0; a < 4; ++a) {
+        for (int b = 0; b < 4; ++b) scores[(q + a) * nk + k + b] = out[a][b] * scale;
+      }
+    }
+    for (; k < nk; ++k) {
+      for (int a = 0; a < 4; ++a)
+        scores[(q + a) * nk + k] = Dot1(Q + (q + a) * qs, K + k * ks, d) * scale;
+    }
+  }
+  for (; q < nq; ++q) {
+    for (int64_t k = 0; k < nk; ++k) scores[q * nk + k] = Dot1(Q + q * qs, K + k * ks, d) * scale;
+  }
+}
+
+float OnlineSoftmaxImpl(float* x, int64_t n, float& m, float& l) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  float block_max = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) block_max = std::max(block_max, x[i]);
+  const float m_new = std::max(m, block_max);
+  if (m_new == -INFINITY) {  // everything masked so far
+    std::fill(x, x + n, 0.0f);
+    return 1.0f;
+  }
+  const float correction = std::exp(m - m_new);
+  const auto vm = hn::Set(df, m_new);
+  auto vsum = hn::Zero(df);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto e = hn::Exp(df, hn::Sub(hn::LoadU(df, x + i), vm));
+    hn::StoreU(e, df, x + i);
+    vsum = hn::Add(vsum, e);
+  }
+  float sum = hn::GetLane(hn::SumOfLanes(df, vsum));
+  for (; i < n; ++i) sum += x[i] = std::exp(x[i] - m_new);
+  m = m_new;
+  l = l * correction + sum;
+  return correction;
+}
+
+// O[q] += sum_k P[q][k] V[k], 8 vectors of O per pass so they stay in registers.
+void PVAccumulateImpl(const float* P, int64_t nq, int64_t nk, const float* V, int64_t vs,
+                      int64_t dv, float* O, int64_t os) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  for (int64_t q = 0; q < nq; ++q) {
+    const float* p = P + q * nk;
+    float* o = O + q * os;
+    int64_t j = 0;
+    for (; j + 8 * N <= dv; j += 8 * N) {
+      auto o0 = hn::LoadU(df, o + j), o1 = hn::LoadU(df, o + j + N);
+      auto o2 = hn::LoadU(df, o + j + 2 * N), o3 = hn::LoadU(df, o + j + 3 * N);
+      auto o4 = hn::LoadU(df, o + j + 4 * N), o5 = hn::LoadU(df, o + j + 5 * N);
+      auto o6 = hn::LoadU(df, o + j + 6 * N), o7 = hn::LoadU(df, o + j + 7 * N);
+      for (int64_t k = 0; k < nk; ++k) {
+        const auto pk = hn::Set(df, p[k]);
+        const float* v = V + k * vs + j;
+        o0 = hn::MulAdd(pk, hn::LoadU(df, v), o0);
+        o1 = hn::MulAdd(pk, hn::LoadU(df, v + N), o1);
+        o2 = hn::MulAdd(pk, hn::LoadU(df, v + 2 * N), o2);
+        o3 = hn::MulAdd(pk, hn::LoadU(df, v + 3 * N), o3);
+        o4 = hn::MulAdd(pk, hn::LoadU(df, v + 4 * N), o4);
+        o5 = hn::MulAdd(pk, hn::LoadU(df, v + 5 * N), o5);
+        o6 = hn::MulAdd(pk, hn::LoadU(df, v + 6 * N), o6);
+        o7 = hn::MulAdd(pk, hn::LoadU(df, v + 7 * N), o7);
+      }
+      hn::StoreU(o0, df, o + j);
+      hn::StoreU(o1, df, o + j + N);
+      hn::StoreU(o2, df, o + j + 2 * N);
+      hn::StoreU(o3, df, o + j + 3 * N);
+      hn::StoreU(o4, df, o + j + 4 * N);
+      hn::StoreU(o5, df, o + j + 5 * N);
+      hn::StoreU(o6, df, o + j + 6 * N);
+      hn::StoreU(o7, df, o + j + 7 * N);
+    }
+    for (; j + N <= dv; j += N) {
+      auto acc = hn::LoadU(df, o + j);
+      for (int64_t k = 0; k < nk; ++k)
+        acc = hn::MulAdd(hn::Set(df, p[k]), hn::LoadU(df, V + k * vs + j), acc);
+      hn::StoreU(acc, df, o + j);
+    }
+    for (; j < dv; ++j) {
+      float acc = o[j];
+      for (int64_t k = 0; k < nk; ++k) acc += p[k] * V[k * vs + j];
+      o[j] = acc;
+    }
+  }
+}
+
+void ScaleImpl(float a, float* y, int64_t n) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const auto va = hn::Set(df, a);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(hn::Mul(va, hn::LoadU(df, y + i)), df, y + i);
+  for (; i < n; ++i) y[i] *= a;
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace dsv3::kernels
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace dsv3::kernels {
+
+HWY_EXPORT(QKScoresImpl);
+HWY_EXPORT(OnlineSoftmaxImpl);
+HWY_EXPORT(PVAccumulateImpl);
+HWY_EXPORT(ScaleImpl);
+
+void QKScores(const float* Q, int64_t q_stride, int64_t nq, const float* K, int64_t k_stride,
+              int64_t nk, int64_t d, float scale, float* scores) {
+  HWY_DYNAMIC_DISPATCH(QKScoresImpl)(Q, q_stride, nq, K, k_stride, nk, d, scale, scores);
+}
+float OnlineSoftmax(float* scores, int64_t n, float& m, float& l) {
+  return HWY_DYNAMIC_DISPATCH(OnlineSoftmaxImpl)(scores, n, m, l);
+}
+void PVAccumulate(const float* P, int64_t nq, int64_t nk, const float* V, int64_t v_stride,
+                  int64_t dv, float* O, int64_t o_stride) {
+  HWY_DYNAMIC_DISPATCH(PVAccumulateImpl)(P, nq, nk, V, v_stride, dv, O, o_stride);
+}
+void Scale(float a, float* y, int64_t n) { HWY_DYNAMIC_DISPATCH(ScaleImpl)(a, y, n); }
+
+}  // namespace dsv3::kernels
+#endif  // HWY_ONCE
