@@ -19,6 +19,7 @@ struct InfoArgs {
 struct LogitsArgs {
   std::string model_dir, ids, output;
   bool decode = false;
+  bool mtp = false;  // write the MTP module's logits instead
   AttentionImpl attention = AttentionImpl::kAuto;
 };
 struct GenerateArgs {
@@ -27,6 +28,8 @@ struct GenerateArgs {
   int64_t ctx_size = 0;  // 0: prompt + n
   bool ignore_eos = false;
   SamplingParams sampling;
+  bool no_mtp = false;  // plain decoding even when the checkpoint has an MTP module
+  int64_t draft = 1;    // MTP draft tokens per step
 };
 
 struct BenchArgs {

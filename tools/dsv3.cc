@@ -73,6 +73,10 @@ int main(int argc, char** argv) {
   gen_cmd->add_option("-c,--ctx-size", gen.ctx_size,
                       "KV cache size in tokens (default: prompt + n)");
   gen_cmd->add_flag("--ignore-eos", gen.ignore_eos, "keep generating after an EOS token");
+  gen_cmd->add_flag("--no-mtp", gen.no_mtp,
+                    "plain decoding even when the checkpoint has MTP layers");
+  gen_cmd->add_option("--draft", gen.draft, "MTP draft tokens per step, 1-6 (default 1)")
+      ->check(CLI::Range(1, 6));
   AddCommon(gen_cmd, common);
 
   dsv3::cli::BenchArgs bench;

@@ -2,13 +2,127 @@
 
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define DSV3_PAUSE() _mm_pause()
+#else
+#define DSV3_PAUSE() ((void)0)
+#endif
+
 namespace dsv3 {
 namespace {
-int g_num_threads = 0;
+
 int OnlineCpus() {
   const long n = sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? static_cast<int>(n) : 1;
 }
+
+thread_local bool t_in_task = false;
+
+// How long an idle thread polls before it sleeps: long enough to bridge the gaps between the
+// parallel regions of a decode step, short enough not to matter on a busy machine.
+constexpr auto kSpin = std::chrono::microseconds(50);
+
+// Polls `ready` for up to kSpin; true if it became true.
+template <typename Ready>
+bool SpinUntil(Ready ready) {
+  const auto deadline = std::chrono::steady_clock::now() + kSpin;
+  for (int i = 0;; ++i) {
+    if (ready()) return true;
+    DSV3_PAUSE();
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() > deadline) return false;
+  }
+}
+
+class Pool {
+ public:
+  explicit Pool(int threads) : threads_(threads) {
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { Work(i); });
+  }
+  ~Pool() {
+    stop_.store(true);
+    Publish();
+    for (std::thread& t : workers_) t.join();
+  }
+  int threads() const { return threads_; }
+
+  void Run(int n, void (*fn)(void*, int), void* ctx) {
+    fn_ = fn;
+    ctx_ = ctx;
+    tasks_ = n;
+    remaining_.store(n - 1);
+    Publish();
+    t_in_task = true;
+    fn(ctx, 0);
+    t_in_task = false;
+    if (!SpinUntil([&] { return remaining_.load() == 0; })) {
+      std::unique_lock<std::mutex> lock(done_mu_);
+      done_cv_.wait(lock, [&] { return remaining_.load() == 0; });
+    }
+  }
+
+ private:
+  // A new generation for the workers. Taking the mutex between the change and the notification
+  // means a worker that found no change under the mutex is already waiting when notified.
+  void Publish() {
+    generation_.fetch_add(1);
+    { std::lock_guard<std::mutex> lock(mu_); }
+    cv_.notify_all();
+  }
+
+  void Work(int index) {
+    uint64_t seen = 0;  // the generation at construction: a Run may publish before this starts
+    for (;;) {
+      if (!SpinUntil([&] { return generation_.load() != seen; })) {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return generation_.load() != seen; });
+      }
+      seen = generation_.load();
+      if (stop_.load()) return;
+      if (index < tasks_) {
+        t_in_task = true;
+        fn_(ctx_, index);
+        t_in_task = false;
+        if (remaining_.fetch_sub(1) == 1) {
+          { std::lock_guard<std::mutex> lock(done_mu_); }
+          done_cv_.notify_one();
+        }
+      }
+    }
+  }
+
+  const int threads_;
+  std::vector<std::thread> workers_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> remaining_{0};
+  std::atomic<bool> stop_{false};
+  std::mutex mu_, done_mu_;
+  std::condition_variable cv_, done_cv_;
+  void (*fn_)(void*, int) = nullptr;
+  void* ctx_ = nullptr;
+  int tasks_ = 0;
+};
+
+int g_num_threads = 0;
+std::unique_ptr<Pool> g_pool;
+
+Pool& GetPool() {
+  const int n = NumThreads();
+  if (!g_pool || g_pool->threads() != n) {
+    g_pool.reset();
+    g_pool = std::make_unique<Pool>(n);
+  }
+  return *g_pool;
+}
+
 }  // namespace
 
 int NumThreads() {
@@ -17,5 +131,10 @@ int NumThreads() {
 }
 
 void SetNumThreads(int n) { g_num_threads = n > 0 ? n : OnlineCpus(); }
+
+namespace internal {
+void RunTasks(int n, void (*fn)(void*, int), void* ctx) { GetPool().Run(n, fn, ctx); }
+bool InTask() { return t_in_task; }
+}  // namespace internal
 
 }  // namespace dsv3

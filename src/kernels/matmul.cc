@@ -26,7 +26,10 @@ namespace hn = hwy::HWY_NAMESPACE;
 
 constexpr int64_t kRowTile = 4;   // weight rows per micro-kernel
 constexpr int64_t kTokTile = 4;   // tokens per micro-kernel (prefill)
-constexpr int64_t kMaxSeg = 512;  // columns per scale segment in the transposed/dequant helpers
+constexpr int64_t kMaxSeg = 512;  // columns per block (decode) or segment (row helpers)
+// Fewer tokens than kGemmMinTokens take the decode path, whose per-token results do not depend on
+// how many tokens share the call (speculative verification reproduces plain decoding exactly).
+constexpr int64_t kMaxDecodeTokens = kGemmMinTokens - 1;
 
 // ---- conversion of stored weights to float32 ------------------------------------------------
 
@@ -84,6 +87,7 @@ HWY_INLINE void ToF32(const void* HWY_RESTRICT src_void, int64_t offset, int64_t
 // shifted to bit 7 form an IEEE half with exponent bias 15 instead of 7, i.e. the E4M3 value times
 // 2^-8 (E4M3 subnormals become half subnormals, exact), which F16C widens in one instruction;
 // kFp8Unscale = 256 is folded into the block scale. NaN codes become half NaNs.
+#undef DSV3_FP8_VIA_F16  // this file is compiled once per target
 #if HWY_TARGET <= HWY_AVX2 && HWY_TARGET != HWY_SCALAR
 #define DSV3_FP8_VIA_F16 1
 constexpr float kFp8Unscale = 256.0f;
@@ -155,9 +159,13 @@ HWY_INLINE const void* RowPtr(const WeightMatrix& w, int64_t r) {
 
 // ---- decode: y = W x for one token, weights converted in registers ---------------------------
 
-// One row, one token: y = W[r] . x. Per column block (a scale block for FP8, the whole row
-// otherwise) the products accumulate in a vector that the block scale then folds into the row's
-// accumulator; one horizontal sum at the end.
+// Column blocks of the decode path: FP8 scale blocks, else 512 columns. Each block's products
+// accumulate in one vector that is then folded (times the block scale) into the row's total.
+HWY_INLINE int64_t DecodeBlock(const WeightMatrix& w) {
+  return w.dtype == DType::kF8E4M3 ? w.block_cols : kMaxSeg;
+}
+
+// One row, one token: y = W[r] . x, converting in registers.
 template <DType kType>
 HWY_INLINE float MatVecRow(const WeightMatrix& w, int64_t r, const float* HWY_RESTRICT x) {
   const hn::ScalableTag<float> df;
@@ -165,7 +173,7 @@ HWY_INLINE float MatVecRow(const WeightMatrix& w, int64_t r, const float* HWY_RE
   const void* row = RowPtr<kType>(w, r);
   auto total = hn::Zero(df);
   float tail = 0;
-  const int64_t block = kType == DType::kF8E4M3 ? w.block_cols : w.cols;
+  const int64_t block = DecodeBlock(w);
   for (int64_t c0 = 0; c0 < w.cols; c0 += block) {
     const int64_t c1 = std::min(w.cols, c0 + block);
     auto part = hn::Zero(df);
@@ -173,8 +181,7 @@ HWY_INLINE float MatVecRow(const WeightMatrix& w, int64_t r, const float* HWY_RE
     for (; c + 2 * N <= c1; c += 2 * N) {
       decltype(part) w0, w1;
       Load2<kType>(df, row, c, w0, w1);
-      part = hn::MulAdd(w0, hn::LoadU(df, x + c), part);
-      part = hn::MulAdd(w1, hn::LoadU(df, x + c + N), part);
+      part = hn::MulAdd(w1, hn::LoadU(df, x + c + N), hn::MulAdd(w0, hn::LoadU(df, x + c), part));
     }
     total = hn::MulAdd(part, hn::Set(df, Load2Scale<kType>(w, r, c0)), total);
     if (c < c1) {  // ragged end of a block: plain code
@@ -190,7 +197,8 @@ HWY_INLINE float MatVecRow(const WeightMatrix& w, int64_t r, const float* HWY_RE
 
 // Four rows at once share every activation load. While it streams its four rows, it prefetches
 // the same columns of the next four, which follow in memory: rows are often only a few KiB long,
-// too short for the hardware prefetcher to ramp up on each.
+// too short for the hardware prefetcher to ramp up on each. Same arithmetic, in the same order,
+// as MatVecRow. Only for matrices whose blocks are whole vectors (see MatVecRowsT).
 template <DType kType>
 HWY_INLINE void MatVec4Rows(const WeightMatrix& w, int64_t r, const float* HWY_RESTRICT x,
                             float* HWY_RESTRICT y) {
@@ -204,13 +212,11 @@ HWY_INLINE void MatVec4Rows(const WeightMatrix& w, int64_t r, const float* HWY_R
   const uint8_t* r3 = r2 + stride;
   const int64_t ahead = 4 * stride;
   auto t0 = hn::Zero(df), t1 = t0, t2 = t0, t3 = t0;
-  const int64_t block = kType == DType::kF8E4M3 ? w.block_cols : w.cols;
-  int64_t c1 = 0;
-  for (int64_t c0 = 0; c0 < w.cols; c0 = c1) {
-    c1 = std::min(w.cols, c0 + block);
+  const int64_t block = DecodeBlock(w);
+  for (int64_t c0 = 0; c0 < w.cols; c0 += block) {
+    const int64_t c1 = std::min(w.cols, c0 + block);
     auto p0 = hn::Zero(df), p1 = p0, p2 = p0, p3 = p0;
-    int64_t c = c0;
-    for (; c + 2 * N <= c1; c += 2 * N) {
+    for (int64_t c = c0; c < c1; c += 2 * N) {
       const int64_t byte = c * esize;
       hwy::Prefetch(r0 + ahead + byte);
       hwy::Prefetch(r1 + ahead + byte);
@@ -228,15 +234,10 @@ HWY_INLINE void MatVec4Rows(const WeightMatrix& w, int64_t r, const float* HWY_R
       Load2<kType>(df, r3, c, w0, w1);
       p3 = hn::MulAdd(w1, x1, hn::MulAdd(w0, x0, p3));
     }
-    if (c < c1) break;  // ragged block: finish these rows one at a time
     t0 = hn::MulAdd(p0, hn::Set(df, Load2Scale<kType>(w, r, c0)), t0);
     t1 = hn::MulAdd(p1, hn::Set(df, Load2Scale<kType>(w, r + 1, c0)), t1);
     t2 = hn::MulAdd(p2, hn::Set(df, Load2Scale<kType>(w, r + 2, c0)), t2);
     t3 = hn::MulAdd(p3, hn::Set(df, Load2Scale<kType>(w, r + 3, c0)), t3);
-  }
-  if (c1 < w.cols || (w.cols % (2 * N)) != 0 && kType != DType::kF8E4M3) {
-    for (int i = 0; i < 4; ++i) y[i] = MatVecRow<kType>(w, r + i, x);
-    return;
   }
   y[0] = hn::GetLane(hn::SumOfLanes(df, t0));
   y[1] = hn::GetLane(hn::SumOfLanes(df, t1));
@@ -244,17 +245,73 @@ HWY_INLINE void MatVec4Rows(const WeightMatrix& w, int64_t r, const float* HWY_R
   y[3] = hn::GetLane(hn::SumOfLanes(df, t3));
 }
 
+// A few tokens (speculative verification): each block of four rows is converted once into an L1
+// tile and then applied to every token with exactly MatVec4Rows' arithmetic, so every token's
+// result is bit-identical to decoding it alone while the weights are read once for all of them.
 template <DType kType>
-void MatVecRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, float* y) {
+HWY_INLINE void MatVec4RowsMulti(const WeightMatrix& w, int64_t r, const float* HWY_RESTRICT x,
+                                 int64_t x_stride, int64_t T, float* HWY_RESTRICT y,
+                                 int64_t y_stride) {
+  const hn::ScalableTag<float> df;
+  using V = hn::Vec<decltype(df)>;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t block = DecodeBlock(w);
+  HWY_ALIGN float tile[4 * kMaxSeg];
+  V total[kMaxDecodeTokens][4];
+  for (int64_t t = 0; t < T; ++t) {
+    for (int i = 0; i < 4; ++i) total[t][i] = hn::Zero(df);
+  }
+  for (int64_t c0 = 0; c0 < w.cols; c0 += block) {
+    const int64_t len = std::min(w.cols, c0 + block) - c0;
+    for (int i = 0; i < 4; ++i) {
+      const void* row = RowPtr<kType>(w, r + i);
+      for (int64_t c = 0; c < len; c += 2 * N) {
+        V w0, w1;
+        Load2<kType>(df, row, c0 + c, w0, w1);
+        hn::Store(w0, df, tile + i * kMaxSeg + c);
+        hn::Store(w1, df, tile + i * kMaxSeg + c + N);
+      }
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      const float* xt = x + t * x_stride + c0;
+      for (int i = 0; i < 4; ++i) {
+        const float* wt = tile + i * kMaxSeg;
+        auto p = hn::Zero(df);
+        for (int64_t c = 0; c < len; c += 2 * N) {
+          p = hn::MulAdd(hn::Load(df, wt + c + N), hn::LoadU(df, xt + c + N),
+                         hn::MulAdd(hn::Load(df, wt + c), hn::LoadU(df, xt + c), p));
+        }
+        total[t][i] = hn::MulAdd(p, hn::Set(df, Load2Scale<kType>(w, r + i, c0)), total[t][i]);
+      }
+    }
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    for (int i = 0; i < 4; ++i) y[t * y_stride + i] = hn::GetLane(hn::SumOfLanes(df, total[t][i]));
+  }
+}
+
+// Rows [r0, r1) for T < kGemmMinTokens tokens; row r's result is written to y[t][r - r0].
+template <DType kType>
+void MatVecRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
+                 int64_t T, float* y, int64_t y_stride) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(hn::ScalableTag<float>()));
-  // The 4-row path needs every column block to be whole vectors; otherwise rows go one by one.
-  const int64_t block = w.dtype == DType::kF8E4M3 ? w.block_cols : w.cols;
-  const bool whole = block % (2 * N) == 0 && w.cols % (2 * N) == 0;
+  // The 4-row paths need every column block to be whole vectors; otherwise rows go one by one.
+  const int64_t block = DecodeBlock(w);
+  const bool whole = block % (2 * N) == 0 && w.cols % (2 * N) == 0 && block <= kMaxSeg;
   int64_t r = r0;
   if (whole) {
-    for (; r + kRowTile <= r1; r += kRowTile) MatVec4Rows<kType>(w, r, x, y + (r - r0));
+    for (; r + 4 <= r1; r += 4) {
+      if (T == 1) {
+        MatVec4Rows<kType>(w, r, x, y + (r - r0));
+      } else {
+        MatVec4RowsMulti<kType>(w, r, x, x_stride, T, y + (r - r0), y_stride);
+      }
+    }
   }
-  for (; r < r1; ++r) y[r - r0] = MatVecRow<kType>(w, r, x);
+  for (; r < r1; ++r) {
+    for (int64_t t = 0; t < T; ++t)
+      y[t * y_stride + r - r0] = MatVecRow<kType>(w, r, x + t * x_stride);
+  }
 }
 
 // ---- prefill: Y = X W^T for many tokens ------------------------------------------------------
@@ -381,9 +438,8 @@ void GemmRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, in
 template <DType kType>
 void MatMulRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
                  int64_t T, float* y, int64_t y_stride) {
-  if (T < kTokTile) {
-    for (int64_t t = 0; t < T; ++t)
-      MatVecRowsT<kType>(w, r0, r1, x + t * x_stride, y + t * y_stride);
+  if (T < kGemmMinTokens) {
+    MatVecRowsT<kType>(w, r0, r1, x, x_stride, T, y, y_stride);
   } else {
     GemmRowsT<kType>(w, r0, r1, x, x_stride, T, y, y_stride);
   }

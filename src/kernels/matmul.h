@@ -23,6 +23,10 @@ struct WeightMatrix {
   uint64_t bytes() const;  // weight bytes including scales
 };
 
+// Calls with fewer tokens than this compute every token exactly as a one-token call would (bit for
+// bit), reading each weight once for all of them; from this many on, a blocked matrix product.
+inline constexpr int64_t kGemmMinTokens = 8;
+
 // Y[t][r] = sum_c W[r][c] * X[t][c], t < T, all rows; threads split the rows.
 // X: [T, x_stride], Y: [T, y_stride].
 void MatMul(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,

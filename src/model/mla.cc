@@ -75,10 +75,10 @@ bool Mla::UseAbsorbed() const {
 }
 
 void Mla::Forward(const MlaWeights& w, int64_t layer, const float* xn, KvCache& cache, float* out,
-                  ForwardTrace* trace) {
+                  ForwardTrace* trace, const std::string& trace_name) {
   const int64_t T = T_, D = c_.hidden_size, H = c_.num_attention_heads;
   const int64_t C = c_.kv_lora_rank, R = c_.qk_rope_head_dim, NR = c_.qk_head_dim();
-  const std::string name = trace ? "layer" + std::to_string(layer) + ".mla." : "";
+  const std::string name = trace ? trace_name + ".mla." : "";
   if (NumThreads() > threads_) {  // the thread count grew since construction (not in steady state)
     threads_ = NumThreads();
     thread_scratch_.Resize(static_cast<size_t>(thread_stride_ * threads_));

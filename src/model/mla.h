@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "core/aligned.h"
 #include "model/config.h"
@@ -27,9 +28,10 @@ class Mla {
 
   // Positions of the next Forward calls' tokens: start .. start + T - 1 (cos/sin computed once).
   void SetPositions(int64_t start, int64_t T);
-  // out [T, D] = MLA(xn [T, D]); writes the tokens' rows of `layer` in the cache first.
+  // out [T, D] = MLA(xn [T, D]); writes the tokens' rows of cache layer `layer` first. `name`
+  // prefixes traced tensors ("layer0" -> "layer0.mla.q").
   void Forward(const MlaWeights& w, int64_t layer, const float* xn, KvCache& cache, float* out,
-               ForwardTrace* trace);
+               ForwardTrace* trace, const std::string& name);
   void set_profile(ForwardProfile* profile) { profile_ = profile; }
   size_t scratch_bytes() const;
 

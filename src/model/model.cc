@@ -13,7 +13,7 @@ std::unique_ptr<Model> Model::Load(const std::string& dir) {
   std::unique_ptr<Model> m(new Model());
   m->config_ = Config::Load(dir);
   m->checkpoint_ = std::make_unique<Checkpoint>(dir);
-  m->weights_ = BindWeights(m->config_, *m->checkpoint_, &m->report_);
+  m->weights_ = BindWeights(m->config_, *m->checkpoint_, &m->report_, &m->mtp_);
   m->rope_ = ComputeRope(m->config_);
   return m;
 }
@@ -33,23 +33,18 @@ Context::Context(const Model& model, const ContextOptions& o)
       c_(model.config()),
       max_batch_(std::max<int64_t>(1, std::min(o.max_batch, o.capacity))),
       cache_(c_, c_.num_hidden_layers, CheckedCapacity(c_, o.capacity)),
-      mla_(c_, model.rope(), max_batch_, o.capacity, o.attention),
-      mlp_(1, max_batch_, c_.intermediate_size, c_.hidden_size),
-      moe_(c_, c_.n_routed_experts > 0 ? max_batch_ : 0),
+      layer_(c_, model.rope(), max_batch_, o.capacity, o.attention),
       x_(max_batch_ * c_.hidden_size),
       xn_(max_batch_ * c_.hidden_size),
-      y_(max_batch_ * c_.hidden_size),
       last_logits_(c_.vocab_size) {}
 
 void Context::set_profile(ForwardProfile* profile) {
   profile_ = profile;
-  mla_.set_profile(profile);
-  moe_.set_profile(profile);
+  layer_.set_profile(profile);
 }
 
 size_t Context::scratch_bytes() const {
-  return mla_.scratch_bytes() + mlp_.scratch_bytes() + moe_.scratch_bytes() +
-         sizeof(float) * (x_.size() + xn_.size() + y_.size() + last_logits_.size());
+  return layer_.scratch_bytes() + sizeof(float) * (x_.size() + xn_.size() + last_logits_.size());
 }
 
 void Context::FillRandomHistory(int64_t n, uint64_t seed) {
@@ -67,7 +62,8 @@ void Context::FillRandomHistory(int64_t n, uint64_t seed) {
 
 void Context::Truncate(int64_t n) { n_past_ = std::clamp<int64_t>(n, 0, n_past_); }
 
-void Context::Forward(std::span<const int32_t> tokens, float* all_logits, ForwardTrace* trace) {
+void Context::Forward(std::span<const int32_t> tokens, float* all_logits, ForwardTrace* trace,
+                      float* all_hidden) {
   const int64_t T = static_cast<int64_t>(tokens.size());
   if (T == 0) return;
   for (int64_t i = 0; i < T; ++i) {
@@ -85,7 +81,8 @@ void Context::Forward(std::span<const int32_t> tokens, float* all_logits, Forwar
   for (int64_t i = 0; i < T; i += max_batch_) {
     const int64_t n = std::min(max_batch_, T - i);
     float* logits = all_logits ? all_logits + i * c_.vocab_size : nullptr;
-    ForwardChunk(tokens.data() + i, n, logits, all_logits != nullptr, trace);
+    float* hidden = all_hidden ? all_hidden + i * c_.hidden_size : nullptr;
+    ForwardChunk(tokens.data() + i, n, logits, all_logits != nullptr, trace, hidden);
   }
   if (all_logits) {
     std::copy_n(all_logits + (T - 1) * c_.vocab_size, c_.vocab_size, last_logits_.data());
@@ -94,52 +91,32 @@ void Context::Forward(std::span<const int32_t> tokens, float* all_logits, Forwar
 
 // The decoder stack for T <= max_batch tokens at positions n_past_ .. n_past_ + T - 1.
 void Context::ForwardChunk(const int32_t* tokens, int64_t T, float* logits, bool all_rows,
-                           ForwardTrace* trace) {
+                           ForwardTrace* trace, float* hidden) {
   const Weights& w = model_.weights();
   const int64_t D = c_.hidden_size;
-  const float eps = static_cast<float>(c_.rms_norm_eps);
   float* x = x_.data();    // [T, D]
   float* xn = xn_.data();  // [T, D]
-  float* y = y_.data();    // [T, D]
-  auto emit = [&](const char* name, int64_t layer, const float* data) {
-    if (trace)
-      trace->Emit(layer < 0 ? name : "layer" + std::to_string(layer) + "." + name, data, T, D, D);
-  };
-  auto rms_norm = [&](const std::vector<float>& weight, const float* in, float* out, int64_t rows) {
-    for (int64_t t = 0; t < rows; ++t)
-      kernels::RmsNorm(in + t * D, weight.data(), eps, D, out + t * D);
-  };
-
   {
     PhaseTimer timer(profile_, Phase::kEmbed);
     for (int64_t t = 0; t < T; ++t) kernels::DequantRow(w.embed, tokens[t], x + t * D);
   }
-  emit("embed", -1, x);
-  mla_.SetPositions(n_past_, T);
+  if (trace) trace->Emit("embed", x, T, D, D);
+  layer_.SetPositions(n_past_, T);
   for (int64_t l = 0; l < c_.num_hidden_layers; ++l) {
-    const LayerWeights& lw = w.layers[l];
-    rms_norm(lw.attn_norm, x, xn, T);
-    mla_.Forward(lw.attn, l, xn, cache_, y, trace);  // y = MLA(norm(x))
-    emit("attn_out", l, y);
-    kernels::Add(y, x, T * D);  // x += y
-    rms_norm(lw.ffn_norm, x, xn, T);
-    if (lw.is_moe) {
-      moe_.Forward(lw.moe, l, xn, T, y, trace);  // y = MoE(norm(x))
-    } else {
-      PhaseTimer timer(profile_, Phase::kDenseMlp);
-      mlp_.Forward(lw.mlp, xn, T, y);  // y = MLP(norm(x))
-    }
-    emit("ffn_out", l, y);
-    kernels::Add(y, x, T * D);  // x += y
-    emit("block_out", l, x);
+    layer_.Forward(w.layers[l], l, l, cache_, x, trace, trace ? "layer" + std::to_string(l) : "");
   }
   n_past_ += T;
 
   // Final norm and lm_head, on every row or only the last.
   PhaseTimer timer(profile_, Phase::kLmHead);
-  emit("final_hidden_pre_norm", -1, x);
-  rms_norm(w.final_norm, x, xn, T);
-  emit("final_hidden_post_norm", -1, xn);
+  const float eps = static_cast<float>(c_.rms_norm_eps);
+  for (int64_t t = 0; t < T; ++t)
+    kernels::RmsNorm(x + t * D, w.final_norm.data(), eps, D, xn + t * D);
+  if (trace) {
+    trace->Emit("final_hidden_pre_norm", x, T, D, D);
+    trace->Emit("final_hidden_post_norm", xn, T, D, D);
+  }
+  if (hidden) std::copy_n(xn, T * D, hidden);
   if (all_rows) {
     kernels::MatMul(w.lm_head, xn, D, T, logits, c_.vocab_size);
   } else {

@@ -6,13 +6,14 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "core/aligned.h"
 #include "io/safetensors.h"
 #include "model/config.h"
+#include "model/decoder_layer.h"
 #include "model/kv_cache.h"
 #include "model/mla.h"
-#include "model/moe.h"
 #include "model/rope.h"
 #include "model/trace.h"
 #include "model/weights.h"
@@ -29,6 +30,8 @@ class Model {
   const Weights& weights() const { return weights_; }
   const RopeTable& rope() const { return rope_; }
   const LoadReport& report() const { return report_; }
+  // The MTP modules the checkpoint ships (empty when it has none).
+  const std::vector<MtpWeights>& mtp() const { return mtp_; }
   const Checkpoint& checkpoint() const { return *checkpoint_; }
 
  private:
@@ -36,6 +39,7 @@ class Model {
   Config config_;
   std::unique_ptr<Checkpoint> checkpoint_;
   Weights weights_;
+  std::vector<MtpWeights> mtp_;
   RopeTable rope_;
   LoadReport report_;
 };
@@ -52,9 +56,11 @@ class Context {
 
   // Runs `tokens` at positions n_past() .. n_past() + T - 1 and appends them to the cache.
   // all_logits, if given, receives [T, vocab]; last_logits() always holds the last row.
-  // Bad ids or a full context are reported (dsv3::Error) before any work is done.
+  // all_hidden, if given, receives the final hidden states [T, D] (after model.norm: the lm_head
+  // input, which the MTP layer reads). Bad ids or a full context are reported (dsv3::Error)
+  // before any work is done.
   void Forward(std::span<const int32_t> tokens, float* all_logits = nullptr,
-               ForwardTrace* trace = nullptr);
+               ForwardTrace* trace = nullptr, float* all_hidden = nullptr);
   const float* last_logits() const { return last_logits_.data(); }  // [vocab]
 
   int64_t n_past() const { return n_past_; }
@@ -72,7 +78,7 @@ class Context {
 
  private:
   void ForwardChunk(const int32_t* tokens, int64_t T, float* logits, bool all_rows,
-                    ForwardTrace* trace);
+                    ForwardTrace* trace, float* hidden);
 
   const Model& model_;
   const Config& c_;
@@ -80,12 +86,9 @@ class Context {
   ForwardProfile* profile_ = nullptr;
   int64_t n_past_ = 0;
   KvCache cache_;
-  Mla mla_;
-  MlpBatch mlp_;  // the dense layers' MLP
-  Moe moe_;
+  DecoderLayer layer_;
   AlignedArray<float> x_;            // [B, D] residual stream
-  AlignedArray<float> xn_;           // [B, D] normalized input of a block
-  AlignedArray<float> y_;            // [B, D] block output
+  AlignedArray<float> xn_;           // [B, D] final hidden state (after model.norm)
   AlignedArray<float> last_logits_;  // [vocab]
 };
 

@@ -14,6 +14,9 @@ class Binder {
  public:
   Binder(const Config& c, const Checkpoint& ckpt) : c_(c), ckpt_(ckpt) {
     for (const TensorSpec& s : MainTensorSpecs(c)) specs_.emplace(s.name, s);
+    for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k) {
+      for (const TensorSpec& s : MtpTensorSpecs(c, k)) specs_.emplace(s.name, s);
+    }
   }
 
   const TensorInfo& Get(const std::string& name) {
@@ -29,7 +32,6 @@ class Binder {
            t->ShapeString(), expected.ShapeString());
     }
     used_.insert(name);
-    bytes_ += t->nbytes;
     return *t;
   }
 
@@ -120,18 +122,78 @@ class Binder {
             Linear(p + "down_proj.weight")};
   }
 
-  void Report(LoadReport* report) const {
+  // Decoder layer l: the main stack's, or an MTP module's at l >= num_hidden_layers.
+  LayerWeights Layer(int64_t l) {
+    LayerWeights lw;
+    const std::string p = LayerPrefix(l);
+    lw.attn_norm = Vector(p + "input_layernorm.weight");
+    lw.ffn_norm = Vector(p + "post_attention_layernorm.weight");
+    const std::string a = p + "self_attn.";
+    if (c_.q_lora_rank > 0) {
+      lw.attn.q_a = Linear(a + "q_a_proj.weight");
+      lw.attn.q_a_norm = Vector(a + "q_a_layernorm.weight");
+      lw.attn.q_b = Linear(a + "q_b_proj.weight");
+    } else {
+      lw.attn.q = Linear(a + "q_proj.weight");
+    }
+    lw.attn.kv_a = Linear(a + "kv_a_proj_with_mqa.weight");
+    lw.attn.kv_a_norm = Vector(a + "kv_a_layernorm.weight");
+    lw.attn.kv_b = Linear(a + "kv_b_proj.weight");
+    lw.attn.o = Linear(a + "o_proj.weight");
+    lw.is_moe = c_.IsMoeLayer(l);
+    if (!lw.is_moe) {
+      lw.mlp = Mlp(p + "mlp.");
+      return lw;
+    }
+    lw.moe.router = Linear(p + "mlp.gate.weight");
+    if (c_.topk_method == TopkMethod::kNoauxTc) {
+      lw.moe.correction_bias = Vector(p + "mlp.gate.e_score_correction_bias");
+    }
+    for (int64_t e = 0; e < c_.n_routed_experts; ++e) {
+      lw.moe.experts.push_back(Mlp(p + "mlp.experts." + std::to_string(e) + "."));
+    }
+    if (c_.n_shared_experts > 0) lw.moe.shared = Mlp(p + "mlp.shared_experts.");
+    return lw;
+  }
+
+  // MTP module k, reusing the main embedding / lm_head where the stored copies are identical.
+  MtpWeights Mtp(int64_t k, const Weights& main) {
+    const std::string p = LayerPrefix(c_.num_hidden_layers + k);
+    MtpWeights m;
+    m.embed = Embedding(p + "embed_tokens.weight");
+    m.enorm = Vector(p + "enorm.weight");
+    m.hnorm = Vector(p + "hnorm.weight");
+    m.eh_proj = Linear(p + "eh_proj.weight");
+    m.layer = Layer(c_.num_hidden_layers + k);
+    m.head_norm = Vector(p + "shared_head.norm.weight");
+    m.head = Linear(p + "shared_head.head.weight");
+    m.shares_embed = SameBytes(m.embed, main.embed);
+    if (m.shares_embed) m.embed = main.embed;
+    m.shares_head = SameBytes(m.head, main.lm_head);
+    if (m.shares_head) m.head = main.lm_head;
+    return m;
+  }
+
+  bool Has(const std::string& name) const { return ckpt_.Find(name) != nullptr; }
+
+  static bool SameBytes(const WeightMatrix& a, const WeightMatrix& b) {
+    return a.dtype == b.dtype && a.rows == b.rows && a.cols == b.cols && a.scale == nullptr &&
+           b.scale == nullptr && std::memcmp(a.data, b.data, a.bytes()) == 0;
+  }
+
+  // Bytes per part, and the tensors nothing reads (MTP tensors count as read when the MTP
+  // modules are not bound: they are accepted for whoever loads them).
+  void Report(LoadReport* report, bool mtp_bound) const {
     if (report == nullptr) return;
-    report->main_bytes = bytes_;
-    const std::string mtp_prefix = LayerPrefix(c_.num_hidden_layers);
     for (const TensorInfo* t : ckpt_.tensors()) {
-      if (used_.count(t->name)) continue;
-      if (IsMtpTensor(t->name)) {
+      const bool used = used_.count(t->name) > 0, mtp = IsMtpTensor(t->name);
+      if (mtp) {
         ++report->mtp_tensors;
         report->mtp_bytes += t->nbytes;
-      } else {
-        report->unused.push_back(t->name);
+      } else if (used) {
+        report->main_bytes += t->nbytes;
       }
+      if (!used && (!mtp || mtp_bound)) report->unused.push_back(t->name);
     }
   }
 
@@ -147,50 +209,26 @@ class Binder {
   const Checkpoint& ckpt_;
   std::unordered_map<std::string, TensorSpec> specs_;
   std::set<std::string> used_;
-  uint64_t bytes_ = 0;
 };
 
 }  // namespace
 
-Weights BindWeights(const Config& c, const Checkpoint& ckpt, LoadReport* report) {
+Weights BindWeights(const Config& c, const Checkpoint& ckpt, LoadReport* report,
+                    std::vector<MtpWeights>* mtp) {
   Binder b(c, ckpt);
   Weights w;
   w.embed = b.Embedding("model.embed_tokens.weight");
-  w.layers.resize(static_cast<size_t>(c.num_hidden_layers));
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    LayerWeights& lw = w.layers[static_cast<size_t>(l)];
-    const std::string p = LayerPrefix(l);
-    lw.attn_norm = b.Vector(p + "input_layernorm.weight");
-    lw.ffn_norm = b.Vector(p + "post_attention_layernorm.weight");
-    const std::string a = p + "self_attn.";
-    if (c.q_lora_rank > 0) {
-      lw.attn.q_a = b.Linear(a + "q_a_proj.weight");
-      lw.attn.q_a_norm = b.Vector(a + "q_a_layernorm.weight");
-      lw.attn.q_b = b.Linear(a + "q_b_proj.weight");
-    } else {
-      lw.attn.q = b.Linear(a + "q_proj.weight");
-    }
-    lw.attn.kv_a = b.Linear(a + "kv_a_proj_with_mqa.weight");
-    lw.attn.kv_a_norm = b.Vector(a + "kv_a_layernorm.weight");
-    lw.attn.kv_b = b.Linear(a + "kv_b_proj.weight");
-    lw.attn.o = b.Linear(a + "o_proj.weight");
-    lw.is_moe = c.IsMoeLayer(l);
-    if (!lw.is_moe) {
-      lw.mlp = b.Mlp(p + "mlp.");
-      continue;
-    }
-    lw.moe.router = b.Linear(p + "mlp.gate.weight");
-    if (c.topk_method == TopkMethod::kNoauxTc) {
-      lw.moe.correction_bias = b.Vector(p + "mlp.gate.e_score_correction_bias");
-    }
-    for (int64_t e = 0; e < c.n_routed_experts; ++e) {
-      lw.moe.experts.push_back(b.Mlp(p + "mlp.experts." + std::to_string(e) + "."));
-    }
-    if (c.n_shared_experts > 0) lw.moe.shared = b.Mlp(p + "mlp.shared_experts.");
-  }
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) w.layers.push_back(b.Layer(l));
   w.final_norm = b.Vector("model.norm.weight");
   w.lm_head = c.tie_word_embeddings ? w.embed : b.Linear("lm_head.weight");
-  b.Report(report);
+  // MTP modules: bound when their projection is stored (some conversions drop them all).
+  for (int64_t k = 0; k < c.num_nextn_predict_layers && mtp != nullptr; ++k) {
+    if (!b.Has(LayerPrefix(c.num_hidden_layers + k) + "eh_proj.weight")) break;
+    mtp->push_back(b.Mtp(k, w));
+  }
+  const bool mtp_bound = mtp != nullptr && !mtp->empty();
+  b.Report(report, mtp_bound);
+  if (report != nullptr) report->mtp_layers = mtp_bound ? static_cast<int64_t>(mtp->size()) : 0;
   return w;
 }
 

@@ -54,14 +54,30 @@ struct Weights {
   WeightMatrix lm_head;           // [vocab, D] (the embedding when tied)
 };
 
+// An MTP module (DeepSeek-V3 section 2.2), stored as layer num_hidden_layers + k.
+struct MtpWeights {
+  WeightMatrix embed;            // [vocab, D]; the main embedding when the stored copy is identical
+  std::vector<float> enorm;      // [D]
+  std::vector<float> hnorm;      // [D]
+  WeightMatrix eh_proj;          // [D, 2D]: input [RmsNorm(embedding) | RmsNorm(hidden)]
+  LayerWeights layer;            // a full decoder layer
+  std::vector<float> head_norm;  // [D] shared_head.norm
+  WeightMatrix head;             // [vocab, D] shared_head.head; the main lm_head when identical
+  bool shares_embed = false, shares_head = false;
+};
+
 struct LoadReport {
   std::vector<std::string> unused;  // tensors in the checkpoint that nothing reads
-  int64_t mtp_tensors = 0;          // tensors of MTP layers (accepted, loaded by the MTP engine)
+  int64_t mtp_tensors = 0;          // tensors of the MTP layers
+  int64_t mtp_layers = 0;           // MTP modules bound (0 when the checkpoint has none)
   uint64_t main_bytes = 0;          // bytes of the tensors the main model reads
   uint64_t mtp_bytes = 0;
 };
 
-// Binds and validates every main-model tensor; throws dsv3::Error naming the first bad tensor.
-Weights BindWeights(const Config& config, const Checkpoint& ckpt, LoadReport* report);
+// Binds and validates every main-model tensor, and the MTP modules when the checkpoint has them
+// (a checkpoint may omit them all; a partial module is an error). Throws dsv3::Error naming the
+// first bad tensor.
+Weights BindWeights(const Config& config, const Checkpoint& ckpt, LoadReport* report,
+                    std::vector<MtpWeights>* mtp);
 
 }  // namespace dsv3

@@ -4,12 +4,17 @@
 #include <chrono>
 
 #include "core/error.h"
+#include "runtime/speculative.h"
 
 namespace dsv3 {
 
 std::vector<int32_t> Generate(Context& ctx, std::span<const int32_t> prompt,
                               const GenerateOptions& options, GenerateStats* stats,
-                              const std::function<bool(int32_t)>& on_token) {
+                              const std::function<bool(int32_t)>& on_token,
+                              SpeculativeDecoder* speculative) {
+  if (speculative != nullptr && speculative->InSync(ctx)) {
+    return speculative->Generate(ctx, prompt, options, stats, on_token);
+  }
   using Clock = std::chrono::steady_clock;
   const Config& c = ctx.model().config();
   if (prompt.empty()) Fail("the prompt is empty: give at least one token");
@@ -46,6 +51,7 @@ std::vector<int32_t> Generate(Context& ctx, std::span<const int32_t> prompt,
   }
   s.decode_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   s.new_tokens = static_cast<int64_t>(out.size());
+  s.decode_tokens = s.decode_steps;
   if (stats) *stats = s;
   return out;
 }

@@ -16,7 +16,7 @@ int32_t Argmax(const float* values, int64_t n) {
 }
 
 Sampler::Sampler(const SamplingParams& params, int64_t vocab)
-    : params_(params), vocab_(vocab), rng_(params.seed), candidates_(vocab) {
+    : params_(params), vocab_(vocab), rng_(params.seed), candidates_(vocab), probs_(vocab) {
   if (!(params.temperature >= 0) || !std::isfinite(params.temperature)) {
     Fail("temperature must be >= 0, got {}", params.temperature);
   }
@@ -25,8 +25,11 @@ Sampler::Sampler(const SamplingParams& params, int64_t vocab)
   if (params.top_k < 0) Fail("top-k must be >= 0, got {}", params.top_k);
 }
 
-int32_t Sampler::Sample(const float* logits) {
-  if (params_.temperature == 0) return Argmax(logits, vocab_);
+double Sampler::Uniform() {
+  return static_cast<double>(rng_() >> 11) * 0x1p-53;  // 53 random bits, portable
+}
+
+void Sampler::Probabilities(const float* logits, float* probs) {
   // Candidates sorted by logit (descending, ties to the lower id), cut to top-k.
   for (int64_t i = 0; i < vocab_; ++i) candidates_[i] = {logits[i], static_cast<int32_t>(i)};
   const auto by_logit = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
@@ -59,14 +62,31 @@ int32_t Sampler::Sample(const float* logits) {
     sum = 0;
     for (int64_t i = 0; i < n; ++i) sum += candidates_[i].first;
   }
-  // Uniform in [0, sum) from 53 random bits (portable, unlike std::uniform_real_distribution).
-  const double u = static_cast<double>(rng_() >> 11) * 0x1p-53 * sum;
-  double acc = 0;
+  std::fill(probs, probs + vocab_, 0.0f);
   for (int64_t i = 0; i < n; ++i) {
-    acc += candidates_[i].first;
-    if (u < acc) return candidates_[i].second;
+    probs[candidates_[i].second] = static_cast<float>(candidates_[i].first / sum);
   }
-  return candidates_[n - 1].second;
+}
+
+int32_t Sampler::Draw(const float* weights) {
+  double total = 0;
+  for (int64_t i = 0; i < vocab_; ++i) total += weights[i];
+  const double u = Uniform() * total;
+  double acc = 0;
+  int32_t last = 0;
+  for (int64_t i = 0; i < vocab_; ++i) {
+    if (weights[i] <= 0) continue;
+    acc += weights[i];
+    last = static_cast<int32_t>(i);
+    if (u < acc) return last;
+  }
+  return last;
+}
+
+int32_t Sampler::Sample(const float* logits) {
+  if (greedy()) return Argmax(logits, vocab_);
+  Probabilities(logits, probs_.data());
+  return Draw(probs_.data());
 }
 
 }  // namespace dsv3

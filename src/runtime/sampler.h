@@ -18,7 +18,16 @@ struct SamplingParams {
 class Sampler {
  public:
   Sampler(const SamplingParams& params, int64_t vocab);
+  bool greedy() const { return params_.temperature == 0; }
   int32_t Sample(const float* logits);
+
+  // probs[v] for every v < vocab: the distribution Sample() draws from when not greedy
+  // (temperature, then the top-k cut, then the top-p nucleus, renormalized; zero elsewhere).
+  void Probabilities(const float* logits, float* probs);
+  // A draw from a (not necessarily normalized) non-negative weight vector of vocab entries.
+  int32_t Draw(const float* weights);
+  // Uniform in [0, 1) from the same generator.
+  double Uniform();
   const SamplingParams& params() const { return params_; }
 
  private:
@@ -26,6 +35,7 @@ class Sampler {
   int64_t vocab_;
   std::mt19937_64 rng_;
   std::vector<std::pair<float, int32_t>> candidates_;  // [vocab], allocated once
+  std::vector<float> probs_;                           // [vocab]
 };
 
 // Index of the largest value; ties go to the lower index.

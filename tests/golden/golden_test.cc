@@ -12,6 +12,7 @@
 #include "core/parallel.h"
 #include "kernels/targets.h"
 #include "model/model.h"
+#include "model/mtp.h"
 #include "runtime/generate.h"
 #include "runtime/sampler.h"
 #include "tests/test_util.h"
@@ -221,6 +222,48 @@ TEST_P(GoldenTest, Intermediates) {
     ++checked;
   }
   EXPECT_GE(checked, 15);
+}
+
+// The MTP module: slot i from the main final hidden state at i and token i+1 (the last slot uses
+// the main model's greedy token), against the reference's MTP logits and intermediates.
+TEST_P(GoldenTest, MtpLogits) {
+  if (model_->mtp().empty()) {
+    EXPECT_EQ(model_->config().num_nextn_predict_layers, 0);
+    return;
+  }
+  EXPECT_TRUE(model_->mtp()[0].shares_embed);  // the stored copies are identical in the test data
+  EXPECT_TRUE(model_->mtp()[0].shares_head);
+  const int64_t D = model_->config().hidden_size, V = model_->config().vocab_size;
+  for (const Json& seq : ref_->json()["sequences"]) {
+    const std::vector<int32_t> tokens = Tokens(seq);
+    const int64_t L = static_cast<int64_t>(tokens.size());
+    Context main(*model_, {L, L, AttentionImpl::kAuto});
+    std::vector<float> hidden(L * D);
+    main.Forward(tokens, nullptr, nullptr, hidden.data());
+    std::vector<int32_t> next(tokens.begin() + 1, tokens.end());
+    next.push_back(Argmax(main.last_logits(), V));
+    ASSERT_EQ(next, seq["mtp"]["input_tokens"].get<std::vector<int32_t>>());
+    MtpContext mtp(*model_, 0, {L, L, AttentionImpl::kAuto});
+    std::vector<float> logits(L * V);
+    std::map<std::string, std::vector<float>> got;
+    ForwardTrace trace;
+    trace.tensor = [&](const std::string& name, const float* data, int64_t rows, int64_t c,
+                       int64_t stride) {
+      for (int64_t r = 0; r < rows; ++r)
+        got[name].insert(got[name].end(), data + r * stride, data + r * stride + c);
+    };
+    mtp.Forward(hidden.data(), D, next, logits.data(), nullptr, &trace);
+    const std::vector<float> want = ref_->F32(seq["mtp"]["logits"]);
+    EXPECT_LE(MaxAbsDiff(logits.data(), want.data(), L * V), kLogitTol) << seq["name"];
+    EXPECT_EQ(Argmax(logits.data() + (L - 1) * V, V), seq["mtp"]["argmax"].back().get<int32_t>());
+    for (const char* name : {"eh_proj_out", "block_out"}) {
+      if (!seq["mtp"].contains(name)) continue;
+      const std::vector<float> w = ref_->F32(seq["mtp"][name]);
+      const std::vector<float>& g = got["mtp0." + std::string(name)];
+      ASSERT_EQ(g.size(), w.size()) << name;
+      EXPECT_LE(MaxAbsDiff(g.data(), w.data(), static_cast<int64_t>(w.size())), kLogitTol) << name;
+    }
+  }
 }
 
 TEST_P(GoldenTest, EverySimdTarget) {

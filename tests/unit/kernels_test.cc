@@ -142,6 +142,29 @@ TEST_P(KernelTest, Fp8DecodePathHasEveryCodeExact) {
   }
 }
 
+// Below kGemmMinTokens a call with several tokens must give each token exactly (bit for bit) what
+// a one-token call gives: speculative verification relies on it to reproduce plain decoding.
+TEST_P(KernelTest, FewTokensAreBitIdenticalToOneToken) {
+  for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16, DType::kF8E4M3}) {
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{70, 256}, {9, 384}, {13, 300}}) {
+      const TestMatrix m = MakeMatrix(dtype, rows, cols, 17);
+      for (int64_t T = 2; T < kGemmMinTokens; ++T) {
+        const std::vector<float> x = Random(T * cols, 23);
+        std::vector<float> batched(T * rows), single(rows);
+        MatMul(m.w, x.data(), cols, T, batched.data(), rows);
+        for (int64_t t = 0; t < T; ++t) {
+          MatMul(m.w, x.data() + t * cols, cols, 1, single.data(), rows);
+          for (int64_t r = 0; r < rows; ++r) {
+            ASSERT_EQ(BitsFromF32(batched[t * rows + r]), BitsFromF32(single[r]))
+                << DTypeName(dtype) << " " << rows << "x" << cols << " T=" << T << " t=" << t
+                << " r=" << r;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_P(KernelTest, MatMulRowsWritesOnlyItsSlice) {
   const TestMatrix m = MakeMatrix(DType::kF8E4M3, 300, 256, 3);
   const std::vector<float> x = Random(2 * 256, 9);

@@ -15,6 +15,9 @@ namespace {
 std::atomic<int64_t> g_allocations{0};
 }  // namespace
 
+// The replaced global operators pair malloc with free, which GCC cannot see through.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+
 void* operator new(size_t n) {
   g_allocations.fetch_add(1, std::memory_order_relaxed);
   if (void* p = std::malloc(n ? n : 1)) return p;
