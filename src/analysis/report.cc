@@ -231,7 +231,8 @@ std::string DetailText(const ConfigReport& r, const AnalyzeOptions& o) {
   }
   const std::string held =
       r.kv_cached_tokens < o.context ? fmt::format(" ({} held: window)", r.kv_cached_tokens) : "";
-  kv.Row({fmt::format("at {} tokens x {}", Grouped(o.context), o.batch),
+  kv.Row({fmt::format("at {} tokens x {} sequence{}", Grouped(o.context), o.batch,
+                      o.batch > 1 ? "s" : ""),
           fmt::format("{} (bf16), {} (fp8){}", DecimalBytes(Lookup(r.kv_at_context, "bf16")),
                       DecimalBytes(Lookup(r.kv_at_context, "fp8")), held)});
   s += "KV cache (1 KB = 1000 B)\n" + kv.Render("  ") + "\n";
