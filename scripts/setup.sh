@@ -7,6 +7,7 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libhwy-dev nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  gnuplot-nox
 )
 # Needed only for the sanitizer / fuzzing builds (clang + its runtimes).
 if [[ "${DSV3_WITH_CLANG:-0}" == 1 ]]; then

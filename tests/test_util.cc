@@ -9,6 +9,8 @@
 #include <random>
 #include <sstream>
 
+#include "core/error.h"
+
 namespace dsv3::test {
 
 Reference::Reference(const std::string& model_dir) {
@@ -75,6 +77,30 @@ RunResult RunCommand(const std::string& command) {
   r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   r.err = ReadFile(err_path);
   return r;
+}
+
+std::string ErrorMessage(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+void ExpectCleanError(const RunResult& r, const std::string& what) {
+  EXPECT_EQ(r.status, 1) << r.output();
+  int error_lines = 0;
+  std::string error;
+  std::istringstream in(r.output());
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("dsv3: error: ", 0) == 0) {
+      ++error_lines;
+      error = line;
+    }
+  }
+  EXPECT_EQ(error_lines, 1) << r.output();
+  EXPECT_NE(error.find(what), std::string::npos) << "expected '" << what << "' in: " << error;
 }
 
 }  // namespace dsv3::test

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -73,5 +74,12 @@ struct RunResult {
 RunResult RunCommand(const std::string& command);
 // The dsv3 binary built next to the tests.
 inline std::string Dsv3Binary() { return DSV3_BINARY; }
+
+// The message of the dsv3::Error that `f` throws, or "no error".
+std::string ErrorMessage(const std::function<void()>& f);
+
+// Asserts a clean failure: exit status 1 (not a signal), exactly one line "dsv3: error: ...",
+// and that line names `what`.
+void ExpectCleanError(const RunResult& r, const std::string& what);
 
 }  // namespace dsv3::test

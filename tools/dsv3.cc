@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "kernels/targets.h"
+#include "tools/analyze.h"
 #include "tools/commands.h"
 
 namespace {
@@ -109,12 +110,15 @@ int main(int argc, char** argv) {
   synth_cmd->add_option("-o,--output", synth.out_dir, "output folder")->required();
   AddCommon(synth_cmd, common);
 
+  dsv3::cli::AnalyzeCommand analyze(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
   try {
+    if (analyze.selected()) return analyze.Run();
     ApplyCommon(common);
     if (*info_cmd) return dsv3::cli::RunInfo(info);
     if (*logits_cmd) {

@@ -16,6 +16,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using test::Dsv3Binary;
+using test::ExpectCleanError;
 using test::ReadFile;
 using test::Reference;
 using test::RunCommand;
@@ -31,22 +32,6 @@ std::string Join(const std::vector<int32_t>& ids) {
   std::string s;
   for (size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
   return s;
-}
-
-// Asserts a clean failure: exit status 1 (not a signal), exactly one error line, naming `what`.
-void ExpectCleanError(const RunResult& r, const std::string& what) {
-  EXPECT_EQ(r.status, 1) << r.output();
-  int error_lines = 0;
-  std::string error;
-  std::istringstream in(r.output());
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("dsv3: error: ", 0) == 0) {
-      ++error_lines;
-      error = line;
-    }
-  }
-  EXPECT_EQ(error_lines, 1) << r.output();
-  EXPECT_THAT(error, HasSubstr(what));
 }
 
 // A writable copy of a reference model (config + safetensors, no reference outputs).
