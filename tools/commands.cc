@@ -16,28 +16,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double Seconds(Clock::time_point since) {
-  return std::chrono::duration<double>(Clock::now() - since).count();
-}
-
-std::unique_ptr<Model> LoadModel(const std::string& dir, bool quiet = false) {
-  const auto t0 = Clock::now();
-  std::unique_ptr<Model> m = Model::Load(dir);
-  const LoadReport& r = m->report();
-  if (!r.unused.empty()) {
-    std::string list;
-    for (size_t i = 0; i < r.unused.size() && i < 5; ++i) list += (i ? ", " : "") + r.unused[i];
-    if (r.unused.size() > 5) list += fmt::format(", ... ({} more)", r.unused.size() - 5);
-    std::fprintf(stderr, "dsv3: warning: %zu tensor(s) in the checkpoint are not used: %s\n",
-                 r.unused.size(), list.c_str());
-  }
-  if (!quiet) {
-    std::fprintf(stderr, "dsv3: loaded %s in %.2f s (%s kernels)\n", dir.c_str(), Seconds(t0),
-                 kernels::ActiveTarget().c_str());
-  }
-  return m;
-}
-
 std::string Human(double bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;
@@ -68,6 +46,28 @@ void WriteBinaryAtomic(const std::string& path, const float* data, size_t count)
 }
 
 }  // namespace
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+std::unique_ptr<Model> LoadModel(const std::string& dir, bool quiet) {
+  const auto t0 = Clock::now();
+  std::unique_ptr<Model> m = Model::Load(dir);
+  const LoadReport& r = m->report();
+  if (!r.unused.empty()) {
+    std::string list;
+    for (size_t i = 0; i < r.unused.size() && i < 5; ++i) list += (i ? ", " : "") + r.unused[i];
+    if (r.unused.size() > 5) list += fmt::format(", ... ({} more)", r.unused.size() - 5);
+    std::fprintf(stderr, "dsv3: warning: %zu tensor(s) in the checkpoint are not used: %s\n",
+                 r.unused.size(), list.c_str());
+  }
+  if (!quiet) {
+    std::fprintf(stderr, "dsv3: loaded %s in %.2f s (%s kernels)\n", dir.c_str(), Seconds(t0),
+                 kernels::ActiveTarget().c_str());
+  }
+  return m;
+}
 
 std::vector<int32_t> ParseIds(const std::string& text) {
   std::vector<int32_t> ids;
@@ -246,20 +246,12 @@ int RunLogits(const LogitsArgs& a) {
 }
 
 int RunGenerate(const GenerateArgs& a) {
+  if (a.text) return RunGenerateText(a);
+  if (!a.stop.empty()) Fail("--stop works on text: give the prompt with -p");
   const std::vector<int32_t> prompt = ParseIds(a.ids);
-  if (a.n < 0) Fail("-n must be >= 0, got {}", a.n);
   std::unique_ptr<Model> m = LoadModel(a.model_dir);
-  const Config& c = m->config();
-  // Positions used: the prompt, then every new token but the last is fed back.
-  const int64_t needed = static_cast<int64_t>(prompt.size()) + std::max<int64_t>(a.n - 1, 0);
-  if (needed > c.max_position_embeddings) {
-    Fail("prompt ({} tokens) plus {} new tokens exceed max_position_embeddings ({})", prompt.size(),
-         a.n, c.max_position_embeddings);
-  }
-  ContextOptions opts;
-  opts.capacity = a.ctx_size > 0 ? a.ctx_size : needed;
-  opts.max_batch = std::min<int64_t>(static_cast<int64_t>(prompt.size()), 512);
-  Context ctx(*m, opts);
+  const std::unique_ptr<Context> context = GenerateContext(*m, a, prompt.size());
+  Context& ctx = *context;
   GenerateOptions g;
   g.max_new_tokens = a.n;
   g.sampling = a.sampling;
@@ -274,6 +266,28 @@ int RunGenerate(const GenerateArgs& a) {
   });
   std::printf("\n");
   std::fflush(stdout);
+  PrintGenerateStats(stats, ctx);
+  return 0;
+}
+
+std::unique_ptr<Context> GenerateContext(const Model& m, const GenerateArgs& a,
+                                         size_t prompt_tokens) {
+  if (a.n < 0) Fail("-n must be >= 0, got {}", a.n);
+  const Config& c = m.config();
+  // Positions used: the prompt, then every new token but the last is fed back.
+  const int64_t needed = static_cast<int64_t>(prompt_tokens) + std::max<int64_t>(a.n - 1, 0);
+  if (needed > c.max_position_embeddings) {
+    Fail("prompt ({} tokens) plus {} new tokens exceed max_position_embeddings ({})", prompt_tokens,
+         a.n, c.max_position_embeddings);
+  }
+  ContextOptions opts;
+  opts.capacity = a.ctx_size > 0 ? a.ctx_size : needed;
+  opts.max_batch = std::min<int64_t>(static_cast<int64_t>(prompt_tokens), 512);
+  return std::make_unique<Context>(m, opts);
+}
+
+void PrintGenerateStats(const GenerateStats& stats, const Context& ctx) {
+  const Config& c = ctx.model().config();
   std::fprintf(stderr,
                "dsv3: prefill %lld tokens in %.3f s (%.1f tokens/s); decode %lld tokens in %.3f s "
                "(%.2f tokens/s); KV cache %lld bytes/token (%lld layers x %lld floats)\n",
@@ -282,11 +296,12 @@ int RunGenerate(const GenerateArgs& a) {
                stats.decode_seconds, stats.decode_tokens_per_second(),
                (long long)ctx.cache().bytes_per_token(), (long long)c.num_hidden_layers,
                (long long)c.kv_width());
-  return 0;
 }
 
-int RunSynth(const SynthOptions& a) {
+int RunSynth(const SynthOptions& options, const std::string& tokenizer) {
   const auto t0 = Clock::now();
+  SynthOptions a = options;
+  if (!tokenizer.empty()) AddTokenizerToSynth(tokenizer, &a);
   const uint64_t bytes = Synthesize(a);
   std::fprintf(stderr, "dsv3: wrote %s (%s, preset %s, %s) in %.1f s\n", a.out_dir.c_str(),
                Human(static_cast<double>(bytes)).c_str(), a.preset.c_str(), a.dtype.c_str(),
