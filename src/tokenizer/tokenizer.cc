@@ -120,6 +120,7 @@ void Tokenizer::LoadModel(const Json& m, const std::string& what) {
   }
   const Json& vocab = m["vocab"];
   model_entries_ = static_cast<int64_t>(vocab.size());
+  token_to_id_.reserve(vocab.size() + 1024);
   int32_t max_id = -1;
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     const int32_t id = IdField(it.value(), fmt::format("{}.vocab[\"{}\"]", what, it.key()));

@@ -92,6 +92,36 @@ TEST(TextCli, TokenizeJsonlReproducesEveryEncodeCase) {
   EXPECT_EQ(b.out, "0,19923,2058\n") << b.err;
 }
 
+TEST(TextCli, TokenizeFileAndBench) {
+  DSV3_REQUIRE_DATA(TokDir() + "/encode_cases.jsonl");
+  // The file mode and the JSONL mode give the same ids for the same text (all the encode-case
+  // texts in one file); --bench reports its size and token count.
+  TempDir tmp;
+  std::string text;
+  for (const OrderedJson& c : ReadLines(TokDir() + "/encode_cases.jsonl")) {
+    text += c["text"].get<std::string>() + "\n";
+  }
+  WriteFile(tmp / "text.txt", text);
+  const RunResult ids =
+      RunCommand(Cmd("tokenize --tokenizer " + TokDir() + " --file " + (tmp / "text.txt")));
+  ASSERT_EQ(ids.status, 0) << ids.err;
+  const RunResult jsonl = RunWithInput("tokenize --tokenizer " + TokDir() + " --jsonl",
+                                       OrderedJson{{"text", text}}.dump() + "\n");
+  ASSERT_EQ(jsonl.status, 0) << jsonl.err;
+  const std::vector<int32_t> want = ParseLines(jsonl.out)[0]["ids"].get<std::vector<int32_t>>();
+  std::string joined;
+  for (size_t i = 0; i < want.size(); ++i) joined += (i ? "," : "") + std::to_string(want[i]);
+  EXPECT_EQ(ids.out, joined + "\n");
+  const RunResult bench = RunCommand(
+      Cmd("tokenize --tokenizer " + TokDir() + " --file " + (tmp / "text.txt") + " --bench 2"));
+  ASSERT_EQ(bench.status, 0) << bench.err;
+  const OrderedJson b = ParseLines(bench.out)[0];
+  EXPECT_EQ(b["bytes"], text.size());
+  EXPECT_EQ(b["tokens"], want.size());
+  EXPECT_EQ(b["runs"], 2);
+  EXPECT_GT(b["mb_per_s_median"].get<double>(), 0);
+}
+
 TEST(TextCli, DetokenizeJsonlReproducesEveryDecodeCase) {
   DSV3_REQUIRE_DATA(TokDir() + "/decode_cases.jsonl");
   const std::vector<OrderedJson> cases = ReadLines(TokDir() + "/decode_cases.jsonl");
