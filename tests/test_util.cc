@@ -88,7 +88,7 @@ std::string ErrorMessage(const std::function<void()>& f) {
   return "no error";
 }
 
-void ExpectCleanError(const RunResult& r, const std::string& what) {
+void ExpectCleanError(const RunResult& r, std::initializer_list<std::string> parts) {
   EXPECT_EQ(r.status, 1) << r.output();
   int error_lines = 0;
   std::string error;
@@ -100,7 +100,11 @@ void ExpectCleanError(const RunResult& r, const std::string& what) {
     }
   }
   EXPECT_EQ(error_lines, 1) << r.output();
-  EXPECT_NE(error.find(what), std::string::npos) << "expected '" << what << "' in: " << error;
+  for (const std::string& what : parts) {
+    EXPECT_NE(error.find(what), std::string::npos) << "expected '" << what << "' in: " << error;
+  }
 }
+
+void ExpectCleanError(const RunResult& r, const std::string& what) { ExpectCleanError(r, {what}); }
 
 }  // namespace dsv3::test

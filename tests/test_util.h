@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -81,5 +82,7 @@ std::string ErrorMessage(const std::function<void()>& f);
 // Asserts a clean failure: exit status 1 (not a signal), exactly one line "dsv3: error: ...",
 // and that line names `what`.
 void ExpectCleanError(const RunResult& r, const std::string& what);
+// The same, naming each of `parts`.
+void ExpectCleanError(const RunResult& r, std::initializer_list<std::string> parts);
 
 }  // namespace dsv3::test

@@ -19,28 +19,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double Seconds(Clock::time_point since) {
-  return std::chrono::duration<double>(Clock::now() - since).count();
-}
-
-std::unique_ptr<Model> LoadModel(const std::string& dir, bool quiet = false) {
-  const auto t0 = Clock::now();
-  std::unique_ptr<Model> m = Model::Load(dir);
-  const LoadReport& r = m->report();
-  if (!r.unused.empty()) {
-    std::string list;
-    for (size_t i = 0; i < r.unused.size() && i < 5; ++i) list += (i ? ", " : "") + r.unused[i];
-    if (r.unused.size() > 5) list += fmt::format(", ... ({} more)", r.unused.size() - 5);
-    std::fprintf(stderr, "dsv3: warning: %zu tensor(s) in the checkpoint are not used: %s\n",
-                 r.unused.size(), list.c_str());
-  }
-  if (!quiet) {
-    std::fprintf(stderr, "dsv3: loaded %s in %.2f s (%s kernels)\n", dir.c_str(), Seconds(t0),
-                 kernels::ActiveTarget().c_str());
-  }
-  return m;
-}
-
 std::string Human(double bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;
@@ -69,6 +47,28 @@ void WriteBinaryAtomic(const std::string& path, const float* data, size_t count)
 }
 
 }  // namespace
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+std::unique_ptr<Model> LoadModel(const std::string& dir, bool quiet) {
+  const auto t0 = Clock::now();
+  std::unique_ptr<Model> m = Model::Load(dir);
+  const LoadReport& r = m->report();
+  if (!r.unused.empty()) {
+    std::string list;
+    for (size_t i = 0; i < r.unused.size() && i < 5; ++i) list += (i ? ", " : "") + r.unused[i];
+    if (r.unused.size() > 5) list += fmt::format(", ... ({} more)", r.unused.size() - 5);
+    std::fprintf(stderr, "dsv3: warning: %zu tensor(s) in the checkpoint are not used: %s\n",
+                 r.unused.size(), list.c_str());
+  }
+  if (!quiet) {
+    std::fprintf(stderr, "dsv3: loaded %s in %.2f s (%s kernels)\n", dir.c_str(), Seconds(t0),
+                 kernels::ActiveTarget().c_str());
+  }
+  return m;
+}
 
 // "MTP draft 2: 1.43 tokens per main step, acceptance 38.0% 12.1%"
 std::string MtpSummary(const GenerateStats& s) {
@@ -259,31 +259,11 @@ int RunLogits(const LogitsArgs& a) {
 }
 
 int RunGenerate(const GenerateArgs& a) {
+  if (a.text) return RunGenerateText(a);
+  if (!a.stop.empty()) Fail("--stop works on text: give the prompt with -p");
   const std::vector<int32_t> prompt = ParseIds(a.ids);
-  if (a.n < 0) Fail("-n must be >= 0, got {}", a.n);
   std::unique_ptr<Model> m = LoadModel(a.model_dir);
-  const Config& c = m->config();
-  // Positions used: the prompt, then every new token but the last is fed back.
-  const int64_t needed = static_cast<int64_t>(prompt.size()) + std::max<int64_t>(a.n - 1, 0);
-  if (needed > c.max_position_embeddings) {
-    Fail("prompt ({} tokens) plus {} new tokens exceed max_position_embeddings ({})", prompt.size(),
-         a.n, c.max_position_embeddings);
-  }
-  const bool mtp = !a.no_mtp && !m->mtp().empty();
-  if (!a.no_mtp && m->mtp().empty() && c.num_nextn_predict_layers > 0) {
-    std::fprintf(stderr,
-                 "dsv3: note: config.json declares MTP layers but the checkpoint has none; "
-                 "decoding without drafts\n");
-  }
-  ContextOptions opts;
-  // Speculative steps feed up to `draft` tokens beyond the last one kept (fewer near the end).
-  opts.capacity = a.ctx_size > 0
-                      ? a.ctx_size
-                      : std::min(needed + (mtp ? a.draft : 0), c.max_position_embeddings);
-  opts.max_batch = std::min<int64_t>(static_cast<int64_t>(prompt.size()), 512);
-  Context ctx(*m, opts);
-  std::unique_ptr<SpeculativeDecoder> spec;
-  if (mtp) spec = std::make_unique<SpeculativeDecoder>(*m, opts, a.draft);
+  Generation gen = SetUpGeneration(*m, a, prompt.size());
   GenerateOptions g;
   g.max_new_tokens = a.n;
   g.sampling = a.sampling;
@@ -291,26 +271,62 @@ int RunGenerate(const GenerateArgs& a) {
   GenerateStats stats;
   bool first = true;
   Generate(
-      ctx, prompt, g, &stats,
+      *gen.context, prompt, g, &stats,
       [&](int32_t token) {
         std::printf(first ? "%d" : ",%d", token);
         std::fflush(stdout);
         first = false;
         return true;
       },
-      spec.get());
+      gen.speculative.get());
   std::printf("\n");
   std::fflush(stdout);
+  PrintGenerateStats(stats, *gen.context);
+  return 0;
+}
+
+Generation SetUpGeneration(const Model& m, const GenerateArgs& a, size_t prompt_tokens) {
+  if (a.n < 0) Fail("-n must be >= 0, got {}", a.n);
+  const Config& c = m.config();
+  // Positions used: the prompt, then every new token but the last is fed back.
+  const int64_t needed = static_cast<int64_t>(prompt_tokens) + std::max<int64_t>(a.n - 1, 0);
+  if (needed > c.max_position_embeddings) {
+    Fail("prompt ({} tokens) plus {} new tokens exceed max_position_embeddings ({})", prompt_tokens,
+         a.n, c.max_position_embeddings);
+  }
+  const bool mtp = UseMtp(m, a.no_mtp);
+  ContextOptions opts;
+  // Speculative steps feed up to `draft` tokens beyond the last one kept (fewer near the end).
+  opts.capacity = a.ctx_size > 0
+                      ? a.ctx_size
+                      : std::min(needed + (mtp ? a.draft : 0), c.max_position_embeddings);
+  opts.max_batch = std::min<int64_t>(static_cast<int64_t>(prompt_tokens), 512);
+  Generation g;
+  g.context = std::make_unique<Context>(m, opts);
+  if (mtp) g.speculative = std::make_unique<SpeculativeDecoder>(m, opts, a.draft);
+  return g;
+}
+
+bool UseMtp(const Model& m, bool no_mtp) {
+  if (!no_mtp && m.mtp().empty() && m.config().num_nextn_predict_layers > 0) {
+    std::fprintf(stderr,
+                 "dsv3: note: config.json declares MTP layers but the checkpoint has none; "
+                 "decoding without drafts\n");
+  }
+  return !no_mtp && !m.mtp().empty();
+}
+
+void PrintGenerateStats(const GenerateStats& stats, const Context& ctx) {
+  const Config& c = ctx.model().config();
   std::fprintf(stderr,
                "dsv3: prefill %lld tokens in %.3f s (%.1f tokens/s); decode %lld tokens in %.3f s "
                "(%.2f tokens/s); KV cache %lld bytes/token (%lld layers x %lld floats)\n",
                (long long)stats.prompt_tokens, stats.prefill_seconds,
-               stats.prefill_tokens_per_second(), (long long)stats.decode_steps,
+               stats.prefill_tokens_per_second(), (long long)stats.decode_tokens,
                stats.decode_seconds, stats.decode_tokens_per_second(),
                (long long)ctx.cache().bytes_per_token(), (long long)c.num_hidden_layers,
                (long long)c.kv_width());
-  if (spec) std::fprintf(stderr, "dsv3: %s\n", MtpSummary(stats).c_str());
-  return 0;
+  if (!stats.drafts_checked.empty()) std::fprintf(stderr, "dsv3: %s\n", MtpSummary(stats).c_str());
 }
 
 int RunBench(const BenchArgs& a) {
@@ -386,8 +402,10 @@ int RunBench(const BenchArgs& a) {
   return 0;
 }
 
-int RunSynth(const SynthOptions& a) {
+int RunSynth(const SynthOptions& options, const std::string& tokenizer) {
   const auto t0 = Clock::now();
+  SynthOptions a = options;
+  if (!tokenizer.empty()) AddTokenizerToSynth(tokenizer, &a);
   const uint64_t bytes = Synthesize(a);
   std::fprintf(stderr, "dsv3: wrote %s (%s, preset %s, %s) in %.1f s\n", a.out_dir.c_str(),
                Human(static_cast<double>(bytes)).c_str(), a.preset.c_str(), a.dtype.c_str(),

@@ -62,9 +62,19 @@ int main(int argc, char** argv) {
   AddCommon(logits_cmd, common);
 
   dsv3::cli::GenerateArgs gen;
-  CLI::App* gen_cmd = app.add_subcommand("generate", "generate token ids after a prompt of ids");
+  CLI::App* gen_cmd = app.add_subcommand(
+      "generate", "generate text after a text prompt (-p), or token ids after ids (--ids)");
   gen_cmd->add_option("-m,--model", gen.model_dir, "model folder")->required();
-  gen_cmd->add_option("--ids", gen.ids, "prompt token ids, comma-separated")->required();
+  CLI::Option* ids_opt = gen_cmd->add_option("--ids", gen.ids, "prompt token ids, comma-separated");
+  CLI::Option* prompt_opt = gen_cmd->add_option(
+      "-p,--prompt", gen.prompt, "prompt text, put in the chat template unless --raw");
+  ids_opt->excludes(prompt_opt);
+  gen_cmd->add_flag("--raw", gen.raw,
+                    "-p text is the whole prompt (BOS added as the tokenizer config says)");
+  gen_cmd->add_option("--system", gen.system, "a system message before the prompt");
+  gen_cmd->add_option("--tokenizer", gen.tokenizer,
+                      "tokenizer.json or its folder (default: the model folder)");
+  gen_cmd->add_option("--stop", gen.stop, "stop when the text contains STR (repeatable)");
   gen_cmd->add_option("-n,--n-predict", gen.n, "tokens to generate (default 32)");
   gen_cmd->add_option("--temp", gen.sampling.temperature, "temperature; 0 = greedy (default)");
   gen_cmd->add_option("--top-p", gen.sampling.top_p, "nucleus sampling threshold (default 1)");
@@ -94,6 +104,75 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--json", bench.json, "print JSON");
   AddCommon(bench_cmd, common, /*threads=*/false);
 
+  dsv3::cli::ChatArgs chat;
+  CLI::App* chat_cmd = app.add_subcommand(
+      "chat", "interactive chat: one user message per stdin line; /exit or Ctrl-D ends it");
+  chat_cmd->add_option("-m,--model", chat.model_dir, "model folder")->required();
+  chat_cmd->add_option("--tokenizer", chat.tokenizer,
+                       "tokenizer.json or its folder (default: the model folder)");
+  chat_cmd->add_option("--system", chat.system, "system message");
+  chat_cmd->add_option("--stop", chat.stop, "end a reply when it contains STR (repeatable)");
+  chat_cmd->add_option("-n,--n-predict", chat.n, "most tokens per reply (default 1024)");
+  chat_cmd->add_option("-c,--ctx-size", chat.ctx_size,
+                       "KV cache size in tokens (default: max_position_embeddings, at most 8192)");
+  chat_cmd->add_option("--temp", chat.sampling.temperature, "temperature; 0 = greedy (default)");
+  chat_cmd->add_option("--top-p", chat.sampling.top_p, "nucleus sampling threshold (default 1)");
+  chat_cmd->add_option("--top-k", chat.sampling.top_k, "keep the k most likely tokens");
+  chat_cmd->add_option("--seed", chat.sampling.seed, "sampling seed (default 0)");
+  chat_cmd->add_flag("--no-mtp", chat.no_mtp,
+                     "plain decoding even when the checkpoint has MTP layers");
+  chat_cmd->add_option("--draft", chat.draft, "MTP draft tokens per step, 1-6 (default 1)")
+      ->check(CLI::Range(1, 6));
+  AddCommon(chat_cmd, common);
+
+  dsv3::cli::TokenizeArgs tokenize;
+  CLI::App* tokenize_cmd = app.add_subcommand("tokenize", "text to token ids");
+  tokenize_cmd
+      ->add_option("--tokenizer,-m,--model", tokenize.tokenizer,
+                   "tokenizer.json or a folder holding it")
+      ->required();
+  CLI::Option* tok_jsonl = tokenize_cmd->add_flag(
+      "--jsonl", tokenize.jsonl, "stdin lines {\"text\": ...} -> stdout lines {\"ids\": [...]}");
+  CLI::Option* tok_text = tokenize_cmd->add_option("-p,--text", tokenize.text, "text to encode");
+  CLI::Option* tok_file = tokenize_cmd->add_option("--file", tokenize.file, "encode a whole file");
+  tok_jsonl->excludes(tok_text)->excludes(tok_file);
+  tok_text->excludes(tok_file);
+  tokenize_cmd->add_flag("--add-special-tokens", tokenize.add_special_tokens,
+                         "add BOS/EOS as transformers does (tokenizer_config.json)");
+  tokenize_cmd
+      ->add_option("--bench", tokenize.bench,
+                   "with --file: encode N times, print MB/s instead of ids")
+      ->needs(tok_file);
+
+  dsv3::cli::DetokenizeArgs detokenize;
+  CLI::App* detokenize_cmd = app.add_subcommand("detokenize", "token ids to text");
+  detokenize_cmd
+      ->add_option("--tokenizer,-m,--model", detokenize.tokenizer,
+                   "tokenizer.json or a folder holding it")
+      ->required();
+  CLI::Option* detok_jsonl = detokenize_cmd->add_flag(
+      "--jsonl", detokenize.jsonl,
+      "stdin lines {\"ids\": [...], \"skip_special_tokens\": bool} -> {\"text\": ...}");
+  CLI::Option* detok_ids =
+      detokenize_cmd->add_option("--ids", detokenize.ids, "ids, comma-separated");
+  detok_jsonl->excludes(detok_ids);
+  detokenize_cmd->add_flag(
+      "--skip-special-tokens", detokenize.skip_special_tokens,
+      "drop special tokens (with --jsonl: for lines without \"skip_special_tokens\")");
+
+  dsv3::cli::ChatTemplateArgs chat_template;
+  CLI::App* chat_template_cmd = app.add_subcommand(
+      "chat-template", "render conversations with the model's chat template, and encode them");
+  chat_template_cmd
+      ->add_option("-m,--model,--tokenizer", chat_template.model_dir,
+                   "model folder (tokenizer.json + tokenizer_config.json)")
+      ->required();
+  chat_template_cmd
+      ->add_flag("--jsonl", chat_template.jsonl,
+                 "stdin lines {\"messages\": [...], \"add_generation_prompt\": bool, ...} -> "
+                 "{\"text\": ..., \"ids\": [...]}")
+      ->required();
+
   dsv3::SynthOptions synth;
   double shard_mib = 4096;
   bool no_progress = false;
@@ -108,6 +187,10 @@ int main(int argc, char** argv) {
   synth_cmd->add_option("--shard-size", shard_mib, "target shard size in MiB (default 4096)");
   synth_cmd->add_flag("--no-progress", no_progress, "do not show progress");
   synth_cmd->add_option("-o,--output", synth.out_dir, "output folder")->required();
+  std::string synth_tokenizer;
+  synth_cmd->add_option("--tokenizer", synth_tokenizer,
+                        "copy this tokenizer.json (and tokenizer_config.json) into the checkpoint "
+                        "and size vocab_size and the BOS/EOS ids to match");
   AddCommon(synth_cmd, common);
 
   dsv3::cli::AnalyzeCommand analyze(app);
@@ -127,13 +210,30 @@ int main(int argc, char** argv) {
                                                    : dsv3::AttentionImpl::kAuto;
       return dsv3::cli::RunLogits(logits);
     }
-    if (*gen_cmd) return dsv3::cli::RunGenerate(gen);
+    if (*gen_cmd) {
+      gen.text = prompt_opt->count() > 0;
+      if (!gen.text && ids_opt->count() == 0) dsv3::Fail("give a prompt: -p TEXT or --ids");
+      return dsv3::cli::RunGenerate(gen);
+    }
     if (*bench_cmd) return dsv3::cli::RunBench(bench);
+    if (*chat_cmd) return dsv3::cli::RunChat(chat);
+    if (*tokenize_cmd) {
+      if (!tokenize.jsonl && tok_text->count() == 0 && tokenize.file.empty()) {
+        dsv3::Fail("tokenize: give --jsonl, -p TEXT or --file FILE");
+      }
+      return dsv3::cli::RunTokenize(tokenize);
+    }
+    if (*detokenize_cmd) {
+      if (!detokenize.jsonl && detokenize.ids.empty())
+        dsv3::Fail("detokenize: give --jsonl or --ids");
+      return dsv3::cli::RunDetokenize(detokenize);
+    }
+    if (*chat_template_cmd) return dsv3::cli::RunChatTemplate(chat_template);
     if (*synth_cmd) {
       if (!(shard_mib > 0)) dsv3::Fail("--shard-size must be positive");
       synth.shard_bytes = static_cast<uint64_t>(shard_mib * (1 << 20));
       synth.progress = !no_progress;
-      return dsv3::cli::RunSynth(synth);
+      return dsv3::cli::RunSynth(synth, synth_tokenizer);
     }
   } catch (const dsv3::Error& e) {
     std::fprintf(stderr, "dsv3: error: %s\n", e.what());

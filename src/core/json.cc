@@ -33,17 +33,26 @@ int NestingDepth(std::string_view text) {
   return max_depth;
 }
 
-}  // namespace
-
-Json ParseJson(std::string_view text, const std::string& what, int max_depth) {
+template <typename J>
+J ParseLimited(std::string_view text, const std::string& what, int max_depth) {
   if (NestingDepth(text) > max_depth) {
     Fail("{}: JSON nested deeper than {} levels", what, max_depth);
   }
   try {
-    return Json::parse(text.begin(), text.end());
-  } catch (const Json::exception& e) {
+    return J::parse(text.begin(), text.end());
+  } catch (const typename J::exception& e) {
     Fail("{}: invalid JSON: {}", what, e.what());
   }
+}
+
+}  // namespace
+
+Json ParseJson(std::string_view text, const std::string& what, int max_depth) {
+  return ParseLimited<Json>(text, what, max_depth);
+}
+
+OrderedJson ParseOrderedJson(std::string_view text, const std::string& what, int max_depth) {
+  return ParseLimited<OrderedJson>(text, what, max_depth);
 }
 
 Json ReadJsonFile(const std::string& path, size_t max_bytes, int max_depth) {

@@ -11,11 +11,16 @@
 namespace dsv3 {
 
 using Json = nlohmann::json;
+// Keeps object keys in document order (chat messages and tool schemas are shown to templates in
+// the order they were written).
+using OrderedJson = nlohmann::ordered_json;
 
 inline constexpr int kMaxJsonDepth = 64;
 
 // `what` names the source in error messages (a file path, "request body", ...).
 Json ParseJson(std::string_view text, const std::string& what, int max_depth = kMaxJsonDepth);
+OrderedJson ParseOrderedJson(std::string_view text, const std::string& what,
+                             int max_depth = kMaxJsonDepth);
 Json ReadJsonFile(const std::string& path, size_t max_bytes, int max_depth = kMaxJsonDepth);
 
 // Writes `text` to `path` through a temporary file in the same folder and a rename.

@@ -3,9 +3,11 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <sstream>
 
 #include "core/error.h"
 #include "core/parallel.h"
@@ -250,9 +252,10 @@ uint64_t Synthesize(const SynthOptions& o) {
   fs::create_directories(o.out_dir);
   for (const auto& e : fs::directory_iterator(o.out_dir)) {
     const std::string f = e.path().filename().string();
-    if (f == "config.json" || f == "model.safetensors.index.json" ||
+    if (f == "config.json" || f == "model.safetensors.index.json" || f == "tokenizer.json" ||
+        f == "tokenizer_config.json" ||
         (f.rfind("model", 0) == 0 && e.path().extension() == ".safetensors")) {
-      fs::remove(e.path());  // a previous checkpoint here; its shards would confuse the index
+      fs::remove(e.path());  // a previous checkpoint here; its files would not match this one
     }
   }
 
@@ -323,6 +326,13 @@ uint64_t Synthesize(const SynthOptions& o) {
     WriteFileAtomic((fs::path(o.out_dir) / "model.safetensors.index.json").string(), index.dump(2));
   }
   progress.Finish();
+  for (const std::string& file : o.copy_files) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) Fail("{}: cannot open", file);
+    std::ostringstream bytes;
+    bytes << in.rdbuf();
+    WriteFileAtomic((fs::path(o.out_dir) / fs::path(file).filename()).string(), bytes.str());
+  }
   WriteFileAtomic((fs::path(o.out_dir) / "config.json").string(), json.dump(2) + "\n");
   return written;
 }

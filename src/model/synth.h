@@ -22,6 +22,8 @@ struct SynthOptions {
   std::string out_dir;
   uint64_t shard_bytes = 4ull << 30;  // target shard size; one model.safetensors when it all fits
   bool progress = true;
+  // Files copied into the output folder under their own names (e.g. tokenizer.json).
+  std::vector<std::string> copy_files;
 };
 
 // The preset's config.json (for `dtype` bf16: no quantization_config).

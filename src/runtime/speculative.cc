@@ -20,14 +20,13 @@ SpeculativeDecoder::SpeculativeDecoder(const Model& model, const ContextOptions&
       draft_(draft),
       max_batch_(std::max<int64_t>(1, std::min(o.max_batch, o.capacity))),
       mtp_(model, 0, o),
-      pending_hidden_((max_batch_ + draft + 1) * model.config().hidden_size),
-      pending_next_(static_cast<size_t>(max_batch_ + draft + 1), -1),
-      chunk_hidden_(max_batch_ * model.config().hidden_size),
+      hidden_(o.capacity * model.config().hidden_size, /*zero=*/false),
+      tokens_(static_cast<size_t>(o.capacity + 1), -1),
+      y_(model.config().hidden_size),
+      slot_out_(max_batch_ * model.config().hidden_size),
       verify_logits_((draft + 1) * model.config().vocab_size),
-      verify_hidden_((draft + 1) * model.config().hidden_size),
       draft_probs_(std::max<int64_t>(draft, 1) * model.config().vocab_size),
-      target_probs_(model.config().vocab_size),
-      y_(model.config().hidden_size) {
+      target_probs_(model.config().vocab_size) {
   if (model.mtp().empty()) Fail("this checkpoint has no MTP module to draft with");
   if (draft < 1 || draft > kMaxDraft) {
     Fail("--draft must be between 1 and {}, got {}", kMaxDraft, draft);
@@ -35,34 +34,23 @@ SpeculativeDecoder::SpeculativeDecoder(const Model& model, const ContextOptions&
 }
 
 bool SpeculativeDecoder::InSync(const Context& ctx) const {
-  return mtp_.n_past() + pending_ == ctx.n_past() && ctx.capacity() <= mtp_.capacity();
+  return known_ >= ctx.n_past() && mtp_.n_past() <= ctx.n_past() &&
+         ctx.capacity() <= mtp_.capacity();
 }
 
-void SpeculativeDecoder::Pend(const float* hidden, int64_t n, const int32_t* next_tokens) {
-  const int64_t D = c_.hidden_size;
-  std::memcpy(pending_hidden_.data() + pending_ * D, hidden, n * D * sizeof(float));
-  std::copy_n(next_tokens, n, pending_next_.begin() + pending_);
-  pending_ += n;
+void SpeculativeDecoder::Truncate(int64_t n) {
+  known_ = std::min(known_, n);
+  mtp_.Truncate(std::max<int64_t>(0, n - 1));  // slot i needs position i + 1
 }
 
-// Runs every pending slot whose next token is known (all but possibly the last), in batches.
-// y_last, if given, receives the module output of the last slot run.
-void SpeculativeDecoder::RunPending(float* y_last) {
+void SpeculativeDecoder::RunSlots(int64_t until) {
   const int64_t D = c_.hidden_size;
-  int64_t done = 0;
-  while (done < pending_ && pending_next_[done] >= 0) {
-    int64_t n = 0;
-    while (done + n < pending_ && n < max_batch_ && pending_next_[done + n] >= 0) ++n;
-    float* out = chunk_hidden_.data();  // [n, D]
-    mtp_.Forward(pending_hidden_.data() + done * D, D,
-                 std::span<const int32_t>(pending_next_.data() + done, n), nullptr, out);
-    if (y_last != nullptr) std::memcpy(y_last, out + (n - 1) * D, D * sizeof(float));
-    done += n;
+  while (mtp_.n_past() < until) {
+    const int64_t i = mtp_.n_past(), n = std::min(max_batch_, until - i);
+    mtp_.Forward(hidden_.data() + i * D, D, std::span<const int32_t>(tokens_.data() + i + 1, n),
+                 nullptr, slot_out_.data());
+    std::memcpy(y_.data(), slot_out_.data() + (n - 1) * D, D * sizeof(float));
   }
-  std::memmove(pending_hidden_.data(), pending_hidden_.data() + done * D,
-               (pending_ - done) * D * sizeof(float));
-  std::copy(pending_next_.begin() + done, pending_next_.begin() + pending_, pending_next_.begin());
-  pending_ -= done;
 }
 
 std::vector<int32_t> SpeculativeDecoder::Generate(Context& ctx, std::span<const int32_t> prompt,
@@ -82,22 +70,21 @@ std::vector<int32_t> SpeculativeDecoder::Generate(Context& ctx, std::span<const 
   s.drafts_checked.assign(static_cast<size_t>(draft_), 0);
   s.drafts_accepted.assign(static_cast<size_t>(draft_), 0);
   std::vector<int32_t> out;
-  out.reserve(static_cast<size_t>(std::max<int64_t>(n_new, 0) + draft_));
+  out.reserve(static_cast<size_t>(std::max<int64_t>(n_new, 0)));
   auto is_eos = [&](int32_t t) {
     return options.stop_at_eos &&
            std::find(c_.eos_token_ids.begin(), c_.eos_token_ids.end(), t) != c_.eos_token_ids.end();
   };
 
-  // Prompt, chunk by chunk as the main context would take it; each chunk's slots go through the
-  // MTP module once their next token is known.
+  // The prompt, chunk by chunk as the main context would take it, keeping each position's
+  // hidden state; MTP slots run once their next token is known.
   auto t0 = Clock::now();
-  if (pending_ > 0) pending_next_[pending_ - 1] = prompt[0];
   for (int64_t i = 0; i < P; i += max_batch_) {
-    const int64_t nb = std::min(max_batch_, P - i);
-    ctx.Forward(prompt.subspan(i, nb), nullptr, nullptr, chunk_hidden_.data());
-    Pend(chunk_hidden_.data(), nb, prompt.data() + i + 1);  // next tokens: the prompt's own
-    if (i + nb == P) pending_next_[pending_ - 1] = -1;      // ... except after the last
-    RunPending(nullptr);
+    const int64_t nb = std::min(max_batch_, P - i), at = ctx.n_past();
+    std::copy_n(prompt.data() + i, nb, tokens_.begin() + at);
+    ctx.Forward(prompt.subspan(i, nb), nullptr, nullptr, hidden_.data() + at * D);
+    known_ = ctx.n_past();
+    RunSlots(ctx.n_past() - 1);
   }
   s.prefill_seconds = Since(t0);
 
@@ -113,16 +100,17 @@ std::vector<int32_t> SpeculativeDecoder::Generate(Context& ctx, std::span<const 
   int32_t fed[kMaxDraft + 1];
   while (!stop) {
     const int64_t n = ctx.n_past();
-    // Drafts: the pending slots end with position n - 1, whose next token is `token`.
-    pending_next_[pending_ - 1] = token;
+    tokens_[n] = token;  // the next token of slot n - 1
+    RunSlots(n);
+    // Drafts: slot n - 1 predicts the token after `token`; further drafts chain the module on
+    // its own output in slots beyond the verified ones (dropped after the step).
     const int64_t remaining = n_new - static_cast<int64_t>(out.size());
     const int64_t k =
         std::max<int64_t>(0, std::min({draft_, remaining - 1, ctx.capacity() - n - 1}));
-    RunPending(y_.data());
-    const int64_t mtp_true = mtp_.n_past();
     for (int64_t j = 0; j < k; ++j) {
-      if (j > 0)
+      if (j > 0) {
         mtp_.Forward(y_.data(), D, std::span<const int32_t>(&drafts[j - 1], 1), nullptr, y_.data());
+      }
       if (sampler.greedy()) {
         drafts[j] = Argmax(mtp_.last_logits(), V);
       } else {
@@ -131,13 +119,14 @@ std::vector<int32_t> SpeculativeDecoder::Generate(Context& ctx, std::span<const 
         drafts[j] = sampler.Draw(q);
       }
     }
+    mtp_.Truncate(n);
 
     // Verify the newest token plus the drafts in one pass (fewer than kGemmMinTokens tokens, so
     // each position computes exactly as it would alone).
     fed[0] = token;
     std::copy_n(drafts, k, fed + 1);
     ctx.Forward(std::span<const int32_t>(fed, k + 1), verify_logits_.data(), nullptr,
-                verify_hidden_.data());
+                hidden_.data() + n * D);
     ++s.decode_steps;
     int64_t accepted = 0;
     int32_t next = -1;
@@ -167,8 +156,8 @@ std::vector<int32_t> SpeculativeDecoder::Generate(Context& ctx, std::span<const 
     }
     if (next < 0) next = sampler.Sample(verify_logits_.data() + k * V);  // all accepted: a bonus
 
-    // New tokens: the accepted drafts, then `next`. The main cache keeps fed[0..accepted]; the
-    // chained MTP slots were speculative and go; the verified positions become pending slots.
+    // New tokens: the accepted drafts, then `next`; the last one emitted is not fed back, so
+    // the main cache keeps positions n .. n + emitted - 1.
     drafts[accepted] = next;
     int64_t emitted = 0;
     while (emitted <= accepted && !stop) {
@@ -176,14 +165,12 @@ std::vector<int32_t> SpeculativeDecoder::Generate(Context& ctx, std::span<const 
       out.push_back(t);
       stop = (on_token && !on_token(t)) || is_eos(t) || static_cast<int64_t>(out.size()) >= n_new;
     }
-    // Keep positions n .. n + emitted - 1 (the last emitted token is never fed).
     ctx.Truncate(n + emitted);
-    mtp_.Truncate(mtp_true);
-    Pend(verify_hidden_.data(), emitted, drafts);
+    std::copy_n(fed, emitted, tokens_.begin() + n);
+    known_ = n + emitted;
     s.decode_tokens += emitted;
     token = drafts[emitted - 1];
   }
-  if (pending_ > 0 && token >= 0) pending_next_[pending_ - 1] = token;
   s.decode_seconds = Since(t0);
   s.new_tokens = static_cast<int64_t>(out.size());
   if (stats) *stats = s;

@@ -26,32 +26,34 @@ class SpeculativeDecoder {
   SpeculativeDecoder(const Model& model, const ContextOptions& options, int64_t draft);
 
   int64_t draft() const { return draft_; }
-  const KvCache& mtp_cache() const { return mtp_.cache(); }
-  // True when this decoder has followed every token `ctx` holds (it must see all of them).
+  // True when this decoder has seen every position `ctx` holds (it must run all of them).
   bool InSync(const Context& ctx) const;
+  // Follows ctx.Truncate(n): MTP slots whose next token is gone are dropped.
+  void Truncate(int64_t n);
   std::vector<int32_t> Generate(Context& ctx, std::span<const int32_t> prompt,
                                 const GenerateOptions& options, GenerateStats* stats,
                                 const std::function<bool(int32_t)>& on_token);
+  const KvCache& mtp_cache() const { return mtp_.cache(); }
 
  private:
-  // Main-model hidden states (after model.norm) of positions whose MTP slot has not run yet.
-  void Pend(const float* hidden, int64_t n, const int32_t* next_tokens);
-  // Runs the pending slots (their next tokens known) through the MTP module.
-  void RunPending(float* out_hidden_last);
+  // Runs MTP slots mtp_.n_past() .. until - 1 (slot i: hidden of position i, token i + 1); the
+  // module output of the last one goes to y_.
+  void RunSlots(int64_t until);
 
   const Model& model_;
   const Config& c_;
   const int64_t draft_, max_batch_;
   MtpContext mtp_;
-  int64_t pending_ = 0;                 // slots mtp_.n_past() .. + pending_ - 1
-  AlignedArray<float> pending_hidden_;  // [B + draft + 1, D]
-  std::vector<int32_t> pending_next_;   // their next tokens
-  AlignedArray<float> chunk_hidden_;    // [B, D] main hidden states of a prompt chunk
-  AlignedArray<float> verify_logits_;   // [draft + 1, vocab]
-  AlignedArray<float> verify_hidden_;   // [draft + 1, D]
-  AlignedArray<float> draft_probs_;     // [draft, vocab] q
-  AlignedArray<float> target_probs_;    // [vocab] p
-  AlignedArray<float> y_;               // [D] MTP output, chained into the next draft
+  // Per main position: its final hidden state (after model.norm) and its token. Positions below
+  // known_ are valid.
+  int64_t known_ = 0;
+  AlignedArray<float> hidden_;         // [capacity, D]
+  std::vector<int32_t> tokens_;        // [capacity + 1]
+  AlignedArray<float> y_;              // [D] MTP output, chained into the next draft
+  AlignedArray<float> slot_out_;       // [B, D] MTP outputs of a batch of slots
+  AlignedArray<float> verify_logits_;  // [draft + 1, vocab]
+  AlignedArray<float> draft_probs_;    // [draft, vocab] q
+  AlignedArray<float> target_probs_;   // [vocab] p
 };
 
 }  // namespace dsv3
