@@ -27,18 +27,27 @@ int OnlineCpus() {
 
 thread_local bool t_in_task = false;
 
-// How long an idle thread polls before it sleeps: long enough to bridge the gaps between the
-// parallel regions of a decode step, short enough not to matter on a busy machine.
-constexpr auto kSpin = std::chrono::microseconds(50);
+// How an idle thread waits: it polls with pause instructions for a few microseconds, then keeps
+// polling but yields the CPU between polls (free on an idle machine, polite on a busy one), and
+// only after kYield sleeps on a condition variable. Waking a sleeping thread costs tens of
+// microseconds in a VM, more than many parallel regions of a decode step take; the gaps between
+// those regions are shorter than kYield.
+constexpr auto kSpin = std::chrono::microseconds(20);
+constexpr auto kYield = std::chrono::milliseconds(3);
 
-// Polls `ready` for up to kSpin; true if it became true.
+// Polls `ready` until it holds (true) or kYield has passed (false).
 template <typename Ready>
 bool SpinUntil(Ready ready) {
-  const auto deadline = std::chrono::steady_clock::now() + kSpin;
+  const auto start = std::chrono::steady_clock::now();
   for (int i = 0;; ++i) {
     if (ready()) return true;
-    DSV3_PAUSE();
-    if ((i & 63) == 63 && std::chrono::steady_clock::now() > deadline) return false;
+    if ((i & 63) != 63) {
+      DSV3_PAUSE();
+      continue;
+    }
+    const auto waited = std::chrono::steady_clock::now() - start;
+    if (waited > kYield) return false;
+    if (waited > kSpin) std::this_thread::yield();
   }
 }
 

@@ -7,6 +7,7 @@
 #include "kernels/matmul.h"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "core/parallel.h"
@@ -96,9 +97,35 @@ constexpr float kFp8Unscale = 256.0f;
 constexpr float kFp8Unscale = 1.0f;
 #endif
 
+// FP8 NaN codes (0x7F, 0xFF) seen by Load2 on the float16 route: the running maximum of
+// code << 9 as 16 bits, which reaches 0xFE00 exactly when a code's 7 magnitude bits are all ones.
+#if DSV3_FP8_VIA_F16
+template <class DF>
+using NanTracker = hn::Vec<hn::Repartition<uint16_t, DF>>;
+template <class DF>
+HWY_INLINE NanTracker<DF> NoNan(DF) {
+  return hn::Zero(hn::Repartition<uint16_t, DF>());
+}
+template <class DF>
+HWY_INLINE bool SawNan(DF, const NanTracker<DF>& tracker) {
+  return hn::GetLane(hn::MaxOfLanes(hn::Repartition<uint16_t, DF>(), tracker)) == 0xFE00;
+}
+#else  // the float32 route produces NaNs itself
+template <class DF>
+using NanTracker = int;
+template <class DF>
+HWY_INLINE int NoNan(DF) {
+  return 0;
+}
+template <class DF>
+HWY_INLINE bool SawNan(DF, int) {
+  return false;
+}
+#endif
+
 template <DType kType, class DF>
 HWY_INLINE void Load2(DF df, const void* HWY_RESTRICT row, int64_t i, hn::Vec<DF>& w0,
-                      hn::Vec<DF>& w1) {
+                      hn::Vec<DF>& w1, NanTracker<DF>& nan) {
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   if constexpr (kType == DType::kF32) {
     const float* p = static_cast<const float*>(row) + i;
@@ -117,19 +144,22 @@ HWY_INLINE void Load2(DF df, const void* HWY_RESTRICT row, int64_t i, hn::Vec<DF
   } else {
     const uint8_t* p = static_cast<const uint8_t*>(row) + i;
 #if DSV3_FP8_VIA_F16
+    // Sign-extending the code to 16 bits and shifting left by 7 puts the magnitude at bits 7..13
+    // and the sign at bit 15 (bit 14 gets a copy of the sign, cleared by the mask): three
+    // instructions for 2N weights.
     const hn::Repartition<uint16_t, DF> du16;      // 2N lanes
-    const hn::Rebind<uint8_t, decltype(du16)> d8;  // 2N bytes
+    const hn::Repartition<int16_t, DF> di16;       // 2N lanes
+    const hn::Rebind<int8_t, decltype(di16)> di8;  // 2N bytes
     const hn::Rebind<hwy::float16_t, DF> dh;       // N halves
     const hn::Half<decltype(du16)> du16h;
-    const auto code = hn::PromoteTo(du16, hn::LoadU(d8, p));
-    const auto mag = hn::And(code, hn::Set(du16, 0x7F));
-    auto h = hn::Or(hn::ShiftLeft<7>(mag), hn::ShiftLeft<8>(hn::And(code, hn::Set(du16, 0x80))));
-    // 0x7F magnitude (NaN in E4M3) -> exponent all ones with a non-zero mantissa: a half NaN.
-    h = hn::Or(
-        h, hn::And(hn::VecFromMask(du16, hn::Eq(mag, hn::Set(du16, 0x7F))), hn::Set(du16, 0x7C00)));
+    const auto code =
+        hn::BitCast(du16, hn::PromoteTo(di16, hn::LoadU(di8, reinterpret_cast<const int8_t*>(p))));
+    const auto h = hn::And(hn::ShiftLeft<7>(code), hn::Set(du16, 0xBFFF));
+    nan = hn::Max(nan, hn::ShiftLeft<9>(code));
     w0 = hn::PromoteTo(df, hn::BitCast(dh, hn::LowerHalf(du16h, h)));
     w1 = hn::PromoteTo(df, hn::BitCast(dh, hn::UpperHalf(du16h, h)));
 #else
+    (void)nan;
     HWY_ALIGN float tmp[2 * hn::MaxLanes(df)];
     ToF32<DType::kF8E4M3>(p, 0, 2 * N, tmp);
     w0 = hn::Load(df, tmp);
@@ -138,11 +168,16 @@ HWY_INLINE void Load2(DF df, const void* HWY_RESTRICT row, int64_t i, hn::Vec<DF
   }
 }
 
-// Scale of block (r, c) of an FP8 matrix times the decode path's unscale factor; 1 otherwise.
+// The block-scale row of row r (FP8), and the factor of its column block b for the decode path
+// (the block scale times kFp8Unscale); 1 for other dtypes.
 template <DType kType>
-HWY_INLINE float Load2Scale(const WeightMatrix& w, int64_t r, int64_t c) {
+HWY_INLINE const float* ScaleRow(const WeightMatrix& w, int64_t r) {
+  return kType == DType::kF8E4M3 ? w.scale + (r / w.block_rows) * w.scale_cols : nullptr;
+}
+template <DType kType>
+HWY_INLINE float DecodeScale(const float* scale_row, int64_t b) {
   if constexpr (kType == DType::kF8E4M3) {
-    return w.scale[(r / w.block_rows) * w.scale_cols + c / w.block_cols] * kFp8Unscale;
+    return scale_row[b] * kFp8Unscale;
   } else {
     return 1.0f;
   }
@@ -171,19 +206,21 @@ HWY_INLINE float MatVecRow(const WeightMatrix& w, int64_t r, const float* HWY_RE
   const hn::ScalableTag<float> df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   const void* row = RowPtr<kType>(w, r);
+  const float* srow = ScaleRow<kType>(w, r);
   auto total = hn::Zero(df);
+  NanTracker<decltype(df)> nan = NoNan(df);
   float tail = 0;
   const int64_t block = DecodeBlock(w);
-  for (int64_t c0 = 0; c0 < w.cols; c0 += block) {
+  for (int64_t c0 = 0, b = 0; c0 < w.cols; c0 += block, ++b) {
     const int64_t c1 = std::min(w.cols, c0 + block);
     auto part = hn::Zero(df);
     int64_t c = c0;
     for (; c + 2 * N <= c1; c += 2 * N) {
       decltype(part) w0, w1;
-      Load2<kType>(df, row, c, w0, w1);
+      Load2<kType>(df, row, c, w0, w1, nan);
       part = hn::MulAdd(w1, hn::LoadU(df, x + c + N), hn::MulAdd(w0, hn::LoadU(df, x + c), part));
     }
-    total = hn::MulAdd(part, hn::Set(df, Load2Scale<kType>(w, r, c0)), total);
+    total = hn::MulAdd(part, hn::Set(df, DecodeScale<kType>(srow, b)), total);
     if (c < c1) {  // ragged end of a block: plain code
       HWY_ALIGN float deq[2 * hn::MaxLanes(df)];
       ToF32<kType>(row, c, c1 - c, deq);
@@ -192,6 +229,7 @@ HWY_INLINE float MatVecRow(const WeightMatrix& w, int64_t r, const float* HWY_RE
       tail += t * BlockScale(w, r, c0);
     }
   }
+  if (kType == DType::kF8E4M3 && SawNan(df, nan)) return NAN;
   return hn::GetLane(hn::SumOfLanes(df, total)) + tail;
 }
 
@@ -211,38 +249,52 @@ HWY_INLINE void MatVec4Rows(const WeightMatrix& w, int64_t r, const float* HWY_R
   const uint8_t* r2 = r1 + stride;
   const uint8_t* r3 = r2 + stride;
   const int64_t ahead = 4 * stride;
+  const float* s0 = ScaleRow<kType>(w, r);
+  const float* s1 = ScaleRow<kType>(w, r + 1);
+  const float* s2 = ScaleRow<kType>(w, r + 2);
+  const float* s3 = ScaleRow<kType>(w, r + 3);
   auto t0 = hn::Zero(df), t1 = t0, t2 = t0, t3 = t0;
+  NanTracker<decltype(df)> n0 = NoNan(df);
+  auto n1 = n0, n2 = n0, n3 = n0;
   const int64_t block = DecodeBlock(w);
-  for (int64_t c0 = 0; c0 < w.cols; c0 += block) {
+  for (int64_t c0 = 0, b = 0; c0 < w.cols; c0 += block, ++b) {
     const int64_t c1 = std::min(w.cols, c0 + block);
     auto p0 = hn::Zero(df), p1 = p0, p2 = p0, p3 = p0;
     for (int64_t c = c0; c < c1; c += 2 * N) {
       const int64_t byte = c * esize;
-      hwy::Prefetch(r0 + ahead + byte);
-      hwy::Prefetch(r1 + ahead + byte);
-      hwy::Prefetch(r2 + ahead + byte);
-      hwy::Prefetch(r3 + ahead + byte);
+      if ((byte & 63) == 0) {  // one prefetch per cache line of each next row
+        hwy::Prefetch(r0 + ahead + byte);
+        hwy::Prefetch(r1 + ahead + byte);
+        hwy::Prefetch(r2 + ahead + byte);
+        hwy::Prefetch(r3 + ahead + byte);
+      }
       const auto x0 = hn::LoadU(df, x + c);
       const auto x1 = hn::LoadU(df, x + c + N);
       decltype(p0) w0, w1;
-      Load2<kType>(df, r0, c, w0, w1);
+      Load2<kType>(df, r0, c, w0, w1, n0);
       p0 = hn::MulAdd(w1, x1, hn::MulAdd(w0, x0, p0));
-      Load2<kType>(df, r1, c, w0, w1);
+      Load2<kType>(df, r1, c, w0, w1, n1);
       p1 = hn::MulAdd(w1, x1, hn::MulAdd(w0, x0, p1));
-      Load2<kType>(df, r2, c, w0, w1);
+      Load2<kType>(df, r2, c, w0, w1, n2);
       p2 = hn::MulAdd(w1, x1, hn::MulAdd(w0, x0, p2));
-      Load2<kType>(df, r3, c, w0, w1);
+      Load2<kType>(df, r3, c, w0, w1, n3);
       p3 = hn::MulAdd(w1, x1, hn::MulAdd(w0, x0, p3));
     }
-    t0 = hn::MulAdd(p0, hn::Set(df, Load2Scale<kType>(w, r, c0)), t0);
-    t1 = hn::MulAdd(p1, hn::Set(df, Load2Scale<kType>(w, r + 1, c0)), t1);
-    t2 = hn::MulAdd(p2, hn::Set(df, Load2Scale<kType>(w, r + 2, c0)), t2);
-    t3 = hn::MulAdd(p3, hn::Set(df, Load2Scale<kType>(w, r + 3, c0)), t3);
+    t0 = hn::MulAdd(p0, hn::Set(df, DecodeScale<kType>(s0, b)), t0);
+    t1 = hn::MulAdd(p1, hn::Set(df, DecodeScale<kType>(s1, b)), t1);
+    t2 = hn::MulAdd(p2, hn::Set(df, DecodeScale<kType>(s2, b)), t2);
+    t3 = hn::MulAdd(p3, hn::Set(df, DecodeScale<kType>(s3, b)), t3);
   }
   y[0] = hn::GetLane(hn::SumOfLanes(df, t0));
   y[1] = hn::GetLane(hn::SumOfLanes(df, t1));
   y[2] = hn::GetLane(hn::SumOfLanes(df, t2));
   y[3] = hn::GetLane(hn::SumOfLanes(df, t3));
+  if (kType == DType::kF8E4M3) {
+    if (SawNan(df, n0)) y[0] = NAN;
+    if (SawNan(df, n1)) y[1] = NAN;
+    if (SawNan(df, n2)) y[2] = NAN;
+    if (SawNan(df, n3)) y[3] = NAN;
+  }
 }
 
 // A few tokens (speculative verification): each block of four rows is converted once into an L1
@@ -258,16 +310,20 @@ HWY_INLINE void MatVec4RowsMulti(const WeightMatrix& w, int64_t r, const float* 
   const int64_t block = DecodeBlock(w);
   HWY_ALIGN float tile[4 * kMaxSeg];
   V total[kMaxDecodeTokens][4];
+  NanTracker<decltype(df)> nan[4];
+  for (int i = 0; i < 4; ++i) nan[i] = NoNan(df);
   for (int64_t t = 0; t < T; ++t) {
     for (int i = 0; i < 4; ++i) total[t][i] = hn::Zero(df);
   }
-  for (int64_t c0 = 0; c0 < w.cols; c0 += block) {
+  const float* srow[4] = {ScaleRow<kType>(w, r), ScaleRow<kType>(w, r + 1),
+                          ScaleRow<kType>(w, r + 2), ScaleRow<kType>(w, r + 3)};
+  for (int64_t c0 = 0, b = 0; c0 < w.cols; c0 += block, ++b) {
     const int64_t len = std::min(w.cols, c0 + block) - c0;
     for (int i = 0; i < 4; ++i) {
       const void* row = RowPtr<kType>(w, r + i);
       for (int64_t c = 0; c < len; c += 2 * N) {
         V w0, w1;
-        Load2<kType>(df, row, c0 + c, w0, w1);
+        Load2<kType>(df, row, c0 + c, w0, w1, nan[i]);
         hn::Store(w0, df, tile + i * kMaxSeg + c);
         hn::Store(w1, df, tile + i * kMaxSeg + c + N);
       }
@@ -281,12 +337,16 @@ HWY_INLINE void MatVec4RowsMulti(const WeightMatrix& w, int64_t r, const float* 
           p = hn::MulAdd(hn::Load(df, wt + c + N), hn::LoadU(df, xt + c + N),
                          hn::MulAdd(hn::Load(df, wt + c), hn::LoadU(df, xt + c), p));
         }
-        total[t][i] = hn::MulAdd(p, hn::Set(df, Load2Scale<kType>(w, r + i, c0)), total[t][i]);
+        total[t][i] = hn::MulAdd(p, hn::Set(df, DecodeScale<kType>(srow[i], b)), total[t][i]);
       }
     }
   }
   for (int64_t t = 0; t < T; ++t) {
-    for (int i = 0; i < 4; ++i) y[t * y_stride + i] = hn::GetLane(hn::SumOfLanes(df, total[t][i]));
+    for (int i = 0; i < 4; ++i) {
+      y[t * y_stride + i] = kType == DType::kF8E4M3 && SawNan(df, nan[i])
+                                ? NAN
+                                : hn::GetLane(hn::SumOfLanes(df, total[t][i]));
+    }
   }
 }
 
