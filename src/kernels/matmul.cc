@@ -497,8 +497,13 @@ void GemmRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, in
 
 template <DType kType>
 void MatMulRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
-                 int64_t T, float* y, int64_t y_stride) {
-  if (T < kGemmMinTokens) {
+                 int64_t T, float* y, int64_t y_stride, bool per_token) {
+  if (per_token) {
+    for (int64_t t = 0; t < T; t += kMaxDecodeTokens) {
+      MatVecRowsT<kType>(w, r0, r1, x + t * x_stride, x_stride, std::min(kMaxDecodeTokens, T - t),
+                         y + t * y_stride, y_stride);
+    }
+  } else if (T < kGemmMinTokens) {
     MatVecRowsT<kType>(w, r0, r1, x, x_stride, T, y, y_stride);
   } else {
     GemmRowsT<kType>(w, r0, r1, x, x_stride, T, y, y_stride);
@@ -506,16 +511,16 @@ void MatMulRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, 
 }
 
 void MatMulRowsImpl(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
-                    int64_t T, float* y, int64_t y_stride) {
+                    int64_t T, float* y, int64_t y_stride, bool per_token) {
   switch (w.dtype) {
     case DType::kF32:
-      return MatMulRowsT<DType::kF32>(w, r0, r1, x, x_stride, T, y, y_stride);
+      return MatMulRowsT<DType::kF32>(w, r0, r1, x, x_stride, T, y, y_stride, per_token);
     case DType::kBF16:
-      return MatMulRowsT<DType::kBF16>(w, r0, r1, x, x_stride, T, y, y_stride);
+      return MatMulRowsT<DType::kBF16>(w, r0, r1, x, x_stride, T, y, y_stride, per_token);
     case DType::kF16:
-      return MatMulRowsT<DType::kF16>(w, r0, r1, x, x_stride, T, y, y_stride);
+      return MatMulRowsT<DType::kF16>(w, r0, r1, x, x_stride, T, y, y_stride, per_token);
     case DType::kF8E4M3:
-      return MatMulRowsT<DType::kF8E4M3>(w, r0, r1, x, x_stride, T, y, y_stride);
+      return MatMulRowsT<DType::kF8E4M3>(w, r0, r1, x, x_stride, T, y, y_stride, per_token);
     default:
       HWY_ABORT("MatMul: unsupported weight dtype %s", DTypeName(w.dtype));
   }
@@ -590,14 +595,16 @@ uint64_t WeightMatrix::bytes() const {
 }
 
 void MatMulRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
-                int64_t T, float* y, int64_t y_stride) {
-  HWY_DYNAMIC_DISPATCH(MatMulRowsImpl)(w, r0, r1, x, x_stride, T, y, y_stride);
+                int64_t T, float* y, int64_t y_stride, MatMulPath path) {
+  HWY_DYNAMIC_DISPATCH(MatMulRowsImpl)
+  (w, r0, r1, x, x_stride, T, y, y_stride, path == MatMulPath::kPerToken);
 }
 
 void MatMul(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
-            int64_t y_stride) {
+            int64_t y_stride, MatMulPath path) {
   ParallelFor(w.rows, /*grain=*/4, [&](int64_t r0, int64_t r1, int) {
-    HWY_DYNAMIC_DISPATCH(MatMulRowsImpl)(w, r0, r1, x, x_stride, T, y + r0, y_stride);
+    HWY_DYNAMIC_DISPATCH(MatMulRowsImpl)
+    (w, r0, r1, x, x_stride, T, y + r0, y_stride, path == MatMulPath::kPerToken);
   });
 }
 

@@ -27,15 +27,21 @@ struct WeightMatrix {
 // bit), reading each weight once for all of them; from this many on, a blocked matrix product.
 inline constexpr int64_t kGemmMinTokens = 8;
 
+// kAuto: the decode path below kGemmMinTokens, the blocked product from there on.
+// kPerToken: the decode path for any number of tokens (in groups), so that every token's result
+// is bit for bit what a one-token call gives: batches of several sequences' decode steps use it to
+// answer exactly as each sequence alone would.
+enum class MatMulPath { kAuto, kPerToken };
+
 // Y[t][r] = sum_c W[r][c] * X[t][c], t < T, all rows; threads split the rows.
 // X: [T, x_stride], Y: [T, y_stride].
 void MatMul(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
-            int64_t y_stride);
+            int64_t y_stride, MatMulPath path = MatMulPath::kAuto);
 
 // The same for rows [r0, r1) only, on the calling thread: Y[t][r - r0] is written to
 // y[t * y_stride + r - r0].
 void MatMulRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
-                int64_t T, float* y, int64_t y_stride);
+                int64_t T, float* y, int64_t y_stride, MatMulPath path = MatMulPath::kAuto);
 
 // y[c] += sum_{r in [r0, r1)} x[r - r0] * W[r][c] for all c < cols: a product with the transpose of
 // a row slice (the absorbed MLA query, q_nope^T W_uk). Calling thread only.

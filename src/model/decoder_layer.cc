@@ -35,16 +35,16 @@ void DecoderLayer::Forward(const LayerWeights& w, int64_t layer, int64_t cache_l
   };
   for (int64_t t = 0; t < T; ++t)
     kernels::RmsNorm(x + t * D, w.attn_norm.data(), eps, D, xn + t * D);
-  mla_.Forward(w.attn, cache_layer, xn, cache, y, trace, name);  // y = MLA(norm(x))
+  mla_.Forward(w.attn, cache_layer, xn, cache, y, trace, name, path_);  // y = MLA(norm(x))
   emit("attn_out", y);
   kernels::Add(y, x, T * D);  // x += y
   for (int64_t t = 0; t < T; ++t)
     kernels::RmsNorm(x + t * D, w.ffn_norm.data(), eps, D, xn + t * D);
   if (w.is_moe) {
-    moe_.Forward(w.moe, layer, xn, T, y, trace);  // y = MoE(norm(x))
+    moe_.Forward(w.moe, layer, xn, T, y, trace, path_);  // y = MoE(norm(x))
   } else {
     PhaseTimer timer(profile_, Phase::kDenseMlp);
-    mlp_.Forward(w.mlp, xn, T, y);  // y = MLP(norm(x))
+    mlp_.Forward(w.mlp, xn, T, y, path_);  // y = MLP(norm(x))
   }
   emit("ffn_out", y);
   kernels::Add(y, x, T * D);  // x += y

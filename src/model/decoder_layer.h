@@ -22,10 +22,13 @@ class DecoderLayer {
   DecoderLayer(const Config& c, const RopeTable& rope, int64_t max_batch, int64_t capacity,
                AttentionImpl attention);
 
-  // Positions of the tokens of the following Forward calls.
-  void SetPositions(int64_t start, int64_t T) {
+  // The tokens of the following Forward calls: positions and cache slots (see Mla::SetTokens),
+  // and how the products run (kPerToken: every token exactly as alone; see MatMulPath).
+  void SetTokens(const int64_t* positions, const int32_t* slots, int64_t T,
+                 kernels::MatMulPath path = kernels::MatMulPath::kAuto) {
     T_ = T;
-    mla_.SetPositions(start, T);
+    path_ = path;
+    mla_.SetTokens(positions, slots, T);
   }
   // x [T, D] in place. The layer's latent rows go to `cache` layer `cache_layer`; `layer` is the
   // layer's index in the checkpoint (routing traces) and `name` prefixes traced tensors.
@@ -39,6 +42,7 @@ class DecoderLayer {
   const Config& c_;
   ForwardProfile* profile_ = nullptr;
   int64_t T_ = 0;
+  kernels::MatMulPath path_ = kernels::MatMulPath::kAuto;
   Mla mla_;
   MlpBatch mlp_;  // dense layers
   Moe moe_;

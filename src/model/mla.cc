@@ -37,6 +37,7 @@ Mla::Mla(const Config& c, const RopeTable& rope, int64_t max_batch, int64_t capa
   kv_a_.Resize(B * c.kv_width());
   heads_.Resize(B * H * V);
   q_lat_.Resize(H * c.kv_width());
+  segments_.reserve(static_cast<size_t>(B));
   // Absorbed: scores [H, kKeyBlock], m and l [H], outputs [H, C].
   const int64_t absorbed = Pad16(H * kKeyBlock) + 2 * Pad16(H) + Pad16(H * C);
   // Expanded: keys [kKeyBlock, N+R], values [kKeyBlock, V], scores [4, kKeyBlock], m and l [B],
@@ -53,29 +54,38 @@ size_t Mla::scratch_bytes() const {
                           heads_.size() + q_lat_.size() + thread_scratch_.size());
 }
 
-void Mla::SetPositions(int64_t start, int64_t T) {
-  start_ = start;
+void Mla::SetTokens(const int64_t* positions, const int32_t* slots, int64_t T) {
+  positions_ = positions;
+  slots_ = slots;
   T_ = T;
   const int64_t half = c_.qk_rope_head_dim / 2;
-  for (int64_t t = 0; t < T; ++t)
-    rope_.Angles(start + t, cos_.data() + t * half, sin_.data() + t * half);
+  segments_.clear();
+  for (int64_t t = 0; t < T; ++t) {
+    rope_.Angles(positions[t], cos_.data() + t * half, sin_.data() + t * half);
+    if (t > 0 && slots[t] == slots[t - 1] && positions[t] == positions[t - 1] + 1) {
+      ++segments_.back().count;
+    } else {
+      segments_.push_back({t, 1});
+    }
+  }
 }
 
-// Multiply-adds of each form for this step (see the file comment), to pick the cheaper.
-bool Mla::UseAbsorbed() const {
+// Multiply-adds of each form for a segment (see the file comment), to pick the cheaper.
+bool Mla::UseAbsorbed(const Segment& seg) const {
   if (impl_ != AttentionImpl::kAuto) return impl_ == AttentionImpl::kAbsorbed;
   const double N = static_cast<double>(c_.qk_nope_head_dim), V = static_cast<double>(c_.v_head_dim);
   const double C = static_cast<double>(c_.kv_lora_rank),
                R = static_cast<double>(c_.qk_rope_head_dim);
-  const double T = static_cast<double>(T_), S = static_cast<double>(start_ + T_);
-  const double attended = T * (static_cast<double>(start_) + (T + 1) / 2);  // causal (t, s) pairs
+  const double start = static_cast<double>(positions_[seg.first]);
+  const double T = static_cast<double>(seg.count), S = start + T;
+  const double attended = T * (start + (T + 1) / 2);  // causal (t, s) pairs
   const double absorbed = T * (N + V) * C + attended * (2 * C + R);
   const double expanded = S * (N + V) * C + attended * (N + R + V);
   return absorbed <= expanded;
 }
 
 void Mla::Forward(const MlaWeights& w, int64_t layer, const float* xn, KvCache& cache, float* out,
-                  ForwardTrace* trace, const std::string& trace_name) {
+                  ForwardTrace* trace, const std::string& trace_name, kernels::MatMulPath path) {
   const int64_t T = T_, D = c_.hidden_size, H = c_.num_attention_heads;
   const int64_t C = c_.kv_lora_rank, R = c_.qk_rope_head_dim, NR = c_.qk_head_dim();
   const std::string name = trace ? trace_name + ".mla." : "";
@@ -87,26 +97,26 @@ void Mla::Forward(const MlaWeights& w, int64_t layer, const float* xn, KvCache& 
   // Queries: [T, H, N+R].
   if (c_.q_lora_rank > 0) {
     const int64_t QL = c_.q_lora_rank;
-    kernels::MatMul(w.q_a, xn, D, T, q_a_.data(), QL);
+    kernels::MatMul(w.q_a, xn, D, T, q_a_.data(), QL, path);
     if (trace) trace->Emit(name + "q_a", q_a_.data(), T, QL, QL);
     for (int64_t t = 0; t < T; ++t) {
       float* row = q_a_.data() + t * QL;
       kernels::RmsNorm(row, w.q_a_norm.data(), static_cast<float>(c_.rms_norm_eps), QL, row);
     }
     if (trace) trace->Emit(name + "q_a_normed", q_a_.data(), T, QL, QL);
-    kernels::MatMul(w.q_b, q_a_.data(), QL, T, q_.data(), H * NR);
+    kernels::MatMul(w.q_b, q_a_.data(), QL, T, q_.data(), H * NR, path);
   } else {
-    kernels::MatMul(w.q, xn, D, T, q_.data(), H * NR);
+    kernels::MatMul(w.q, xn, D, T, q_.data(), H * NR, path);
   }
   if (trace) trace->Emit(name + "q", q_.data(), T, H * NR, H * NR);
 
   // Latent and shared rope key: [T, C+R] -> cache rows [c_kv normalized | k_pe rotated].
-  kernels::MatMul(w.kv_a, xn, D, T, kv_a_.data(), C + R);
+  kernels::MatMul(w.kv_a, xn, D, T, kv_a_.data(), C + R, path);
   if (trace) trace->Emit(name + "kv_a", kv_a_.data(), T, C + R, C + R);
   const int64_t half = R / 2;
   for (int64_t t = 0; t < T; ++t) {
     const float* src = kv_a_.data() + t * (C + R);
-    float* row = cache.Row(layer, start_ + t);
+    float* row = cache.Row(layer, slots_[t], positions_[t]);
     kernels::RmsNorm(src, w.kv_a_norm.data(), static_cast<float>(c_.rms_norm_eps), C, row);
     std::memcpy(row + C, src + C, R * sizeof(float));
     kernels::RopeInterleaved(row + C, cos_.data() + t * half, sin_.data() + t * half, half);
@@ -115,30 +125,34 @@ void Mla::Forward(const MlaWeights& w, int64_t layer, const float* xn, KvCache& 
                                cos_.data() + t * half, sin_.data() + t * half, half);
     }
   }
-  if (trace) {
-    trace->Emit(name + "kv_latent_normed", cache.Row(layer, start_), T, C, C + R);
-    trace->Emit(name + "k_pe_rotated", cache.Row(layer, start_) + C, T, R, C + R);
+  if (trace && segments_.size() == 1) {  // one sequence: its rows are consecutive
+    const float* rows = cache.Row(layer, slots_[0], positions_[0]);
+    trace->Emit(name + "kv_latent_normed", rows, T, C, C + R);
+    trace->Emit(name + "k_pe_rotated", rows + C, T, R, C + R);
   }
 
   timer.emplace(profile_, Phase::kAttnCore);
-  if (UseAbsorbed()) {
-    for (int64_t t = 0; t < T; ++t) AttendAbsorbed(w, layer, cache, t);
-  } else {
-    AttendExpanded(w, layer, cache);
+  for (const Segment& seg : segments_) {
+    if (UseAbsorbed(seg)) {
+      for (int64_t t = seg.first; t < seg.first + seg.count; ++t)
+        AttendAbsorbed(w, layer, cache, t);
+    } else {
+      AttendExpanded(w, layer, cache, seg);
+    }
   }
   timer.emplace(profile_, Phase::kAttnOut);
   if (trace)
     trace->Emit(name + "attn_heads_out", heads_.data(), T, H * c_.v_head_dim, H * c_.v_head_dim);
-  kernels::MatMul(w.o, heads_.data(), H * c_.v_head_dim, T, out, D);
+  kernels::MatMul(w.o, heads_.data(), H * c_.v_head_dim, T, out, D, path);
 }
 
-// Token t at position start_ + t against cache rows 0..pos, all heads at once: the absorbed
+// Token t against the cache rows 0..pos of its slot, all heads at once: the absorbed
 // queries [H, C+R] are scored against blocks of cached rows; the rows of the cache are split
 // across threads (flash-decoding), each keeping a running softmax per head, merged at the end.
 void Mla::AttendAbsorbed(const MlaWeights& w, int64_t layer, const KvCache& cache, int64_t t) {
   const int64_t H = c_.num_attention_heads, C = c_.kv_lora_rank, R = c_.qk_rope_head_dim;
   const int64_t N = c_.qk_nope_head_dim, V = c_.v_head_dim, NR = N + R, NV = N + V, CR = C + R;
-  const int64_t S = start_ + t + 1;
+  const int64_t S = positions_[t] + 1, slot = slots_[t];
   const float scale = rope_.softmax_scale;
   float* q_lat = q_lat_.data();  // [H, C+R]
 
@@ -171,7 +185,7 @@ void Mla::AttendAbsorbed(const MlaWeights& w, int64_t layer, const KvCache& cach
     std::fill(o, o + H * C, 0.0f);
     for (int64_t b0 = s0; b0 < s1; b0 += kKeyBlock) {
       const int64_t nb = std::min(kKeyBlock, s1 - b0);
-      const float* rows = cache.Row(layer, b0);  // [nb, C+R]
+      const float* rows = cache.Row(layer, slot, b0);  // [nb, C+R]
       kernels::QKScores(q_lat, CR, H, rows, CR, nb, CR, scale, scores);
       for (int64_t h = 0; h < H; ++h) {
         const float correction = kernels::OnlineSoftmax(scores + h * nb, nb, m[h], l[h]);
@@ -201,19 +215,24 @@ void Mla::AttendAbsorbed(const MlaWeights& w, int64_t layer, const KvCache& cach
       }
       kernels::Scale(1.0f / l, merged, C);
       kernels::MatMulRows(w.kv_b, h * NV + N, (h + 1) * NV, merged, C, 1,
-                          heads_.data() + t * H * V + h * V, H * V);
+                          heads_.data() + t * H * V + h * V, H * V, kernels::MatMulPath::kPerToken);
     }
   });
 }
 
-// All T tokens of the step, one head per task: per block of cached tokens, the head's keys
+// The tokens of one segment (one slot, consecutive positions), one head per task: per block of
+// cached tokens, the head's keys
 // [k_nope | k_pe] and values are rebuilt from the latents with kv_b_proj, and every query that
 // can see the block updates its running softmax and output (flash attention). Scratch is fixed:
 // one key block, not the whole cache.
-void Mla::AttendExpanded(const MlaWeights& w, int64_t layer, const KvCache& cache) {
-  const int64_t T = T_, H = c_.num_attention_heads, C = c_.kv_lora_rank, R = c_.qk_rope_head_dim;
-  const int64_t N = c_.qk_nope_head_dim, V = c_.v_head_dim, NR = N + R, NV = N + V, CR = C + R;
-  const int64_t S = start_ + T;
+void Mla::AttendExpanded(const MlaWeights& w, int64_t layer, const KvCache& cache,
+                         const Segment& seg) {
+  const int64_t T = seg.count, H = c_.num_attention_heads, C = c_.kv_lora_rank;
+  const int64_t R = c_.qk_rope_head_dim, N = c_.qk_nope_head_dim, V = c_.v_head_dim;
+  const int64_t NR = N + R, NV = N + V, CR = C + R;
+  const int64_t start = positions_[seg.first], slot = slots_[seg.first], S = start + T;
+  const float* q_seg = q_.data() + seg.first * H * NR;  // the segment's queries
+  float* heads_seg = heads_.data() + seg.first * H * V;
   const float scale = rope_.softmax_scale;
   ParallelFor(H, 1, [&](int64_t h0, int64_t h1, int p) {
     float* keys = thread_scratch_.data() + p * thread_stride_;  // [kKeyBlock, N+R]
@@ -228,17 +247,16 @@ void Mla::AttendExpanded(const MlaWeights& w, int64_t layer, const KvCache& cach
       std::fill(o, o + T * V, 0.0f);
       for (int64_t s0 = 0; s0 < S; s0 += kKeyBlock) {
         const int64_t nb = std::min(kKeyBlock, S - s0);
-        const float* rows = cache.Row(layer, s0);
+        const float* rows = cache.Row(layer, slot, s0);
         kernels::MatMulRows(w.kv_b, h * NV, h * NV + N, rows, CR, nb, keys, NR);  // k_nope
         for (int64_t k = 0; k < nb; ++k)
           std::memcpy(keys + k * NR + N, rows + k * CR + C, R * sizeof(float));
         kernels::MatMulRows(w.kv_b, h * NV + N, (h + 1) * NV, rows, CR, nb, values, V);
-        for (int64_t t0 = std::max<int64_t>(0, s0 - start_); t0 < T; t0 += 4) {
+        for (int64_t t0 = std::max<int64_t>(0, s0 - start); t0 < T; t0 += 4) {
           const int64_t nq = std::min<int64_t>(4, T - t0);
-          kernels::QKScores(q_.data() + (t0 * H + h) * NR, H * NR, nq, keys, NR, nb, NR, scale,
-                            scores);
+          kernels::QKScores(q_seg + (t0 * H + h) * NR, H * NR, nq, keys, NR, nb, NR, scale, scores);
           for (int64_t a = 0; a < nq; ++a) {
-            const int64_t pos = start_ + t0 + a;  // causal: keys after pos are masked
+            const int64_t pos = start + t0 + a;  // causal: keys after pos are masked
             for (int64_t k = std::max<int64_t>(0, pos + 1 - s0); k < nb; ++k)
               scores[a * nb + k] = -INFINITY;
             const float correction =
@@ -249,7 +267,7 @@ void Mla::AttendExpanded(const MlaWeights& w, int64_t layer, const KvCache& cach
         }
       }
       for (int64_t t = 0; t < T; ++t) {
-        float* dst = heads_.data() + t * H * V + h * V;
+        float* dst = heads_seg + t * H * V + h * V;
         const float inv = 1.0f / l[t];
         for (int64_t j = 0; j < V; ++j) dst[j] = o[t * V + j] * inv;
       }

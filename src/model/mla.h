@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/aligned.h"
 #include "model/config.h"
@@ -26,26 +27,35 @@ class Mla {
   Mla(const Config& c, const RopeTable& rope, int64_t max_batch, int64_t capacity,
       AttentionImpl impl);
 
-  // Positions of the next Forward calls' tokens: start .. start + T - 1 (cos/sin computed once).
-  void SetPositions(int64_t start, int64_t T);
+  // The tokens of the following Forward calls: token t is at position positions[t] of cache slot
+  // slots[t] (the arrays must outlive those calls). Consecutive tokens of one slot at consecutive
+  // positions form a segment that attends as a block; cos/sin are computed here, once.
+  void SetTokens(const int64_t* positions, const int32_t* slots, int64_t T);
   // out [T, D] = MLA(xn [T, D]); writes the tokens' rows of cache layer `layer` first. `name`
   // prefixes traced tensors ("layer0" -> "layer0.mla.q").
   void Forward(const MlaWeights& w, int64_t layer, const float* xn, KvCache& cache, float* out,
-               ForwardTrace* trace, const std::string& name);
+               ForwardTrace* trace, const std::string& name,
+               kernels::MatMulPath path = kernels::MatMulPath::kAuto);
   void set_profile(ForwardProfile* profile) { profile_ = profile; }
   size_t scratch_bytes() const;
 
  private:
-  bool UseAbsorbed() const;
+  struct Segment {
+    int64_t first, count;  // tokens [first, first + count)
+  };
+  bool UseAbsorbed(const Segment& s) const;
   void AttendAbsorbed(const MlaWeights& w, int64_t layer, const KvCache& cache, int64_t t);
-  void AttendExpanded(const MlaWeights& w, int64_t layer, const KvCache& cache);
+  void AttendExpanded(const MlaWeights& w, int64_t layer, const KvCache& cache, const Segment& s);
 
   const Config& c_;
   const RopeTable& rope_;
   const AttentionImpl impl_;
   ForwardProfile* profile_ = nullptr;
   const int64_t max_batch_, capacity_;
-  int64_t start_ = 0, T_ = 0;
+  int64_t T_ = 0;
+  const int64_t* positions_ = nullptr;
+  const int32_t* slots_ = nullptr;
+  std::vector<Segment> segments_;  // reserved for max_batch
   AlignedArray<float> cos_, sin_;  // [B, R/2]
   AlignedArray<float> q_a_;        // [B, q_lora]
   AlignedArray<float> q_;          // [B, H, N+R]

@@ -31,11 +31,18 @@ int64_t CheckedCapacity(const Config& c, int64_t capacity) {
 Context::Context(const Model& model, const ContextOptions& o)
     : model_(model),
       c_(model.config()),
-      max_batch_(std::max<int64_t>(1, std::min(o.max_batch, o.capacity))),
-      cache_(c_, c_.num_hidden_layers, CheckedCapacity(c_, o.capacity)),
+      max_batch_(std::max<int64_t>(1, o.max_batch)),
+      n_past_(static_cast<size_t>(std::max<int64_t>(o.slots, 1)), 0),
+      cache_(c_, c_.num_hidden_layers, std::max<int64_t>(o.slots, 1),
+             CheckedCapacity(c_, o.capacity)),
       layer_(c_, model.rope(), max_batch_, o.capacity, o.attention),
+      tokens_(static_cast<size_t>(max_batch_)),
+      token_slots_(static_cast<size_t>(max_batch_)),
+      positions_(static_cast<size_t>(max_batch_)),
+      logit_rows_(static_cast<size_t>(max_batch_)),
       x_(max_batch_ * c_.hidden_size),
       xn_(max_batch_ * c_.hidden_size),
+      rows_(max_batch_ * c_.hidden_size),
       last_logits_(c_.vocab_size) {}
 
 void Context::set_profile(ForwardProfile* profile) {
@@ -44,7 +51,8 @@ void Context::set_profile(ForwardProfile* profile) {
 }
 
 size_t Context::scratch_bytes() const {
-  return layer_.scratch_bytes() + sizeof(float) * (x_.size() + xn_.size() + last_logits_.size());
+  return layer_.scratch_bytes() +
+         sizeof(float) * (x_.size() + xn_.size() + rows_.size() + last_logits_.size());
 }
 
 void Context::FillRandomHistory(int64_t n, uint64_t seed) {
@@ -53,75 +61,133 @@ void Context::FillRandomHistory(int64_t n, uint64_t seed) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (int64_t l = 0; l < cache_.layers(); ++l) {
     for (int64_t s = 0; s < n; ++s) {
-      float* row = cache_.Row(l, s);
+      float* row = cache_.Row(l, 0, s);
       for (int64_t i = 0; i < cache_.width(); ++i) row[i] = normal(rng);
     }
   }
-  n_past_ = n;
+  n_past_[0] = n;
 }
 
-void Context::Truncate(int64_t n) { n_past_ = std::clamp<int64_t>(n, 0, n_past_); }
+void Context::Truncate(int32_t slot, int64_t n) {
+  n_past_[slot] = std::clamp<int64_t>(n, 0, n_past_[slot]);
+}
 
-void Context::Forward(std::span<const int32_t> tokens, float* all_logits, ForwardTrace* trace,
-                      float* all_hidden) {
-  const int64_t T = static_cast<int64_t>(tokens.size());
-  if (T == 0) return;
+void Context::CopyPrefix(int32_t from, int32_t to, int64_t n) {
+  n = std::clamp<int64_t>(n, 0, n_past_[from]);
+  cache_.CopyPrefix(from, to, n);
+  n_past_[to] = n;
+}
+
+void Context::CheckTokens(std::span<const int32_t> tokens, int32_t slot) const {
+  if (slot < 0 || slot >= slots())
+    Fail("sequence slot {} does not exist ({} slots)", slot, slots());
+  const int64_t T = static_cast<int64_t>(tokens.size()), past = n_past_[slot];
   for (int64_t i = 0; i < T; ++i) {
     if (tokens[i] < 0 || tokens[i] >= c_.vocab_size) {
-      Fail("token id {} at position {} is out of range: vocab_size is {}", tokens[i], n_past_ + i,
+      Fail("token id {} at position {} is out of range: vocab_size is {}", tokens[i], past + i,
            c_.vocab_size);
     }
   }
-  if (n_past_ + T > c_.max_position_embeddings) {
-    Fail("{} tokens exceed max_position_embeddings ({})", n_past_ + T, c_.max_position_embeddings);
+  if (past + T > c_.max_position_embeddings) {
+    Fail("{} tokens exceed max_position_embeddings ({})", past + T, c_.max_position_embeddings);
   }
-  if (n_past_ + T > capacity()) {
-    Fail("{} tokens exceed the context size of {} (raise --ctx-size)", n_past_ + T, capacity());
-  }
-  for (int64_t i = 0; i < T; i += max_batch_) {
-    const int64_t n = std::min(max_batch_, T - i);
-    float* logits = all_logits ? all_logits + i * c_.vocab_size : nullptr;
-    float* hidden = all_hidden ? all_hidden + i * c_.hidden_size : nullptr;
-    ForwardChunk(tokens.data() + i, n, logits, all_logits != nullptr, trace, hidden);
-  }
-  if (all_logits) {
-    std::copy_n(all_logits + (T - 1) * c_.vocab_size, c_.vocab_size, last_logits_.data());
+  if (past + T > capacity()) {
+    Fail("{} tokens exceed the context size of {} (raise --ctx-size)", past + T, capacity());
   }
 }
 
-// The decoder stack for T <= max_batch tokens at positions n_past_ .. n_past_ + T - 1.
-void Context::ForwardChunk(const int32_t* tokens, int64_t T, float* logits, bool all_rows,
-                           ForwardTrace* trace, float* hidden) {
+void Context::Forward(std::span<const int32_t> tokens, float* all_logits, ForwardTrace* trace,
+                      float* all_hidden) {
+  const int64_t T = static_cast<int64_t>(tokens.size()), V = c_.vocab_size, D = c_.hidden_size;
+  if (T == 0) return;
+  CheckTokens(tokens, 0);
+  for (int64_t i = 0; i < T; i += max_batch_) {
+    const int64_t n = std::min(max_batch_, T - i);
+    for (int64_t t = 0; t < n; ++t) {
+      tokens_[t] = tokens[i + t];
+      token_slots_[t] = 0;
+      positions_[t] = n_past_[0] + t;
+    }
+    int64_t n_rows = 1;
+    if (all_logits) {
+      for (int64_t t = 0; t < n; ++t) logit_rows_[t] = t;
+      n_rows = n;
+    } else {
+      logit_rows_[0] = n - 1;
+    }
+    Run(n, n_rows, all_logits ? all_logits + i * V : last_logits_.data(), trace,
+        all_hidden ? all_hidden + i * D : nullptr, kernels::MatMulPath::kAuto);
+    n_past_[0] += n;
+  }
+  if (all_logits) std::copy_n(all_logits + (T - 1) * V, V, last_logits_.data());
+}
+
+void Context::ForwardBatch(std::span<const Step> steps, float* logits, bool exact) {
+  int64_t T = 0;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    CheckTokens(steps[i].tokens, steps[i].slot);
+    if (steps[i].tokens.empty()) Fail("batch step {} (slot {}) has no tokens", i, steps[i].slot);
+    for (size_t j = 0; j < i; ++j) {
+      if (steps[j].slot == steps[i].slot) Fail("slot {} appears twice in one batch", steps[i].slot);
+    }
+    T += static_cast<int64_t>(steps[i].tokens.size());
+  }
+  if (T > max_batch_) Fail("batch of {} tokens exceeds max_batch ({})", T, max_batch_);
+  if (T == 0) return;
+  int64_t t = 0;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const int32_t slot = steps[i].slot;
+    for (size_t k = 0; k < steps[i].tokens.size(); ++k, ++t) {
+      tokens_[t] = steps[i].tokens[k];
+      token_slots_[t] = slot;
+      positions_[t] = n_past_[slot] + static_cast<int64_t>(k);
+    }
+    logit_rows_[i] = t - 1;
+  }
+  Run(T, static_cast<int64_t>(steps.size()), logits, nullptr, nullptr,
+      exact ? kernels::MatMulPath::kPerToken : kernels::MatMulPath::kAuto);
+  for (const Step& s : steps) n_past_[s.slot] += static_cast<int64_t>(s.tokens.size());
+}
+
+void Context::Run(int64_t T, int64_t n_logit_rows, float* logits, ForwardTrace* trace,
+                  float* hidden, kernels::MatMulPath path) {
   const Weights& w = model_.weights();
   const int64_t D = c_.hidden_size;
   float* x = x_.data();    // [T, D]
   float* xn = xn_.data();  // [T, D]
   {
     PhaseTimer timer(profile_, Phase::kEmbed);
-    for (int64_t t = 0; t < T; ++t) kernels::DequantRow(w.embed, tokens[t], x + t * D);
+    for (int64_t t = 0; t < T; ++t) kernels::DequantRow(w.embed, tokens_[t], x + t * D);
   }
   if (trace) trace->Emit("embed", x, T, D, D);
-  layer_.SetPositions(n_past_, T);
+  layer_.SetTokens(positions_.data(), token_slots_.data(), T, path);
   for (int64_t l = 0; l < c_.num_hidden_layers; ++l) {
     layer_.Forward(w.layers[l], l, l, cache_, x, trace, trace ? "layer" + std::to_string(l) : "");
   }
-  n_past_ += T;
 
-  // Final norm and lm_head, on every row or only the last.
+  // Final norm, then lm_head on the rows that need logits.
   PhaseTimer timer(profile_, Phase::kLmHead);
   const float eps = static_cast<float>(c_.rms_norm_eps);
-  for (int64_t t = 0; t < T; ++t)
+  for (int64_t t = 0; t < T; ++t) {
     kernels::RmsNorm(x + t * D, w.final_norm.data(), eps, D, xn + t * D);
+  }
   if (trace) {
     trace->Emit("final_hidden_pre_norm", x, T, D, D);
     trace->Emit("final_hidden_post_norm", xn, T, D, D);
   }
   if (hidden) std::copy_n(xn, T * D, hidden);
-  if (all_rows) {
-    kernels::MatMul(w.lm_head, xn, D, T, logits, c_.vocab_size);
+  const float* rows = xn;
+  bool contiguous = true;
+  for (int64_t i = 0; i < n_logit_rows; ++i) contiguous &= logit_rows_[i] == logit_rows_[0] + i;
+  if (contiguous) {
+    rows = xn + logit_rows_[0] * D;
   } else {
-    kernels::MatMul(w.lm_head, xn + (T - 1) * D, D, 1, last_logits_.data(), c_.vocab_size);
+    for (int64_t i = 0; i < n_logit_rows; ++i) {
+      std::copy_n(xn + logit_rows_[i] * D, D, rows_.data() + i * D);
+    }
+    rows = rows_.data();
   }
+  kernels::MatMul(w.lm_head, rows, D, n_logit_rows, logits, c_.vocab_size, path);
 }
 
 }  // namespace dsv3

@@ -45,11 +45,15 @@ class Model {
 };
 
 struct ContextOptions {
-  int64_t capacity = 4096;  // tokens the latent cache holds (<= max_position_embeddings)
-  int64_t max_batch = 256;  // tokens per forward chunk; longer prompts run in several chunks
+  int64_t capacity =
+      4096;  // positions the latent cache holds per sequence (<= max_position_embeddings)
+  int64_t max_batch = 256;  // tokens per forward pass; longer prompts run in several chunks
   AttentionImpl attention = AttentionImpl::kAuto;
+  int64_t slots = 1;  // sequences the cache holds (ForwardBatch); slot 0 is the single-sequence API
 };
 
+// The latent KV cache of one or more sequences plus the scratch for running tokens through the
+// decoder stack. The single-sequence calls (Forward, n_past(), Truncate(n)) use slot 0.
 class Context {
  public:
   Context(const Model& model, const ContextOptions& options);
@@ -63,33 +67,57 @@ class Context {
                ForwardTrace* trace = nullptr, float* all_hidden = nullptr);
   const float* last_logits() const { return last_logits_.data(); }  // [vocab]
 
-  int64_t n_past() const { return n_past_; }
+  int64_t n_past() const { return n_past_[0]; }
   int64_t capacity() const { return cache_.capacity(); }
-  void Truncate(int64_t n);  // forget the tokens at positions >= n
+  void Truncate(int64_t n) { Truncate(0, n); }  // forget the tokens at positions >= n
+
+  // Several sequences in one pass over the weights: step i appends steps[i].tokens to slot
+  // steps[i].slot; logits [steps.size(), vocab] receives the logits after each step's last
+  // token. Slots appear at most once; tokens in all <= max_batch. With `exact`, every product
+  // runs the per-token path, so each sequence gets bit for bit what it would get decoding alone
+  // (use it for steps of one token each; prompt chunks are faster without).
+  struct Step {
+    int32_t slot;
+    std::span<const int32_t> tokens;
+  };
+  void ForwardBatch(std::span<const Step> steps, float* logits, bool exact = true);
+  int64_t n_past(int32_t slot) const { return n_past_[slot]; }
+  void Truncate(int32_t slot, int64_t n);
+  // Slot `to` takes the first n cached positions of slot `from` (a shared prompt prefix).
+  void CopyPrefix(int32_t from, int32_t to, int64_t n);
+  int64_t slots() const { return cache_.slots(); }
+  int64_t max_batch() const { return max_batch_; }
+
   const KvCache& cache() const { return cache_; }
   // Phase timing of later Forward calls (null: off).
   void set_profile(ForwardProfile* profile);
   // Bytes of scratch this context allocated besides the KV cache (fixed at construction).
   size_t scratch_bytes() const;
-  // Benchmarks only: fills the cache with n random rows and sets n_past() = n, standing in for a
+  // Benchmarks only: fills slot 0 with n random rows and sets n_past() = n, standing in for a
   // long history without computing it.
   void FillRandomHistory(int64_t n, uint64_t seed);
   const Model& model() const { return model_; }
 
  private:
-  void ForwardChunk(const int32_t* tokens, int64_t T, float* logits, bool all_rows,
-                    ForwardTrace* trace, float* hidden);
+  void CheckTokens(std::span<const int32_t> tokens, int32_t slot) const;
+  // The decoder stack for the T <= max_batch tokens in tokens_ / positions_ / token_slots_.
+  // Logits for rows logit_rows_[0 .. n_logit_rows) go to `logits` ([n, vocab]).
+  void Run(int64_t T, int64_t n_logit_rows, float* logits, ForwardTrace* trace, float* hidden,
+           kernels::MatMulPath path);
 
   const Model& model_;
   const Config& c_;
   const int64_t max_batch_;
   ForwardProfile* profile_ = nullptr;
-  int64_t n_past_ = 0;
+  std::vector<int64_t> n_past_;  // [slots]
   KvCache cache_;
   DecoderLayer layer_;
-  AlignedArray<float> x_;            // [B, D] residual stream
-  AlignedArray<float> xn_;           // [B, D] final hidden state (after model.norm)
-  AlignedArray<float> last_logits_;  // [vocab]
+  std::vector<int32_t> tokens_, token_slots_;    // [B]
+  std::vector<int64_t> positions_, logit_rows_;  // [B]
+  AlignedArray<float> x_;                        // [B, D] residual stream
+  AlignedArray<float> xn_;                       // [B, D] final hidden state (after model.norm)
+  AlignedArray<float> rows_;                     // [B, D] the final hidden states that need logits
+  AlignedArray<float> last_logits_;              // [vocab]
 };
 
 }  // namespace dsv3

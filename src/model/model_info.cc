@@ -34,11 +34,13 @@ uint64_t Bytes(const std::vector<float>& v) { return v.size() * sizeof(float); }
 }  // namespace
 
 uint64_t WeightBytesPerToken(const Config& c, const Weights& w) {
-  uint64_t b = w.embed.bytes() / static_cast<uint64_t>(c.vocab_size) + w.lm_head.bytes() + Bytes(w.final_norm);
+  uint64_t b = w.embed.bytes() / static_cast<uint64_t>(c.vocab_size) + w.lm_head.bytes() +
+               Bytes(w.final_norm);
   for (const LayerWeights& l : w.layers) {
     const MlaWeights& a = l.attn;
-    b += Bytes(l.attn_norm) + Bytes(l.ffn_norm) + a.q_a.bytes() + Bytes(a.q_a_norm) + a.q_b.bytes() +
-         a.q.bytes() + a.kv_a.bytes() + Bytes(a.kv_a_norm) + a.kv_b.bytes() + a.o.bytes();
+    b += Bytes(l.attn_norm) + Bytes(l.ffn_norm) + a.q_a.bytes() + Bytes(a.q_a_norm) +
+         a.q_b.bytes() + a.q.bytes() + a.kv_a.bytes() + Bytes(a.kv_a_norm) + a.kv_b.bytes() +
+         a.o.bytes();
     if (!l.is_moe) {
       b += Bytes(l.mlp);
     } else {

@@ -26,7 +26,7 @@ void MlpBatch::Add(const MlpWeights& w, const float* x, int64_t n, float* out) {
   hidden_used_ += n * 2 * w.gate.rows;
 }
 
-void MlpBatch::Run() {
+void MlpBatch::Run(kernels::MatMulPath path) {
   // Phase 1: rows [0, 2I) of each job: gate rows, then up rows, into hidden [n, 2I].
   int64_t total = 0;
   for (const Job& j : jobs_) total += 2 * j.w->gate.rows;
@@ -38,10 +38,11 @@ void MlpBatch::Run() {
       base += 2 * I;
       if (r0 >= r1) continue;
       if (r0 < I)
-        kernels::MatMulRows(j.w->gate, r0, std::min(r1, I), j.x, D_, j.n, j.hidden + r0, 2 * I);
+        kernels::MatMulRows(j.w->gate, r0, std::min(r1, I), j.x, D_, j.n, j.hidden + r0, 2 * I,
+                            path);
       if (r1 > I) {
         const int64_t u0 = std::max(r0, I) - I;
-        kernels::MatMulRows(j.w->up, u0, r1 - I, j.x, D_, j.n, j.hidden + I + u0, 2 * I);
+        kernels::MatMulRows(j.w->up, u0, r1 - I, j.x, D_, j.n, j.hidden + I + u0, 2 * I, path);
       }
     }
   });
@@ -60,7 +61,8 @@ void MlpBatch::Run() {
       const int64_t base = static_cast<int64_t>(k) * D_;
       const int64_t r0 = std::max(b, base) - base, r1 = std::min(e, base + D_) - base;
       if (r0 < r1) {
-        kernels::MatMulRows(j.w->down, r0, r1, j.hidden, 2 * j.w->gate.rows, j.n, j.out + r0, D_);
+        kernels::MatMulRows(j.w->down, r0, r1, j.hidden, 2 * j.w->gate.rows, j.n, j.out + r0, D_,
+                            path);
       }
     }
   });
@@ -144,11 +146,11 @@ size_t Moe::scratch_bytes() const {
 }
 
 void Moe::Forward(const MoeWeights& w, int64_t layer, const float* xn, int64_t T, float* out,
-                  ForwardTrace* trace) {
+                  ForwardTrace* trace, kernels::MatMulPath path) {
   const int64_t D = c_.hidden_size, E = c_.n_routed_experts, K = c_.num_experts_per_tok;
   std::optional<PhaseTimer> timer(std::in_place, profile_, Phase::kRouter);
   // Router in float32: [T, E].
-  kernels::MatMul(w.router, xn, D, T, logits_.data(), E);
+  kernels::MatMul(w.router, xn, D, T, logits_.data(), E, path);
   const float* bias = w.correction_bias.empty() ? nullptr : w.correction_bias.data();
   for (int64_t t = 0; t < T; ++t) {
     RouteToken(c_, logits_.data() + t * E, bias, router_scratch_, indices_.data() + t * K,
@@ -188,7 +190,7 @@ void Moe::Forward(const MoeWeights& w, int64_t layer, const float* xn, int64_t T
               expert_out_.data() + first_[e] * D);
   }
   if (c_.n_shared_experts > 0) mlps_.Add(w.shared, xn, T, shared_out_.data());
-  mlps_.Run();
+  mlps_.Run(path);
 
   // out[t] = sum over t's slots of weight * expert output (experts in index order), + shared.
   std::fill(out, out + T * D, 0.0f);

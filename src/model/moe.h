@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/aligned.h"
+#include "kernels/matmul.h"
 #include "model/config.h"
 #include "model/profile.h"
 #include "model/trace.h"
@@ -24,11 +25,12 @@ class MlpBatch {
   void Clear() { jobs_.clear(); }
   // out [n, D] = down(silu(gate(x)) * up(x)) for x [n, D] (rows D floats apart), run by Run().
   void Add(const MlpWeights& w, const float* x, int64_t n, float* out);
-  void Run();
+  void Run(kernels::MatMulPath path = kernels::MatMulPath::kAuto);
   // One MLP on its own: Add + Run.
-  void Forward(const MlpWeights& w, const float* x, int64_t n, float* out) {
+  void Forward(const MlpWeights& w, const float* x, int64_t n, float* out,
+               kernels::MatMulPath path = kernels::MatMulPath::kAuto) {
     Add(w, x, n, out);
-    Run();
+    Run(path);
   }
   size_t scratch_bytes() const { return sizeof(float) * hidden_.size(); }
 
@@ -64,7 +66,7 @@ class Moe {
   Moe(const Config& c, int64_t max_batch);
   // out [T, D] = sum_k w_k Expert_k(xn) + Shared(xn), xn [T, D].
   void Forward(const MoeWeights& w, int64_t layer, const float* xn, int64_t T, float* out,
-               ForwardTrace* trace);
+               ForwardTrace* trace, kernels::MatMulPath path = kernels::MatMulPath::kAuto);
   void set_profile(ForwardProfile* profile) { profile_ = profile; }
   size_t scratch_bytes() const;
 

@@ -14,12 +14,14 @@ MtpContext::MtpContext(const Model& model, int64_t k, const ContextOptions& o)
       w_(model.mtp().at(static_cast<size_t>(k))),
       k_(k),
       max_batch_(std::max<int64_t>(1, std::min(o.max_batch, o.capacity))),
-      cache_(c_, 1, o.capacity),
+      cache_(c_, 1, 1, o.capacity),
       layer_(c_, model.rope(), max_batch_, o.capacity, o.attention),
       cat_(max_batch_ * 2 * c_.hidden_size),
       x_(max_batch_ * c_.hidden_size),
       xn_(max_batch_ * c_.hidden_size),
-      last_logits_(c_.vocab_size) {}
+      last_logits_(c_.vocab_size),
+      positions_(static_cast<size_t>(max_batch_)),
+      slots_(static_cast<size_t>(max_batch_)) {}
 
 void MtpContext::Forward(const float* hidden, int64_t hidden_stride,
                          std::span<const int32_t> next_tokens, float* all_logits, float* out_hidden,
@@ -48,7 +50,11 @@ void MtpContext::Forward(const float* hidden, int64_t hidden_stride,
   kernels::MatMul(w_.eh_proj, cat, 2 * D, T, x, D);
   const std::string name = trace ? "mtp" + std::to_string(k_) : "";
   if (trace) trace->Emit(name + ".eh_proj_out", x, T, D, D);
-  layer_.SetPositions(n_past_, T);
+  for (int64_t t = 0; t < T; ++t) {
+    positions_[t] = n_past_ + t;
+    slots_[t] = 0;
+  }
+  layer_.SetTokens(positions_.data(), slots_.data(), T);
   layer_.Forward(w_.layer, c_.num_hidden_layers + k_, 0, cache_, x, trace, name);
   n_past_ += T;
   if (out_hidden) std::copy_n(x, T * D, out_hidden);

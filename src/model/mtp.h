@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "core/aligned.h"
 #include "model/decoder_layer.h"
@@ -49,6 +50,8 @@ class MtpContext {
   AlignedArray<float> x_;            // [B, D]
   AlignedArray<float> xn_;           // [B, D]
   AlignedArray<float> last_logits_;  // [vocab]
+  std::vector<int64_t> positions_;   // [B]
+  std::vector<int32_t> slots_;       // [B]
 };
 
 }  // namespace dsv3

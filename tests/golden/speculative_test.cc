@@ -96,7 +96,7 @@ TEST_F(SpeculativeTest, MtpCacheMatchesAFreshPass) {
   EXPECT_EQ(Generate(again, prompt, g, nullptr, {}, &spec2), out);
   for (int64_t s = 0; s < L - 1; ++s) {
     for (int64_t i = 0; i < want.width(); ++i) {
-      worst = std::max(worst, std::fabs(want.Row(0, s)[i] - spec.mtp_cache().Row(0, s)[i]));
+      worst = std::max(worst, std::fabs(want.Row(0, 0, s)[i] - spec.mtp_cache().Row(0, 0, s)[i]));
     }
   }
   EXPECT_LE(worst, 1e-4f);
