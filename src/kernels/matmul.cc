@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/parallel.h"
+#include "kernels/amx.h"
 
 // clang-format off
 #undef HWY_TARGET_INCLUDE
@@ -505,6 +506,8 @@ void MatMulRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, 
     }
   } else if (T < kGemmMinTokens) {
     MatVecRowsT<kType>(w, r0, r1, x, x_stride, T, y, y_stride);
+  } else if (HWY_TARGET == HWY_AVX3 && AmxMatMulRows(w, r0, r1, x, x_stride, T, y, y_stride)) {
+    // done on AMX tiles
   } else {
     GemmRowsT<kType>(w, r0, r1, x, x_stride, T, y, y_stride);
   }

@@ -6,7 +6,9 @@
 
 namespace dsv3::kernels {
 
-// Compiled targets that this CPU supports, best first ("AVX3", "AVX2", "SSE4", ..., "EMU128").
+// Compiled targets that this CPU supports, best first ("AMX", "AVX3", "AVX2", "SSE4", ...,
+// "SCALAR"). "AMX" is AVX3 plus AMX tiles for the prompt-sized products (see amx.h); forcing
+// "AVX3" or lower turns the tiles off.
 std::vector<std::string> AvailableTargets();
 // The target the dispatcher currently uses.
 std::string ActiveTarget();

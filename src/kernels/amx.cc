@@ -1,0 +1,325 @@
+// AMX matrix products (see amx.h). Tile roles: C = 16 weight rows x 16 tokens (FP32),
+// A = 16 weight rows x 32 k (BF16, row-major, straight from the converted weight rows),
+// B = 32 k x 16 tokens in the VNNI layout AMX wants (row j holds the pairs (2j, 2j+1) of the 16
+// tokens), prepared once per token chunk for each of the three BF16 parts of the activations.
+// Per k-step: two A tiles, and for each part two B tiles, feed four C tiles (32 rows x 32
+// tokens), so every loaded tile is used twice.
+//
+// This file is compiled for the baseline ISA; only functions marked DSV3_AMX_TARGET use AVX-512
+// and AMX, and they run only after AmxSupported() said yes. No standard-library templates are
+// instantiated inside them (an instantiation compiled for AVX-512 could be shared with code that
+// runs anywhere).
+#include "kernels/amx.h"
+
+// GCC 12 warns inside its own AVX-512 headers ("__Y may be used uninitialized") when they inline.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+namespace dsv3::kernels {
+namespace {
+
+#define DSV3_AMX_TARGET \
+  __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
+
+constexpr int64_t kTile = 16;  // rows (and tokens) per tile
+constexpr int64_t kStep = 32;  // k per tile (BF16 pairs x 16)
+constexpr int kParts = 3;      // BF16 parts of each activation
+
+// ---- support -----------------------------------------------------------------------------------
+
+bool DetectAmx() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool avx512 = (b & (1u << 16)) && (b & (1u << 30)) && (b & (1u << 17));  // F, BW, DQ
+  const bool amx = (d & (1u << 22)) && (d & (1u << 24));                         // BF16, TILE
+  if (!avx512 || !amx) return false;
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return false;  // AVX512_BF16
+  // Linux grants the 8 KiB tile state to a process on request (ARCH_REQ_XCOMP_PERM).
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+std::atomic<int> g_enabled{-1};  // -1: follow support
+
+struct TileConfig {
+  uint8_t palette_id = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Per-thread buffers, grown with plain allocation outside the AVX-512 code.
+struct Buffers {
+  uint16_t* x = nullptr;  // [kParts][token tiles][k steps][16 x 32] BF16
+  size_t x_cap = 0;
+  uint16_t* w = nullptr;  // [32 rows][Kp] BF16
+  size_t w_cap = 0;
+  bool configured = false;
+};
+thread_local Buffers t_buf;
+
+uint16_t* Grow(uint16_t*& p, size_t& cap, size_t n) {
+  if (cap < n) {
+    std::free(p);
+    p = static_cast<uint16_t*>(std::aligned_alloc(64, (n * 2 + 63) / 64 * 64));
+    cap = p ? n : 0;
+  }
+  return p;
+}
+
+// ---- AVX-512 helpers ------------------------------------------------------------------------
+
+// 32 E4M3 codes as BF16 bits, exactly: normal codes are the magnitude shifted into place plus
+// the exponent rebias (7 -> 127); the 8 subnormal codes (and zero) come from a table; 0x7F / 0xFF
+// become NaN.
+DSV3_AMX_TARGET inline __m512i Fp8ToBf16x32(const uint8_t* src) {
+  const __m512i code =
+      _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+  const __m512i mag = _mm512_and_si512(code, _mm512_set1_epi16(0x7F));
+  __m512i v = _mm512_add_epi16(_mm512_slli_epi16(mag, 4), _mm512_set1_epi16(0x3C00));
+  // m * 2^-9 for m = 0..7 (positions 8..31 unused).
+  const __m512i subnormals =
+      _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  //
+                       0x3C60, 0x3C40, 0x3C20, 0x3C00, 0x3BC0, 0x3B80, 0x3B00, 0);
+  v = _mm512_mask_blend_epi16(_mm512_cmplt_epu16_mask(mag, _mm512_set1_epi16(8)), v,
+                              _mm512_permutexvar_epi16(mag, subnormals));
+  v = _mm512_mask_blend_epi16(_mm512_cmpeq_epi16_mask(mag, _mm512_set1_epi16(0x7F)), v,
+                              _mm512_set1_epi16(0x7FC0));
+  return _mm512_or_si512(v, _mm512_slli_epi16(_mm512_and_si512(code, _mm512_set1_epi16(0x80)), 8));
+}
+
+// Weight rows r .. r + n - 1 (n <= 32) as BF16 into w[32][Kp], zero-padded in rows and columns.
+// Exact: E4M3 and BF16 values are all representable.
+DSV3_AMX_TARGET void ConvertRows(const WeightMatrix& m, int64_t r, int64_t n, int64_t Kp,
+                                 uint16_t* w) {
+  const int64_t K = m.cols, esize = static_cast<int64_t>(DTypeSize(m.dtype));
+  for (int64_t i = 0; i < 2 * kTile; ++i) {
+    uint16_t* dst = w + i * Kp;
+    if (i >= n) {
+      std::memset(dst, 0, static_cast<size_t>(Kp) * 2);
+      continue;
+    }
+    const void* row = static_cast<const uint8_t*>(m.data) + (r + i) * K * esize;
+    int64_t k = 0;
+    if (m.dtype == DType::kBF16) {
+      std::memcpy(dst, row, static_cast<size_t>(K) * 2);
+      k = K;
+    } else {
+      for (; k + 32 <= K; k += 32) {
+        _mm512_storeu_si512(dst + k, Fp8ToBf16x32(static_cast<const uint8_t*>(row) + k));
+      }
+      for (; k < K; ++k) {  // a ragged end
+        const float v = E4M3ToF32(static_cast<const uint8_t*>(row)[k]);
+        uint32_t bits;
+        std::memcpy(&bits, &v, 4);
+        dst[k] = static_cast<uint16_t>(bits >> 16);  // exact: E4M3 values fit in BF16
+      }
+    }
+    for (; k < Kp; ++k) dst[k] = 0;
+  }
+}
+
+// Transposes 16 rows of 16 dwords in place: rows[i][j] -> rows[j][i].
+DSV3_AMX_TARGET inline void Transpose16x16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // Now r[4a + b] holds, in each 128-bit lane L, elements (rows 4a..4a+3) x (column 4L + b').
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xDD);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xDD);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xDD);
+    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xDD);
+  }
+}
+
+// Activations of nt <= 16 * TT tokens into B tiles: x_tiles[part][tt][ks] is the 16 x 32 BF16
+// (VNNI) tile of token tile tt, k-step ks, for the part-th BF16 part of the values.
+DSV3_AMX_TARGET void PrepareActivations(const float* x, int64_t x_stride, int64_t nt, int64_t K,
+                                        int64_t TT, int64_t KS, uint16_t* out) {
+  const size_t tile = kTile * kStep;  // BF16 elements per tile
+  for (int64_t tt = 0; tt < TT; ++tt) {
+    for (int64_t ks = 0; ks < KS; ++ks) {
+      __m512i parts[kParts][16];
+      for (int64_t n = 0; n < kTile; ++n) {
+        const int64_t token = tt * kTile + n;
+        const int64_t k = ks * kStep;
+        __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+        if (token < nt) {
+          const float* src = x + token * x_stride + k;
+          const int64_t left = K - k;
+          const __mmask16 mlo = left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
+          const __mmask16 mhi =
+              left >= 32 ? 0xFFFF
+                         : (left <= 16 ? 0 : static_cast<__mmask16>((1u << (left - 16)) - 1));
+          lo = _mm512_maskz_loadu_ps(mlo, src);
+          hi = _mm512_maskz_loadu_ps(mhi, src + 16);
+        }
+        // x = p0 + p1 + p2 with each part in BF16 (rounded to nearest from the remainder).
+        for (int p = 0; p < kParts; ++p) {
+          const __m512bh b = _mm512_cvtne2ps_pbh(hi, lo);
+          parts[p][n] = reinterpret_cast<const __m512i&>(b);
+          const __m512i bits = reinterpret_cast<const __m512i&>(b);
+          const __m512 blo = _mm512_castsi512_ps(
+              _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(bits)), 16));
+          const __m512 bhi = _mm512_castsi512_ps(
+              _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(bits, 1)), 16));
+          lo = _mm512_sub_ps(lo, blo);
+          hi = _mm512_sub_ps(hi, bhi);
+        }
+      }
+      // Token n's dword j is the pair (2j, 2j+1); the tile wants row j = the 16 tokens' pairs.
+      for (int p = 0; p < kParts; ++p) {
+        Transpose16x16(parts[p]);
+        uint16_t* dst = out + ((p * TT + tt) * KS + ks) * tile;
+        for (int j = 0; j < 16; ++j) _mm512_storeu_si512(dst + j * kStep, parts[p][j]);
+      }
+    }
+  }
+}
+
+DSV3_AMX_TARGET void ConfigureTiles() {
+  TileConfig cfg;
+  for (int i = 0; i < 8; ++i) {
+    cfg.rows[i] = kTile;
+    cfg.colsb[i] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// C tiles 0..3 = (row tile 0, token tile 0), (0, 1), (1, 0), (1, 1); A tiles 4, 5; B tiles 6, 7.
+DSV3_AMX_TARGET void Gemm(const WeightMatrix& m, int64_t r0, int64_t r1, const float* x,
+                          int64_t x_stride, int64_t T, float* y, int64_t y_stride) {
+  Buffers& b = t_buf;
+  if (!b.configured) {
+    ConfigureTiles();
+    b.configured = true;
+  }
+  const int64_t K = m.cols, Kp = (K + kStep - 1) / kStep * kStep, KS = Kp / kStep;
+  const bool fp8 = m.dtype == DType::kF8E4M3;
+  const int64_t block_steps = fp8 ? m.block_cols / kStep : KS;  // k-steps per scale block
+  const int64_t chunk = K <= 4096 ? 64 : 32;                    // tokens per activation pass
+  const size_t tile = kTile * kStep;
+  alignas(64) float acc[4][kTile][kTile];
+  alignas(64) float part[kTile][kTile];
+
+  for (int64_t c0 = 0; c0 < T; c0 += chunk) {
+    const int64_t nt = chunk < T - c0 ? chunk : T - c0;
+    const int64_t TT = ((nt + kTile - 1) / kTile + 1) / 2 * 2;  // token tiles, even
+    uint16_t* xt = Grow(b.x, b.x_cap, static_cast<size_t>(kParts * TT * KS) * tile);
+    uint16_t* wt = Grow(b.w, b.w_cap, static_cast<size_t>(2 * kTile * Kp));
+    if (xt == nullptr || wt == nullptr) __builtin_trap();  // out of memory
+    PrepareActivations(x + c0 * x_stride, x_stride, nt, K, TT, KS, xt);
+    for (int64_t rb = r0; rb < r1; rb += 2 * kTile) {
+      const int64_t nr = r1 - rb < 2 * kTile ? r1 - rb : 2 * kTile;
+      ConvertRows(m, rb, nr, Kp, wt);
+      // Each row's block-scale row (FP8); padding rows reuse the last real row's.
+      const float* scale_row[2 * kTile];
+      for (int64_t i = 0; i < 2 * kTile && fp8; ++i) {
+        const int64_t row = rb + (i < nr ? i : nr - 1);
+        scale_row[i] = m.scale + (row / m.block_rows) * m.scale_cols;
+      }
+      for (int64_t tt = 0; tt < TT; tt += 2) {
+        std::memset(acc, 0, sizeof(acc));
+        for (int64_t kb = 0; kb < KS; kb += block_steps) {
+          _tile_zero(0);
+          _tile_zero(1);
+          _tile_zero(2);
+          _tile_zero(3);
+          for (int64_t ks = kb; ks < kb + block_steps && ks < KS; ++ks) {
+            _tile_loadd(4, wt + ks * kStep, Kp * 2);
+            _tile_loadd(5, wt + kTile * Kp + ks * kStep, Kp * 2);
+            for (int p = 0; p < kParts; ++p) {
+              _tile_loadd(6, xt + ((p * TT + tt) * KS + ks) * tile, 64);
+              _tile_loadd(7, xt + ((p * TT + tt + 1) * KS + ks) * tile, 64);
+              _tile_dpbf16ps(0, 4, 6);
+              _tile_dpbf16ps(1, 4, 7);
+              _tile_dpbf16ps(2, 5, 6);
+              _tile_dpbf16ps(3, 5, 7);
+            }
+          }
+          // Fold this block's partial sums into the accumulators, times each row's block scale.
+          for (int c = 0; c < 4; ++c) {
+            switch (c) {
+              case 0:
+                _tile_stored(0, part, 64);
+                break;
+              case 1:
+                _tile_stored(1, part, 64);
+                break;
+              case 2:
+                _tile_stored(2, part, 64);
+                break;
+              default:
+                _tile_stored(3, part, 64);
+                break;
+            }
+            const int64_t kblock = kb / block_steps;
+            for (int i = 0; i < kTile; ++i) {
+              const float s = fp8 ? scale_row[(c >> 1) * kTile + i][kblock] : 1.0f;
+              _mm512_store_ps(acc[c][i], _mm512_fmadd_ps(_mm512_load_ps(part[i]), _mm512_set1_ps(s),
+                                                         _mm512_load_ps(acc[c][i])));
+            }
+          }
+        }
+        // acc[c][row i][token j] -> y[token][row].
+        for (int c = 0; c < 4; ++c) {
+          const int64_t row0 = (c >> 1) * kTile, tok0 = c0 + (tt + (c & 1)) * kTile;
+          for (int64_t i = 0; i < kTile && row0 + i < nr; ++i) {
+            for (int64_t j = 0; j < kTile && tok0 + j < c0 + nt; ++j) {
+              y[(tok0 + j) * y_stride + (rb - r0) + row0 + i] = acc[c][i][j];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool AmxSupported() {
+  static const bool supported = DetectAmx();
+  return supported;
+}
+
+bool AmxEnabled() {
+  const int e = g_enabled.load(std::memory_order_relaxed);
+  return e < 0 ? AmxSupported() : (e == 1 && AmxSupported());
+}
+
+void SetAmxEnabled(bool enabled) { g_enabled.store(enabled ? 1 : 0); }
+
+bool AmxMatMulRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
+                   int64_t T, float* y, int64_t y_stride) {
+  if (!AmxEnabled()) return false;
+  if (w.dtype != DType::kBF16 && w.dtype != DType::kF8E4M3) return false;
+  if (w.dtype == DType::kF8E4M3 && (w.block_cols % kStep != 0 || w.block_rows % kTile != 0)) {
+    return false;
+  }
+  Gemm(w, r0, r1, x, x_stride, T, y, y_stride);
+  return true;
+}
+
+}  // namespace dsv3::kernels
