@@ -101,6 +101,10 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--context", bench.options.context,
                         "also decode after this many cached tokens (random history)");
   bench_cmd->add_option("--seed", bench.options.seed, "seed of the random prompt");
+  bench_cmd->add_option(
+      "--draft", bench.draft,
+      "MTP drafts per step for the speculative run, 1-6 (default 1; models with MTP)");
+  bench_cmd->add_flag("--no-mtp", bench.no_mtp, "skip the speculative (MTP) run");
   bench_cmd->add_flag("--json", bench.json, "print JSON");
   AddCommon(bench_cmd, common, /*threads=*/false);
 
