@@ -254,7 +254,7 @@ int RunLogits(const LogitsArgs& a) {
   WriteBinaryAtomic(a.output, logits.data(), logits.size());
   std::fprintf(stderr, "dsv3: wrote %s: float32 [%lld, %lld] (%s, %.1f tokens/s)\n",
                a.output.c_str(), (long long)n, (long long)c.vocab_size,
-               a.decode ? "decode" : "prefill", n / secs);
+               a.mtp ? "MTP" : a.decode ? "decode" : "prefill", n / secs);
   return 0;
 }
 

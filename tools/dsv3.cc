@@ -56,6 +56,10 @@ int main(int argc, char** argv) {
   logits_cmd->add_option("-o,--output", logits.output, "output file")->required();
   logits_cmd->add_flag("--decode", logits.decode,
                        "feed the ids one at a time through the KV cache");
+  logits_cmd->add_flag(
+      "--mtp", logits.mtp,
+      "the MTP module's logits: row i predicts token i+2 (from the main hidden "
+      "state at i and token i+1; the last row uses the main model's greedy token)");
   logits_cmd
       ->add_option("--attn", attention, "attention form: auto (default), absorbed or expanded")
       ->check(CLI::IsMember({"auto", "absorbed", "expanded"}));

@@ -110,6 +110,14 @@ TEST(Cli, LogitsAndGenerateMatchTheReference) {
         const std::vector<float> want = ref.F32(seq[*mode ? "decode_logits" : "prefill_logits"]);
         EXPECT_LE(MaxAbsDiff(ReadFloats(tmp / "l.bin"), want), 1e-4f) << model << mode;
       }
+      const RunResult mtp = RunCommand(
+          Cmd("logits -m " + dir + " --ids " + ids + " -o " + (tmp / "m.bin") + " --mtp"));
+      if (seq.contains("mtp")) {
+        ASSERT_EQ(mtp.status, 0) << mtp.output();
+        EXPECT_LE(MaxAbsDiff(ReadFloats(tmp / "m.bin"), ref.F32(seq["mtp"]["logits"])), 1e-4f);
+      } else {
+        ExpectCleanError(mtp, "no MTP module");
+      }
       const RunResult g =
           RunCommand(Cmd("generate -m " + dir + " --ids " + ids + " -n 32 --ignore-eos"));
       ASSERT_EQ(g.status, 0) << g.output();
