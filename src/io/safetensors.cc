@@ -200,7 +200,9 @@ SafetensorsIndex ParseSafetensorsIndex(std::string_view text, const std::string&
     });
     if (f.empty() || f.find('/') != std::string::npos || f.find('\\') != std::string::npos ||
         control || f == "." || f == "..") {
-      Fail("{}: weight_map['{}'] = '{}' is not a file name in the model folder", path, tensor, f);
+      // Quoted as JSON: the name may hold control characters (a NUL would cut the message).
+      Fail("{}: weight_map[{}] = {} is not a file name in the model folder", path,
+           Json(tensor).dump(), Json(f).dump());
     }
     result.weight_map.emplace_back(tensor, f);
     result.shards.push_back(f);

@@ -176,7 +176,7 @@ TEST(SafetensorsIndex, ParsesAndLimitsTheWeightMap) {
   EXPECT_ERROR(ParseSafetensorsIndex("[" + std::string(100, '[') + std::string(101, ']'), "i.json"),
                "i.json: JSON nested deeper than 64 levels");
   EXPECT_ERROR(ParseSafetensorsIndex(R"({"weight_map":{"a":"s\u0000.safetensors"}})", "i.json"),
-               "is not a file name in the model folder");
+               R"(i.json: weight_map["a"] = "s\u0000.safetensors" is not a file name)");
   EXPECT_ERROR(ParseSafetensorsIndex(R"({"weight_map":{"a":"dir\\s.safetensors"}})", "i.json"),
                "is not a file name in the model folder");
   EXPECT_ERROR(ParseSafetensorsIndex("[]", "i.json"), "i.json: expected a JSON object");
