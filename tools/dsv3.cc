@@ -3,6 +3,8 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <map>
+#include <string>
+#include <string_view>
 
 #include "core/error.h"
 #include "core/parallel.h"
@@ -30,6 +32,20 @@ void ApplyCommon(const Common& common) {
     for (const std::string& t : dsv3::kernels::AvailableTargets()) list += " " + t;
     dsv3::Fail("--simd {}: not available on this CPU/build; available:{}", common.simd, list);
   }
+}
+
+// Error messages quote names from untrusted files: control characters are shown escaped, so
+// the message stays one line and cannot drive the terminal.
+std::string OneLine(std::string_view message) {
+  std::string out;
+  for (unsigned char ch : message) {
+    if (ch < 0x20 || ch == 0x7F) {
+      out += fmt::format("\\x{:02x}", ch);
+    } else {
+      out += static_cast<char>(ch);
+    }
+  }
+  return out;
 }
 
 }  // namespace
@@ -243,14 +259,11 @@ int main(int argc, char** argv) {
       synth.progress = !no_progress;
       return dsv3::cli::RunSynth(synth, synth_tokenizer);
     }
-  } catch (const dsv3::Error& e) {
-    std::fprintf(stderr, "dsv3: error: %s\n", e.what());
-    return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "dsv3: error: out of memory\n");
     return 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "dsv3: error: %s\n", e.what());
+  } catch (const std::exception& e) {  // dsv3::Error and the rest
+    std::fprintf(stderr, "dsv3: error: %s\n", OneLine(e.what()).c_str());
     return 1;
   }
   return 1;

@@ -371,6 +371,10 @@ TEST_F(BadInput, UnknownConfigValue) {
   config["topk_method"] = "random";
   WriteFile(model() + "/config.json", config.dump());
   ExpectCleanError(Generate(), "field 'topk_method' is 'random'");
+  // Control characters from the file are shown escaped: still one line, no terminal codes.
+  config["topk_method"] = "a\nb\x1b[2J";
+  WriteFile(model() + "/config.json", config.dump());
+  ExpectCleanError(Generate(), "field 'topk_method' is 'a\\x0ab\\x1b[2J'");
 }
 
 TEST_F(BadInput, TokenIdBeyondVocab) {
