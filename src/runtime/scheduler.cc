@@ -68,7 +68,9 @@ Scheduler::Scheduler(const Model& model, const Tokenizer& tokenizer, const Sched
       ctx_(model, SlotOptions(o)),
       slots_(static_cast<size_t>(o.parallel)),
       logits_(static_cast<size_t>(o.parallel * model.config().vocab_size)),
+      next_(static_cast<size_t>(o.parallel)),
       free_slots_(o.parallel) {
+  steps_.reserve(static_cast<size_t>(o.parallel));
   PublishStats();
   thread_ = std::thread([this] { Loop(); });
 }
@@ -223,26 +225,28 @@ void Scheduler::Prefill(int32_t s) {
 }
 
 void Scheduler::DecodeStep() {
-  std::vector<Context::Step> steps;
+  steps_.clear();
   for (size_t s = 0; s < slots_.size(); ++s) {
     const Active* a = slots_[s].active.get();
     if (a && a->decoding) {
-      steps.push_back({static_cast<int32_t>(s), std::span<const int32_t>(&a->last, 1)});
+      steps_.push_back({static_cast<int32_t>(s), std::span<const int32_t>(&a->last, 1)});
     }
   }
-  if (steps.empty()) return;
+  if (steps_.empty()) return;
   const auto t0 = Clock::now();
-  ctx_.ForwardBatch(steps, logits_.data(), /*exact=*/true);
+  ctx_.ForwardBatch(steps_, logits_.data(), /*exact=*/true);
   const int64_t V = model_.config().vocab_size;
-  for (size_t i = 0; i < steps.size(); ++i) {
-    const int32_t s = steps[i].slot;
-    Active& a = *slots_[s].active;
-    slots_[s].history.push_back(a.last);
-    Accept(s, a.sampler.Sample(logits_.data() + static_cast<int64_t>(i) * V));
+  for (size_t i = 0; i < steps_.size(); ++i) {
+    next_[i] = slots_[steps_[i].slot].active->sampler.Sample(logits_.data() + static_cast<int64_t>(i) * V);
   }
   work_.decode_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
   ++work_.decode_steps;
-  work_.decode_tokens += static_cast<int64_t>(steps.size());
+  work_.decode_tokens += static_cast<int64_t>(steps_.size());
+  for (size_t i = 0; i < steps_.size(); ++i) {
+    const int32_t s = steps_[i].slot;
+    slots_[s].history.push_back(slots_[s].active->last);
+    Accept(s, next_[i]);
+  }
 }
 
 bool Scheduler::Accept(int32_t s, int32_t token) {

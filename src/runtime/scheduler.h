@@ -122,7 +122,9 @@ class Scheduler {
   Context ctx_;  // engine thread only
   std::vector<Slot> slots_;
   uint64_t clock_ = 0;
-  std::vector<float> logits_;  // [parallel, vocab]
+  std::vector<float> logits_;         // [parallel, vocab]
+  std::vector<int32_t> next_;         // [parallel] tokens sampled in a decode step
+  std::vector<Context::Step> steps_;  // [parallel] the decode step's batch
 
   mutable std::mutex mu_;  // guards queue_, stop_, stats_
   std::condition_variable cv_;

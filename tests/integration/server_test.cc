@@ -322,6 +322,62 @@ TEST_F(ServerTest, SigtermDuringAStreamExitsCleanly) {
   EXPECT_THAT(own.log(), HasSubstr("serving m on http://127.0.0.1:"));
 }
 
+// An R1-style chat template (the generation prompt opens <think>): the answer goes to
+// reasoning_content until </think>, in whole responses and in stream deltas.
+TEST_F(ServerTest, ThinkingGoesToReasoningContent) {
+  const std::string r1 = *dir_ / "r1";
+  fs::copy(model(), r1, fs::copy_options::recursive);
+  OrderedJson config = OrderedJson::parse(ReadFile(r1 + "/tokenizer_config.json"));
+  std::string tmpl = config["chat_template"];
+  const std::string open = "{{'<｜Assistant｜>'}}";
+  const size_t at = tmpl.rfind(open);
+  ASSERT_NE(at, std::string::npos);
+  tmpl.replace(at, open.size(), "{{'<｜Assistant｜><think>\n'}}");
+  config["chat_template"] = tmpl;
+  test::WriteFile(r1 + "/tokenizer_config.json", config.dump());
+  ServerProcess own("-m " + r1 + " --port 0 --parallel 2 --ctx-size 256 -t 1", *dir_ / "r1.log");
+  ASSERT_GT(own.port(), 0) << own.log();
+  const RunResult gen = RunCommand(Cmd("generate -m " + r1 + " -t 1 -n 12 -p 'Hello!'"));
+  ASSERT_EQ(gen.status, 0) << gen.output();
+  const std::string thought = gen.out.substr(0, gen.out.size() - 1);
+  ASSERT_EQ(thought.find("</think>"), std::string::npos);
+
+  httplib::Client http("127.0.0.1", own.port());
+  http.set_read_timeout(60);
+  const std::string body =
+      R"({"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 12, "temperature": 0)";
+  const httplib::Result whole = http.Post("/v1/chat/completions", body + "}", "application/json");
+  ASSERT_TRUE(whole);
+  ASSERT_EQ(whole->status, 200) << whole->body;
+  const OrderedJson message = OrderedJson::parse(whole->body)["choices"][0]["message"];
+  EXPECT_EQ(message["reasoning_content"], thought);
+  EXPECT_EQ(message["content"], "");
+
+  const httplib::Result stream =
+      http.Post("/v1/chat/completions", body + R"(, "stream": true})", "application/json");
+  ASSERT_TRUE(stream);
+  ASSERT_EQ(stream->status, 200) << stream->body;
+  EXPECT_EQ(stream->get_header_value("Content-Type"), "text/event-stream");
+  std::string reasoning, content;
+  size_t events = 0;
+  for (size_t pos = 0; (pos = stream->body.find("data: ", pos)) != std::string::npos; ++events) {
+    const size_t end = stream->body.find("\n\n", pos);
+    ASSERT_NE(end, std::string::npos);
+    const std::string data = stream->body.substr(pos + 6, end - pos - 6);
+    pos = end;
+    if (data == "[DONE]") {
+      EXPECT_EQ(end + 2, stream->body.size());  // the last event
+      continue;
+    }
+    const OrderedJson delta = OrderedJson::parse(data)["choices"][0]["delta"];
+    if (delta.contains("reasoning_content")) reasoning += delta["reasoning_content"];
+    if (delta.contains("content")) content += delta["content"];
+  }
+  EXPECT_GT(events, 3u);
+  EXPECT_EQ(reasoning, thought);
+  EXPECT_EQ(content, "");
+}
+
 TEST_F(ServerTest, BadCommandLinesAreCleanErrors) {
   test::ExpectCleanError(RunCommand(Cmd("serve -m /nonexistent --port 0")), "/nonexistent");
   test::ExpectCleanError(RunCommand(Cmd("serve -m " + model() + " --port 0 --ctx-size 999999")),
