@@ -1,6 +1,7 @@
 #include "runtime/scheduler.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "core/error.h"
 #include "runtime/sampler.h"
@@ -147,17 +148,29 @@ void Scheduler::Loop() {
     }
     for (const auto& job : dropped) job->Finish(FinishReason::kCancelled, {});
     work_.requests_cancelled += static_cast<int64_t>(dropped.size());
-    for (auto& job : admit) Admit(std::move(job));
-    for (size_t s = 0; s < slots_.size(); ++s) {
-      if (slots_[s].active && slots_[s].active->job->cancelled()) {
-        Release(static_cast<int32_t>(s), FinishReason::kCancelled);
+    try {
+      for (auto& job : admit) Admit(std::move(job));
+      for (size_t s = 0; s < slots_.size(); ++s) {
+        if (slots_[s].active && slots_[s].active->job->cancelled()) {
+          Release(static_cast<int32_t>(s), FinishReason::kCancelled);
+        }
+      }
+      // One prompt chunk per joining request, then one decode step for all the others.
+      for (size_t s = 0; s < slots_.size(); ++s) {
+        if (slots_[s].active && !slots_[s].active->decoding) Prefill(static_cast<int32_t>(s));
+      }
+      DecodeStep();
+    } catch (const std::exception& e) {
+      // Submit checks what could fail here; should anything still (out of memory), the running
+      // requests end and the engine goes on.
+      std::fprintf(stderr, "dsv3: error in the engine: %s; cancelling the running requests\n",
+                   e.what());
+      for (size_t s = 0; s < slots_.size(); ++s) {
+        if (slots_[s].active) Release(static_cast<int32_t>(s), FinishReason::kCancelled);
+        ctx_.Truncate(static_cast<int32_t>(s), 0);
+        slots_[s].history.clear();
       }
     }
-    // One prompt chunk per joining request, then one decode step for all the others.
-    for (size_t s = 0; s < slots_.size(); ++s) {
-      if (slots_[s].active && !slots_[s].active->decoding) Prefill(static_cast<int32_t>(s));
-    }
-    DecodeStep();
     PublishStats();
   }
   for (size_t s = 0; s < slots_.size(); ++s) {
@@ -237,7 +250,8 @@ void Scheduler::DecodeStep() {
   ctx_.ForwardBatch(steps_, logits_.data(), /*exact=*/true);
   const int64_t V = model_.config().vocab_size;
   for (size_t i = 0; i < steps_.size(); ++i) {
-    next_[i] = slots_[steps_[i].slot].active->sampler.Sample(logits_.data() + static_cast<int64_t>(i) * V);
+    next_[i] =
+        slots_[steps_[i].slot].active->sampler.Sample(logits_.data() + static_cast<int64_t>(i) * V);
   }
   work_.decode_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
   ++work_.decode_steps;
