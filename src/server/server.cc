@@ -307,10 +307,12 @@ std::string Server::Impl::Metrics() const {
 }
 
 void Server::Impl::Routes() {
-  const int threads =
-      options.http_threads > 0
-          ? options.http_threads
-          : static_cast<int>(options.scheduler.parallel + options.scheduler.queue + 8);
+  // A connection holds a thread while its request waits or streams; connections beyond the
+  // threads wait for one in httplib's own queue.
+  const int threads = options.http_threads > 0
+                          ? options.http_threads
+                          : static_cast<int>(std::min<int64_t>(
+                                options.scheduler.parallel + options.scheduler.queue + 8, 256));
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http.set_payload_max_length(options.max_body);
   http.set_keep_alive_timeout(2);
