@@ -10,7 +10,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   gnuplot-nox
 )
-# Needed only for the sanitizer / fuzzing builds (clang + its runtimes).
+# Needed only for the fuzzing build (clang + libFuzzer and the sanitizer runtimes): set by
+# scripts/fuzz.sh and .ci/run.
 if [[ "${DSV3_WITH_CLANG:-0}" == 1 ]]; then
   PACKAGES+=(clang-14 libclang-rt-14-dev)
 fi

@@ -254,7 +254,7 @@ int RunLogits(const LogitsArgs& a) {
   WriteBinaryAtomic(a.output, logits.data(), logits.size());
   std::fprintf(stderr, "dsv3: wrote %s: float32 [%lld, %lld] (%s, %.1f tokens/s)\n",
                a.output.c_str(), (long long)n, (long long)c.vocab_size,
-               a.decode ? "decode" : "prefill", n / secs);
+               a.mtp ? "MTP" : a.decode ? "decode" : "prefill", n / secs);
   return 0;
 }
 
@@ -339,14 +339,19 @@ int RunBench(const BenchArgs& a) {
       thread_counts.push_back(t);
     }
   }
+  if (a.draft < 1 || a.draft > kMaxDraft) {
+    Fail("--draft must be between 1 and {}, got {}", kMaxDraft, a.draft);
+  }
   std::unique_ptr<Model> m = LoadModel(a.model_dir, a.json);
   std::fflush(stdout);
+  BenchOptions options = a.options;
+  options.draft = UseMtp(*m, a.no_mtp) ? a.draft : 0;
   std::vector<BenchResult> results;
   for (int t : thread_counts) {
     SetNumThreads(t);
     if (!a.json) std::fprintf(stderr, "dsv3: bench with %d thread(s)...\n", t);
     std::fflush(stderr);
-    results.push_back(RunBench(*m, a.options));
+    results.push_back(RunBench(*m, options));
   }
   if (a.json) {
     Json j;
@@ -392,6 +397,26 @@ int RunBench(const BenchArgs& a) {
                   100 * r.long_decode.attention_fraction(),
                   phases(r.long_decode.profile, r.long_decode.seconds).c_str());
     }
+  }
+  for (const BenchResult& r : results) {
+    const MtpBench& b = r.mtp;
+    if (b.draft == 0) continue;
+    std::printf("t=%d %s; decode %.3f tok/s with MTP vs %.3f without: x%.2f\n", r.threads,
+                MtpSummary(b.stats).c_str(), b.stats.decode_tokens_per_second(),
+                b.plain_tokens_per_second, b.speedup());
+    std::string costs;
+    for (size_t j = 0; j < b.verify_cost.size(); ++j) {
+      costs += fmt::format("{}{} tokens {:.2f}", j ? ", " : "", j + 2, b.verify_cost[j]);
+    }
+    std::string projected;
+    for (int64_t k = 1; k <= b.draft; ++k) {
+      projected +=
+          fmt::format("{}draft {} x{:.2f}", k > 1 ? ", " : "", k, b.ProjectedSpeedup(0.85, k));
+    }
+    std::printf(
+        "t=%d cost relative to a 1-token decode step (%.1f ms): verification pass %s; one MTP "
+        "draft %.2f; at 85%% acceptance: %s\n",
+        r.threads, 1e3 * b.step_seconds, costs.c_str(), b.draft_cost, projected.c_str());
   }
   if (results.size() > 1) {
     std::printf("thread scaling %d -> %d: prefill x%.2f, decode x%.2f\n", results.front().threads,

@@ -48,6 +48,8 @@ struct BenchArgs {
   std::string model_dir;
   std::string threads;  // "1,2": one run per count; empty: all CPUs
   bool json = false;
+  int64_t draft = 1;
+  bool no_mtp = false;
   BenchOptions options;
 };
 struct ChatArgs {

@@ -3,6 +3,8 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <map>
+#include <string>
+#include <string_view>
 
 #include "core/error.h"
 #include "core/parallel.h"
@@ -33,6 +35,20 @@ void ApplyCommon(const Common& common) {
   }
 }
 
+// Error messages quote names from untrusted files: control characters are shown escaped, so
+// the message stays one line and cannot drive the terminal.
+std::string OneLine(std::string_view message) {
+  std::string out;
+  for (unsigned char ch : message) {
+    if (ch < 0x20 || ch == 0x7F) {
+      out += fmt::format("\\x{:02x}", ch);
+    } else {
+      out += static_cast<char>(ch);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -57,6 +73,10 @@ int main(int argc, char** argv) {
   logits_cmd->add_option("-o,--output", logits.output, "output file")->required();
   logits_cmd->add_flag("--decode", logits.decode,
                        "feed the ids one at a time through the KV cache");
+  logits_cmd->add_flag(
+      "--mtp", logits.mtp,
+      "the MTP module's logits: row i predicts token i+2 (from the main hidden "
+      "state at i and token i+1; the last row uses the main model's greedy token)");
   logits_cmd
       ->add_option("--attn", attention, "attention form: auto (default), absorbed or expanded")
       ->check(CLI::IsMember({"auto", "absorbed", "expanded"}));
@@ -102,6 +122,10 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--context", bench.options.context,
                         "also decode after this many cached tokens (random history)");
   bench_cmd->add_option("--seed", bench.options.seed, "seed of the random prompt");
+  bench_cmd->add_option(
+      "--draft", bench.draft,
+      "MTP drafts per step for the speculative run, 1-6 (default 1; models with MTP)");
+  bench_cmd->add_flag("--no-mtp", bench.no_mtp, "skip the speculative (MTP) run");
   bench_cmd->add_flag("--json", bench.json, "print JSON");
   AddCommon(bench_cmd, common, /*threads=*/false);
 
@@ -240,14 +264,11 @@ int main(int argc, char** argv) {
       synth.progress = !no_progress;
       return dsv3::cli::RunSynth(synth, synth_tokenizer);
     }
-  } catch (const dsv3::Error& e) {
-    std::fprintf(stderr, "dsv3: error: %s\n", e.what());
-    return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "dsv3: error: out of memory\n");
     return 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "dsv3: error: %s\n", e.what());
+  } catch (const std::exception& e) {  // dsv3::Error and the rest
+    std::fprintf(stderr, "dsv3: error: %s\n", OneLine(e.what()).c_str());
     return 1;
   }
   return 1;

@@ -55,7 +55,7 @@ OrderedJson ParseOrderedJson(std::string_view text, const std::string& what, int
   return ParseLimited<OrderedJson>(text, what, max_depth);
 }
 
-Json ReadJsonFile(const std::string& path, size_t max_bytes, int max_depth) {
+std::string ReadFileLimited(const std::string& path, size_t max_bytes) {
   std::ifstream in(path, std::ios::binary);
   if (!in) Fail("{}: cannot open", path);
   in.seekg(0, std::ios::end);
@@ -67,7 +67,11 @@ Json ReadJsonFile(const std::string& path, size_t max_bytes, int max_depth) {
   in.seekg(0);
   std::string text(static_cast<size_t>(size), '\0');
   if (!in.read(text.data(), size)) Fail("{}: read failed", path);
-  return ParseJson(text, path, max_depth);
+  return text;
+}
+
+Json ReadJsonFile(const std::string& path, size_t max_bytes, int max_depth) {
+  return ParseJson(ReadFileLimited(path, max_bytes), path, max_depth);
 }
 
 void WriteFileAtomic(const std::string& path, std::string_view text) {

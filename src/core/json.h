@@ -21,6 +21,8 @@ inline constexpr int kMaxJsonDepth = 64;
 Json ParseJson(std::string_view text, const std::string& what, int max_depth = kMaxJsonDepth);
 OrderedJson ParseOrderedJson(std::string_view text, const std::string& what,
                              int max_depth = kMaxJsonDepth);
+// The whole file; an error naming it when it is larger than `max_bytes` or unreadable.
+std::string ReadFileLimited(const std::string& path, size_t max_bytes);
 Json ReadJsonFile(const std::string& path, size_t max_bytes, int max_depth = kMaxJsonDepth);
 
 // Writes `text` to `path` through a temporary file in the same folder and a rename.

@@ -48,10 +48,11 @@ int64_t NonNegativeInt(const Json& v, const std::string& path, const std::string
 
 }  // namespace
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : map_(path) {
-  const uint64_t file_size = map_.size();
+SafetensorsHeader ParseSafetensors(std::span<const uint8_t> file, const std::string& path,
+                                   size_t max_tensors) {
+  const uint64_t file_size = file.size();
   if (file_size < 8) Fail("{}: {} bytes, too short for a safetensors header", path, file_size);
-  const uint64_t header_len = ReadU64Le(map_.data());
+  const uint64_t header_len = ReadU64Le(file.data());
   if (header_len > kMaxSafetensorsHeaderBytes) {
     Fail("{}: header length {} exceeds the limit of {} bytes (corrupt or not a safetensors file)",
          path, header_len, kMaxSafetensorsHeaderBytes);
@@ -60,13 +61,15 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : map_(path) {
     Fail("{}: header length {} runs past the end of the file ({} bytes); the file is truncated",
          path, header_len, file_size);
   }
-  const std::string_view text(reinterpret_cast<const char*>(map_.data() + 8), header_len);
+  const std::string_view text(reinterpret_cast<const char*>(file.data() + 8), header_len);
   const Json header = ParseJson(text, path + " (safetensors header)");
   if (!header.is_object()) Fail("{}: safetensors header is not a JSON object", path);
-  if (header.size() > kMaxTensorsPerFile) {
-    Fail("{}: {} header entries exceed the limit of {}", path, header.size(), kMaxTensorsPerFile);
+  if (header.size() > max_tensors) {
+    Fail("{}: {} header entries exceed the limit of {}", path, header.size(), max_tensors);
   }
-  const uint8_t* base = map_.data() + 8 + header_len;
+  const uint8_t* base = file.data() + 8 + header_len;
+  SafetensorsHeader result;
+  std::vector<TensorInfo>& tensors = result.tensors;
   const uint64_t data_size = file_size - 8 - header_len;
 
   struct Range {
@@ -78,7 +81,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : map_(path) {
     if (name == "__metadata__") {
       if (!entry.is_object()) Fail("{}: __metadata__ is not an object", path);
       for (const auto& [k, v] : entry.items()) {
-        metadata_[k] = v.is_string() ? v.get<std::string>() : v.dump();
+        result.metadata[k] = v.is_string() ? v.get<std::string>() : v.dump();
       }
       continue;
     }
@@ -135,8 +138,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : map_(path) {
     }
     t.data = base + begin;
     t.nbytes = end - begin;
-    ranges.push_back({begin, end, tensors_.size()});
-    tensors_.push_back(std::move(t));
+    ranges.push_back({begin, end, tensors.size()});
+    tensors.push_back(std::move(t));
   }
 
   std::sort(ranges.begin(), ranges.end(),
@@ -145,12 +148,19 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : map_(path) {
   for (const Range& r : ranges) {
     if (r.begin == r.end) continue;
     if (prev != nullptr && r.begin < prev->end) {
-      Fail("{}: tensors '{}' [{}, {}) and '{}' [{}, {}) overlap", path, tensors_[prev->index].name,
-           prev->begin, prev->end, tensors_[r.index].name, r.begin, r.end);
+      Fail("{}: tensors '{}' [{}, {}) and '{}' [{}, {}) overlap", path, tensors[prev->index].name,
+           prev->begin, prev->end, tensors[r.index].name, r.begin, r.end);
     }
     prev = &r;
   }
 
+  return result;
+}
+
+SafetensorsFile::SafetensorsFile(const std::string& path) : map_(path) {
+  SafetensorsHeader header = ParseSafetensors({map_.data(), map_.size()}, path);
+  tensors_ = std::move(header.tensors);
+  metadata_ = std::move(header.metadata);
   // Keep the header's order (by offset) and give misaligned tensors an aligned copy.
   std::sort(tensors_.begin(), tensors_.end(),
             [](const TensorInfo& a, const TensorInfo& b) { return a.data < b.data; });
@@ -167,39 +177,56 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : map_(path) {
   }
 }
 
+SafetensorsIndex ParseSafetensorsIndex(std::string_view text, const std::string& path,
+                                       size_t max_tensors) {
+  if (text.size() > kMaxIndexBytes) {
+    Fail("{}: {} bytes, more than the limit of {} bytes for an index", path, text.size(),
+         kMaxIndexBytes);
+  }
+  const Json index = ParseJson(text, path);
+  if (!index.is_object()) Fail("{}: expected a JSON object", path);
+  const auto map_it = index.find("weight_map");
+  if (map_it == index.end() || !map_it->is_object()) Fail("{}: missing 'weight_map' object", path);
+  if (map_it->size() > max_tensors) {
+    Fail("{}: weight_map has {} entries, more than the limit of {}", path, map_it->size(),
+         max_tensors);
+  }
+  SafetensorsIndex result;
+  for (const auto& [tensor, file] : map_it->items()) {
+    if (!file.is_string()) Fail("{}: weight_map['{}'] is not a string", path, tensor);
+    const std::string f = file.get<std::string>();
+    const bool control = std::any_of(f.begin(), f.end(), [](char c) {
+      return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+    });
+    if (f.empty() || f.find('/') != std::string::npos || f.find('\\') != std::string::npos ||
+        control || f == "." || f == "..") {
+      // Quoted as JSON: the name may hold control characters (a NUL would cut the message).
+      Fail("{}: weight_map[{}] = {} is not a file name in the model folder", path,
+           Json(tensor).dump(), Json(f).dump());
+    }
+    result.weight_map.emplace_back(tensor, f);
+    result.shards.push_back(f);
+  }
+  std::sort(result.shards.begin(), result.shards.end());
+  result.shards.erase(std::unique(result.shards.begin(), result.shards.end()), result.shards.end());
+  return result;
+}
+
 Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {
   if (!fs::is_directory(dir)) Fail("{}: not a directory (expected a model folder)", dir);
   const fs::path index_path = fs::path(dir) / "model.safetensors.index.json";
   if (fs::exists(index_path)) {
-    const Json index = ReadJsonFile(index_path.string(), 64ull << 20);
-    const auto map_it = index.find("weight_map");
-    if (map_it == index.end() || !map_it->is_object()) {
-      Fail("{}: missing 'weight_map' object", index_path.string());
-    }
-    std::vector<std::string> shard_names;
-    for (const auto& [tensor, file] : map_it->items()) {
-      if (!file.is_string())
-        Fail("{}: weight_map['{}'] is not a string", index_path.string(), tensor);
-      const std::string f = file.get<std::string>();
-      if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..") {
-        Fail("{}: weight_map['{}'] = '{}' is not a file name in the model folder",
-             index_path.string(), tensor, f);
-      }
-      if (std::find(shard_names.begin(), shard_names.end(), f) == shard_names.end()) {
-        shard_names.push_back(f);
-      }
-    }
-    std::sort(shard_names.begin(), shard_names.end());
-    for (const std::string& f : shard_names) {
+    const std::string text = ReadFileLimited(index_path.string(), kMaxIndexBytes);
+    const SafetensorsIndex index = ParseSafetensorsIndex(text, index_path.string());
+    for (const std::string& f : index.shards) {
       const fs::path p = fs::path(dir) / f;
       if (!fs::exists(p)) {
         Fail("{}: shard '{}' listed in model.safetensors.index.json is missing", p.string(), f);
       }
       AddFile(p.string());
     }
-    for (const auto& [tensor, file] : map_it->items()) {
+    for (const auto& [tensor, f] : index.weight_map) {
       const TensorInfo* t = Find(tensor);
-      const std::string f = file.get<std::string>();
       if (t == nullptr || fs::path(*t->file).filename() != f) {
         Fail("{}: tensor '{}' is listed in model.safetensors.index.json but not stored there",
              (fs::path(dir) / f).string(), tensor);

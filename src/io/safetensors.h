@@ -6,9 +6,11 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "core/dtype.h"
@@ -20,6 +22,8 @@ namespace dsv3 {
 inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100ull << 20;
 inline constexpr size_t kMaxTensorsPerFile = 1u << 20;
 inline constexpr size_t kMaxTensorRank = 8;
+inline constexpr size_t kMaxIndexBytes = 64u << 20;        // model.safetensors.index.json
+inline constexpr size_t kMaxCheckpointTensors = 1u << 22;  // weight_map entries
 
 struct TensorInfo {
   std::string name;
@@ -32,6 +36,24 @@ struct TensorInfo {
   int64_t numel() const;
   std::string ShapeString() const;  // "[96, 256]"
 };
+
+// The header of a safetensors file held in memory (`file` is the whole file), validated as
+// SafetensorsFile does; tensor data pointers point into `file` and may be misaligned. `path` names
+// the file in errors. Used by SafetensorsFile and by the fuzz target.
+struct SafetensorsHeader {
+  std::vector<TensorInfo> tensors;  // in header order
+  std::map<std::string, std::string> metadata;
+};
+SafetensorsHeader ParseSafetensors(std::span<const uint8_t> file, const std::string& path,
+                                   size_t max_tensors = kMaxTensorsPerFile);
+
+// model.safetensors.index.json: which shard holds each tensor. `text` is the file's content.
+struct SafetensorsIndex {
+  std::vector<std::pair<std::string, std::string>> weight_map;  // tensor -> shard, file order
+  std::vector<std::string> shards;                              // sorted, unique
+};
+SafetensorsIndex ParseSafetensorsIndex(std::string_view text, const std::string& path,
+                                       size_t max_tensors = kMaxCheckpointTensors);
 
 class SafetensorsFile {
  public:

@@ -62,6 +62,10 @@ struct Buffers {
   uint16_t* w = nullptr;  // [32 rows][Kp] BF16
   size_t w_cap = 0;
   bool configured = false;
+  ~Buffers() {  // at thread exit: pool workers come and go
+    std::free(x);
+    std::free(w);
+  }
 };
 thread_local Buffers t_buf;
 

@@ -184,7 +184,7 @@ Config Config::Load(const std::string& dir) {
   if (!std::filesystem::exists(path)) {
     Fail("{}: missing (a model folder needs config.json next to its safetensors)", path);
   }
-  return FromJson(ReadJsonFile(path, 16u << 20), path);
+  return FromJson(ReadJsonFile(path, kMaxConfigJsonBytes), path);
 }
 
 }  // namespace dsv3

@@ -14,6 +14,9 @@
 
 namespace dsv3 {
 
+// Limit on the size of config.json (untrusted input; published ones are a few KB).
+inline constexpr size_t kMaxConfigJsonBytes = 16u << 20;
+
 enum class TopkMethod { kGreedy, kGroupLimitedGreedy, kNoauxTc };
 enum class ScoringFunc { kSoftmax, kSigmoid };
 

@@ -12,7 +12,9 @@
 #include "kernels/stream.h"
 #include "kernels/targets.h"
 #include "model/model_info.h"
+#include "model/mtp.h"
 #include "runtime/sampler.h"
+#include "runtime/speculative.h"
 
 namespace dsv3 {
 namespace {
@@ -64,6 +66,98 @@ DecodeRun Decode(Context& ctx, int32_t token, int64_t steps) {
   return run;
 }
 
+// Mean seconds of one pass over `tokens` (logits and hidden states of every row, as a
+// verification pass computes them) at the context `ctx` holds, restored after each pass. The
+// tokens start at a different offset of `pool` each time, so MoE routing varies.
+double TimePass(Context& ctx, std::span<const int32_t> pool, int64_t m, int reps) {
+  const Config& c = ctx.model().config();
+  AlignedArray<float> logits(m * c.vocab_size), hidden(m * c.hidden_size);
+  const int64_t n = ctx.n_past();
+  double seconds = 0;
+  for (int i = 0; i <= reps; ++i) {  // pass 0 warms up
+    const auto tokens = pool.subspan((static_cast<size_t>(i) * 7) % (pool.size() - m + 1), m);
+    const auto t0 = Clock::now();
+    ctx.Forward(tokens, logits.data(), nullptr, hidden.data());
+    if (i > 0) seconds += Since(t0);
+    ctx.Truncate(n);
+  }
+  return seconds / reps;
+}
+
+// Mean seconds of one chained MTP draft (one slot, with its logits) after `context` slots.
+double TimeDraft(const Model& model, const ContextOptions& options, int64_t context,
+                 std::span<const int32_t> pool, int reps) {
+  const int64_t D = model.config().hidden_size;
+  MtpContext mtp(model, 0, options);
+  // The module's cache gets `context` slots; the hidden-state values do not change the cost.
+  const int64_t B = options.max_batch;
+  AlignedArray<float> hidden(B * D);
+  std::mt19937_64 rng(1);
+  std::normal_distribution<float> normal;
+  for (int64_t i = 0; i < B * D; ++i) hidden[i] = normal(rng);
+  std::vector<int32_t> next(static_cast<size_t>(B));
+  while (mtp.n_past() < context) {
+    const int64_t n = std::min(B, context - mtp.n_past());
+    for (int64_t i = 0; i < n; ++i) next[i] = pool[(mtp.n_past() + i) % pool.size()];
+    mtp.Forward(hidden.data(), D, std::span<const int32_t>(next.data(), n));
+  }
+  double seconds = 0;
+  for (int i = 0; i <= reps; ++i) {
+    const auto t0 = Clock::now();
+    mtp.Forward(hidden.data(), D, pool.subspan(i % pool.size(), 1));
+    if (i > 0) seconds += Since(t0);
+    mtp.Truncate(context);
+  }
+  return seconds / reps;
+}
+
+// Speculative greedy decoding of the same prompt and length as the plain run, then the pass costs
+// at the context the decode reached.
+MtpBench BenchMtp(const Model& model, const BenchOptions& o, std::span<const int32_t> prompt,
+                  const DecodeRun& plain) {
+  const int64_t P = o.prompt_tokens, k = o.draft;
+  MtpBench b;
+  b.draft = k;
+  b.plain_tokens_per_second = plain.tokens_per_second();
+  const ContextOptions options{P + o.decode_tokens + k + 1, std::max(P, k + 1),
+                               AttentionImpl::kAuto};
+  Context ctx(model, options);
+  SpeculativeDecoder decoder(model, options, k);
+  GenerateOptions g;
+  g.max_new_tokens = o.decode_tokens + 1;  // the first comes from the prompt's pass
+  g.stop_at_eos = false;
+  decoder.Generate(ctx, prompt, g, &b.stats, nullptr);
+
+  constexpr int kReps = 8;
+  ctx.Truncate(std::min(ctx.n_past(), P + o.decode_tokens - 1));
+  b.step_seconds = TimePass(ctx, prompt, 1, kReps);
+  for (int64_t j = 0; j < k; ++j) {
+    b.verify_cost.push_back(TimePass(ctx, prompt, j + 2, kReps) / b.step_seconds);
+  }
+  b.draft_cost = TimeDraft(model, options, ctx.n_past(), prompt, kReps) / b.step_seconds;
+  return b;
+}
+
+Json MtpJson(const MtpBench& b) {
+  Json acceptance = Json::array();
+  for (size_t j = 0; j < b.stats.drafts_checked.size(); ++j)
+    acceptance.push_back(b.stats.acceptance(j));
+  Json projected;
+  for (int64_t k = 1; k <= b.draft; ++k) {
+    projected[std::to_string(k)] = b.ProjectedSpeedup(0.85, k);
+  }
+  return {{"draft", b.draft},
+          {"acceptance_by_position", acceptance},
+          {"tokens_per_step", b.stats.tokens_per_step()},
+          {"decode_tokens_per_second", b.stats.decode_tokens_per_second()},
+          {"plain_decode_tokens_per_second", b.plain_tokens_per_second},
+          {"speedup", b.speedup()},
+          {"decode_step_seconds", b.step_seconds},
+          {"verify_cost_by_tokens", b.verify_cost},
+          {"draft_cost", b.draft_cost},
+          {"projected_speedup_at_acceptance_0.85_by_draft", projected}};
+}
+
 Json ProfileJson(const ForwardProfile& p, double total) {
   Json j;
   for (int i = 0; i < static_cast<int>(Phase::kCount); ++i) {
@@ -83,6 +177,13 @@ Json DecodeJson(const DecodeRun& r) {
 }
 
 }  // namespace
+
+double MtpBench::ProjectedSpeedup(double acceptance, int64_t k) const {
+  if (k < 1 || k > static_cast<int64_t>(verify_cost.size())) return 0;
+  double tokens = 0, p = 1;  // 1 + a + ... + a^k: draft j counts when drafts 0..j are accepted
+  for (int64_t j = 0; j <= k; ++j, p *= acceptance) tokens += p;
+  return tokens / (verify_cost[k - 1] + static_cast<double>(k) * draft_cost);
+}
 
 Json BenchResult::ToJson() const {
   Json j = {
@@ -106,6 +207,7 @@ Json BenchResult::ToJson() const {
       {"scratch_bytes", scratch_bytes},
       {"peak_rss_bytes", peak_rss_bytes}};
   if (long_decode.steps > 0) j["long_context_decode"] = DecodeJson(long_decode);
+  if (mtp.draft > 0) j["mtp"] = MtpJson(mtp);
   return j;
 }
 
@@ -149,6 +251,7 @@ BenchResult RunBench(const Model& model, const BenchOptions& o) {
     ctx.set_profile(nullptr);
     r.decode = Decode(ctx, Argmax(ctx.last_logits(), c.vocab_size), o.decode_tokens);
   }
+  if (o.draft > 0 && !model.mtp().empty()) r.mtp = BenchMtp(model, o, prompt, r.decode);
   if (o.context > 0) {
     const int64_t capacity = o.context + o.decode_tokens;
     if (capacity > c.max_position_embeddings) {

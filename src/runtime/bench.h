@@ -4,10 +4,12 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/json.h"
 #include "model/model.h"
 #include "model/profile.h"
+#include "runtime/generate.h"
 
 namespace dsv3 {
 
@@ -16,6 +18,7 @@ struct BenchOptions {
   int64_t decode_tokens = 128;
   int64_t context = 0;  // > 0: also decode after this many (random) cached tokens
   uint64_t seed = 0;
+  int64_t draft = 0;  // > 0 and the model has MTP: a speculative run with this many drafts
   size_t bandwidth_bytes = size_t{1} << 30;  // STREAM buffer
 };
 
@@ -28,6 +31,26 @@ struct DecodeRun {
   double attention_fraction() const {
     return seconds > 0 ? profile[Phase::kAttnCore] / seconds : 0;
   }
+};
+
+// Self-speculative decoding against plain decoding of the same prompt, and what bounds it: the
+// time of one verification pass of k + 1 tokens and of one chained MTP draft, each relative to a
+// one-token decode step at the same context. With random weights the acceptance is low; the
+// measured costs give the speedup a trained model's acceptance would reach.
+struct MtpBench {
+  int64_t draft = 0;                   // 0: not run
+  GenerateStats stats;                 // the speculative run (greedy, same prompt and length)
+  double plain_tokens_per_second = 0;  // plain greedy decode in the same run
+  double step_seconds = 0;             // mean one-token decode step
+  std::vector<double> verify_cost;     // [j]: (j + 2)-token verification pass / step, j < draft
+  double draft_cost = 0;               // one chained MTP draft / step
+  double speedup() const {
+    return plain_tokens_per_second > 0 ? stats.decode_tokens_per_second() / plain_tokens_per_second
+                                       : 0;
+  }
+  // Tokens per second relative to plain decoding if every draft were accepted with probability
+  // `acceptance`: (1 + a + ... + a^k) / (verify_cost(k + 1 tokens) + k * draft_cost).
+  double ProjectedSpeedup(double acceptance, int64_t k) const;
 };
 
 struct BenchResult {
@@ -44,6 +67,7 @@ struct BenchResult {
   int64_t kv_bytes_per_token = 0;
   size_t scratch_bytes = 0;
   int64_t peak_rss_bytes = 0;
+  MtpBench mtp;
 
   double prefill_tokens_per_second() const {
     return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0;

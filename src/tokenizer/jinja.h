@@ -24,6 +24,7 @@ using Body = std::vector<NodePtr>;
 struct Options {
   bool trim_blocks = true;              // drop the first newline after a block tag
   bool lstrip_blocks = true;            // drop spaces and tabs before a block tag on its line
+  size_t max_source_bytes = 1u << 20;   // the template text
   size_t max_output_bytes = 64u << 20;  // any rendered or built string
   int max_depth = 500;                  // nesting of expressions, statements and macro calls
   int64_t max_steps = 20'000'000;       // loop iterations, calls and emitted pieces

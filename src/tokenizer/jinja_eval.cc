@@ -1633,7 +1633,12 @@ std::string NormalizeSource(std::string source) {
 }  // namespace
 
 Template::Template(std::string source, std::string what, Options options)
-    : source_(NormalizeSource(std::move(source))), what_(std::move(what)), options_(options) {
+    : what_(std::move(what)), options_(options) {
+  if (source.size() > options_.max_source_bytes) {
+    Fail("{}: template is {} bytes, more than the limit of {} bytes", what_, source.size(),
+         options_.max_source_bytes);
+  }
+  source_ = NormalizeSource(std::move(source));
   if (FindInvalidUtf8(source_) != std::string::npos) Fail("{}: template is not valid UTF-8", what_);
   body_ = Parse(source_, what_, options_);
 }

@@ -12,8 +12,6 @@ namespace dsv3 {
 namespace fs = std::filesystem;
 namespace {
 
-constexpr size_t kMaxTokenizerBytes = 1u << 30;
-
 int32_t IdField(const Json& j, const std::string& what) {
   if (!j.is_number_integer() || j.get<int64_t>() < 0 || j.get<int64_t>() > INT32_MAX) {
     Fail("{}: expected a token id (a non-negative integer), got {}", what, j.dump());
@@ -41,7 +39,7 @@ std::unique_ptr<Tokenizer> Tokenizer::Load(const std::string& path) {
   const fs::path config_path = fs::path(file).parent_path() / "tokenizer_config.json";
   TokenizerConfig config;
   if (fs::is_regular_file(config_path, ec)) config = TokenizerConfig::Load(config_path.string());
-  return FromJson(ReadJsonFile(file, kMaxTokenizerBytes), file, std::move(config));
+  return FromJson(ReadJsonFile(file, kMaxTokenizerJsonBytes), file, std::move(config));
 }
 
 std::unique_ptr<Tokenizer> Tokenizer::FromJson(const Json& j, const std::string& what,
@@ -286,6 +284,10 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_special_t
 }
 
 void Tokenizer::EncodeTo(std::string_view text, std::vector<int32_t>* out) const {
+  if (text.size() > kMaxEncodeBytes) {
+    Fail("text to encode is {} bytes, more than the limit of {} bytes", text.size(),
+         kMaxEncodeBytes);
+  }
   const size_t bad = FindInvalidUtf8(text);
   if (bad != std::string_view::npos) {
     Fail("text to encode is not valid UTF-8: byte 0x{:02X} at offset {} of {}",

@@ -21,6 +21,10 @@
 
 namespace dsv3 {
 
+// Limits on untrusted input.
+inline constexpr size_t kMaxTokenizerJsonBytes = 128u << 20;  // tokenizer.json (DeepSeek's: 7.8 MB)
+inline constexpr size_t kMaxEncodeBytes = 64u << 20;          // one text to encode
+
 class Tokenizer {
  public:
   // `path` is a tokenizer.json file or a folder holding one; tokenizer_config.json in the same
@@ -33,7 +37,8 @@ class Tokenizer {
   // The ids of `text`. add_special_tokens = false is the Hugging Face `tokenizers` encoding
   // (special-token text in `text` still becomes the special token); true adds BOS/EOS as
   // transformers does (tokenizer_config.json's add_bos_token / add_eos_token, else
-  // tokenizer.json's post-processor). Invalid UTF-8 is an error naming the byte offset.
+  // tokenizer.json's post-processor). Invalid UTF-8 is an error naming the byte offset; so is
+  // text longer than kMaxEncodeBytes.
   std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens = false) const;
   // Appends the ids of `text` (no BOS/EOS) to `out`.
   void EncodeTo(std::string_view text, std::vector<int32_t>* out) const;

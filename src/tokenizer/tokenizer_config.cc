@@ -5,8 +5,6 @@
 namespace dsv3 {
 namespace {
 
-constexpr size_t kMaxConfigBytes = 64u << 20;
-
 std::optional<std::string> TokenString(const Json& j, const char* key, const std::string& what) {
   if (!j.contains(key) || j[key].is_null()) return std::nullopt;
   const Json& v = j[key];
@@ -20,7 +18,7 @@ std::optional<std::string> TokenString(const Json& j, const char* key, const std
 }  // namespace
 
 TokenizerConfig TokenizerConfig::Load(const std::string& path) {
-  return FromJson(ReadJsonFile(path, kMaxConfigBytes), path);
+  return FromJson(ReadJsonFile(path, kMaxTokenizerConfigBytes), path);
 }
 
 TokenizerConfig TokenizerConfig::FromJson(const Json& j, const std::string& what) {

@@ -9,6 +9,9 @@
 
 namespace dsv3 {
 
+// Limit on the size of tokenizer_config.json (untrusted input).
+inline constexpr size_t kMaxTokenizerConfigBytes = 64u << 20;
+
 struct TokenizerConfig {
   std::string path;  // where it was read from ("" when absent), for error messages
   std::string tokenizer_class;

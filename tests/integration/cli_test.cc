@@ -110,6 +110,14 @@ TEST(Cli, LogitsAndGenerateMatchTheReference) {
         const std::vector<float> want = ref.F32(seq[*mode ? "decode_logits" : "prefill_logits"]);
         EXPECT_LE(MaxAbsDiff(ReadFloats(tmp / "l.bin"), want), 1e-4f) << model << mode;
       }
+      const RunResult mtp = RunCommand(
+          Cmd("logits -m " + dir + " --ids " + ids + " -o " + (tmp / "m.bin") + " --mtp"));
+      if (seq.contains("mtp")) {
+        ASSERT_EQ(mtp.status, 0) << mtp.output();
+        EXPECT_LE(MaxAbsDiff(ReadFloats(tmp / "m.bin"), ref.F32(seq["mtp"]["logits"])), 1e-4f);
+      } else {
+        ExpectCleanError(mtp, "no MTP module");
+      }
       const RunResult g =
           RunCommand(Cmd("generate -m " + dir + " --ids " + ids + " -n 32 --ignore-eos"));
       ASSERT_EQ(g.status, 0) << g.output();
@@ -126,6 +134,45 @@ TEST(Cli, GenerateReportsSpeedAndKvBytes) {
   ASSERT_EQ(r.status, 0) << r.output();
   EXPECT_THAT(r.output(), HasSubstr("tokens/s"));
   EXPECT_THAT(r.output(), HasSubstr("KV cache 960 bytes/token"));
+}
+
+TEST(Cli, BenchReportsSpeedAndTheMtpRun) {
+  const std::string dir = TestData(kV3Tiny);
+  DSV3_REQUIRE_DATA(dir);
+  const RunResult r = RunCommand(Cmd("bench -m " + dir + " -p 16 -n 8 -t 1 --draft 2 --json"));
+  ASSERT_EQ(r.status, 0) << r.output();
+  const Json j = Json::parse(r.out)["runs"][0];
+  EXPECT_EQ(j["threads"], 1);
+  EXPECT_EQ(j["prefill"]["tokens"], 16);
+  EXPECT_EQ(j["decode"]["tokens"], 8);
+  EXPECT_EQ(j["kv_bytes_per_token"], 960);
+  EXPECT_GT(j["weight_bytes_per_token"].get<double>(), 0);
+  EXPECT_GT(j["decode"]["tokens_per_second"].get<double>(), 0);
+  const Json& mtp = j["mtp"];
+  EXPECT_EQ(mtp["draft"], 2);
+  ASSERT_EQ(mtp["acceptance_by_position"].size(), 2u);
+  for (const Json& a : mtp["acceptance_by_position"]) {
+    EXPECT_GE(a.get<double>(), 0);
+    EXPECT_LE(a.get<double>(), 1);
+  }
+  // Each main step emits its own token plus at most every draft.
+  EXPECT_GE(mtp["tokens_per_step"].get<double>(), 1);
+  EXPECT_LE(mtp["tokens_per_step"].get<double>(), 3);
+  EXPECT_EQ(mtp["plain_decode_tokens_per_second"], j["decode"]["tokens_per_second"]);
+  ASSERT_EQ(mtp["verify_cost_by_tokens"].size(), 2u);
+  EXPECT_GT(mtp["verify_cost_by_tokens"][0].get<double>(), 0);
+  EXPECT_GT(mtp["draft_cost"].get<double>(), 0);
+  EXPECT_GT(mtp["projected_speedup_at_acceptance_0.85_by_draft"]["2"].get<double>(), 0);
+
+  // --no-mtp, and a checkpoint without MTP modules: no speculative run.
+  const RunResult off = RunCommand(Cmd("bench -m " + dir + " -p 4 -n 2 -t 1 --no-mtp --json"));
+  ASSERT_EQ(off.status, 0) << off.output();
+  EXPECT_FALSE(Json::parse(off.out)["runs"][0].contains("mtp"));
+  const RunResult v2 =
+      RunCommand(Cmd("bench -m " + TestData("models/v2lite-tiny") + " -p 4 -n 2 -t 1 --json"));
+  ASSERT_EQ(v2.status, 0) << v2.output();
+  EXPECT_FALSE(Json::parse(v2.out)["runs"][0].contains("mtp"));
+  ExpectCleanError(RunCommand(Cmd("bench -m " + dir + " --draft 9")), "--draft");
 }
 
 TEST(Cli, SynthWritesLoadableDeterministicCheckpoints) {
@@ -324,6 +371,10 @@ TEST_F(BadInput, UnknownConfigValue) {
   config["topk_method"] = "random";
   WriteFile(model() + "/config.json", config.dump());
   ExpectCleanError(Generate(), "field 'topk_method' is 'random'");
+  // Control characters from the file are shown escaped: still one line, no terminal codes.
+  config["topk_method"] = "a\nb\x1b[2J";
+  WriteFile(model() + "/config.json", config.dump());
+  ExpectCleanError(Generate(), "field 'topk_method' is 'a\\x0ab\\x1b[2J'");
 }
 
 TEST_F(BadInput, TokenIdBeyondVocab) {

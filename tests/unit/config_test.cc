@@ -4,6 +4,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "core/error.h"
 #include "model/model_info.h"
 #include "model/rope.h"
@@ -131,6 +133,30 @@ TEST(Config, LoadNamesTheMissingFile) {
   } catch (const Error& e) {
     EXPECT_THAT(std::string(e.what()), HasSubstr(dir / "config.json"));
   }
+}
+
+TEST(Config, LimitsOnUntrustedFiles) {
+  test::TempDir dir;
+  auto load_error = [&] {
+    try {
+      Config::Load(dir.path());
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  // Size: checked before anything is read (a sparse file of the limit + 1 bytes).
+  test::WriteFile(dir / "config.json", "{}");
+  std::filesystem::resize_file(dir / "config.json", kMaxConfigJsonBytes + 1);
+  EXPECT_THAT(load_error(), HasSubstr(dir / "config.json"));
+  EXPECT_THAT(load_error(), HasSubstr("16777217 bytes, more than the limit of 16777216 bytes"));
+  // Depth: checked before the recursive parser runs.
+  test::WriteFile(dir / "config.json",
+                  "{\"model_type\": " + std::string(65, '[') + std::string(65, ']') + "}");
+  EXPECT_THAT(load_error(), HasSubstr("JSON nested deeper than 64 levels"));
+  test::WriteFile(dir / "config.json",
+                  "{\"model_type\": " + std::string(63, '[') + std::string(63, ']') + "}");
+  EXPECT_THAT(load_error(), HasSubstr("field 'model_type' must be a string"));
 }
 
 TEST(Rope, PlainAndScaledVariants) {

@@ -391,6 +391,11 @@ TEST(Jinja, LimitsStopRunawayTemplates) {
               {"more than 100000 steps"}, "{}", small);
   ExpectError("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", {"nesting deeper"});
   ExpectError("{{ range(100000000) | length }}", {"range() of more than"});
+  jinja::Options tiny;
+  tiny.max_source_bytes = 16;
+  ExpectError("{{ 'seventeen bytes' }}", {"template is 23 bytes, more than the limit of 16 bytes"},
+              "{}", tiny);
+  ExpectError(std::string((1 << 20) + 1, 'x'), {"more than the limit of 1048576 bytes"});
   // Deep nesting fails in the parser instead of overflowing the stack.
   ExpectError("{{ " + std::string(100000, '(') + "1" + std::string(100000, ')') + " }}",
               {"nested more than"});

@@ -147,6 +147,41 @@ TEST(Safetensors, RejectsDamagedFiles) {
   }
 }
 
+TEST(Safetensors, LimitsOnUntrustedHeaders) {
+  const std::string header =
+      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+      R"("b":{"dtype":"U8","shape":[1],"data_offsets":[1,2]},"__metadata__":{}})";
+  const std::string file = File(header, 2);
+  const std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(file.data()), file.size());
+  EXPECT_EQ(ParseSafetensors(bytes, "f.safetensors", 3).tensors.size(), 2u);
+  EXPECT_ERROR(ParseSafetensors(bytes, "f.safetensors", 2),
+               "f.safetensors: 3 header entries exceed the limit of 2");
+  const std::string too_long = U64(kMaxSafetensorsHeaderBytes + 1) + "{}";
+  EXPECT_ERROR(
+      ParseSafetensors({reinterpret_cast<const uint8_t*>(too_long.data()), too_long.size()},
+                       "g.safetensors"),
+      "g.safetensors: header length 104857601 exceeds the limit of 104857600 bytes");
+}
+
+TEST(SafetensorsIndex, ParsesAndLimitsTheWeightMap) {
+  const std::string text =
+      R"({"metadata":{},"weight_map":{"b":"s2.safetensors","a":"s1.safetensors","c":"s1.safetensors"}})";
+  const SafetensorsIndex index = ParseSafetensorsIndex(text, "i.json");
+  EXPECT_EQ(index.shards, (std::vector<std::string>{"s1.safetensors", "s2.safetensors"}));
+  EXPECT_EQ(index.weight_map.size(), 3u);
+  EXPECT_ERROR(ParseSafetensorsIndex(text, "i.json", 2),
+               "i.json: weight_map has 3 entries, more than the limit of 2");
+  EXPECT_ERROR(ParseSafetensorsIndex(std::string(kMaxIndexBytes + 1, ' '), "i.json"),
+               "i.json: 67108865 bytes, more than the limit of 67108864 bytes");
+  EXPECT_ERROR(ParseSafetensorsIndex("[" + std::string(100, '[') + std::string(101, ']'), "i.json"),
+               "i.json: JSON nested deeper than 64 levels");
+  EXPECT_ERROR(ParseSafetensorsIndex(R"({"weight_map":{"a":"s\u0000.safetensors"}})", "i.json"),
+               R"(i.json: weight_map["a"] = "s\u0000.safetensors" is not a file name)");
+  EXPECT_ERROR(ParseSafetensorsIndex(R"({"weight_map":{"a":"dir\\s.safetensors"}})", "i.json"),
+               "is not a file name in the model folder");
+  EXPECT_ERROR(ParseSafetensorsIndex("[]", "i.json"), "i.json: expected a JSON object");
+}
+
 // A two-shard folder with an index.
 void WriteSharded(const TempDir& dir, const std::string& index) {
   WriteFile(dir / "s1.safetensors",

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <random>
 
@@ -276,6 +277,26 @@ TEST(Tokenizer, InvalidInputGivesClearErrors) {
   ExpectError([&] { tok.Decode(std::vector<int32_t>{-1}); }, {"token id -1"});
   StreamDecoder stream(tok);
   ExpectError([&] { stream.Push(1 << 30); }, {"not in the vocabulary"});
+}
+
+TEST(Tokenizer, LimitsOnUntrustedInput) {
+  DSV3_REQUIRE_DATA(DataDir());
+  const Tokenizer& tok = DeepSeek();
+  const std::string text(kMaxEncodeBytes + 1, 'a');
+  ExpectError([&] { tok.Encode(text); },
+              {"text to encode is 67108865 bytes, more than the limit of 67108864 bytes"});
+  test::TempDir tmp;
+  test::WriteFile(tmp / "tokenizer.json", "{}");
+  std::filesystem::resize_file(tmp / "tokenizer.json", kMaxTokenizerJsonBytes + 1);
+  ExpectError([&] { Tokenizer::Load(tmp.path()); },
+              {tmp / "tokenizer.json", "more than the limit of 134217728 bytes"});
+  test::WriteFile(tmp / "tokenizer.json", "{}");
+  test::WriteFile(tmp / "tokenizer_config.json", "{}");
+  std::filesystem::resize_file(tmp / "tokenizer_config.json", kMaxTokenizerConfigBytes + 1);
+  ExpectError([&] { Tokenizer::Load(tmp.path()); },
+              {tmp / "tokenizer_config.json", "more than the limit of 67108864 bytes"});
+  test::WriteFile(tmp / "tokenizer_config.json", std::string(70, '[') + std::string(70, ']'));
+  ExpectError([&] { Tokenizer::Load(tmp.path()); }, {"JSON nested deeper than 64 levels"});
 }
 
 TEST(Regex, RewritesWhiteSpaceAsOnigurumaHasIt) {
