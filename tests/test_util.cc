@@ -79,6 +79,12 @@ RunResult RunCommand(const std::string& command) {
   return r;
 }
 
+RunResult SynthTextModel(const std::string& out) {
+  return RunCommand(Dsv3Binary() + " synth --no-progress --preset tiny --seed 3 --tokenizer " +
+                    TestData("tokenizer/deepseek_v3") +
+                    " --set hidden_size=64 --set num_nextn_predict_layers=0 -o " + out);
+}
+
 std::string ErrorMessage(const std::function<void()>& f) {
   try {
     f();

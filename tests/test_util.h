@@ -76,6 +76,10 @@ RunResult RunCommand(const std::string& command);
 // The dsv3 binary built next to the tests.
 inline std::string Dsv3Binary() { return DSV3_BINARY; }
 
+// Writes a tiny random model (hidden_size 64, no MTP layer) carrying the DeepSeek-V3 tokenizer of
+// the test data to `out` with `dsv3 synth`.
+RunResult SynthTextModel(const std::string& out);
+
 // The message of the dsv3::Error that `f` throws, or "no error".
 std::string ErrorMessage(const std::function<void()>& f);
 

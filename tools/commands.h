@@ -14,6 +14,7 @@
 #include "runtime/generate.h"
 #include "runtime/sampler.h"
 #include "runtime/speculative.h"
+#include "tokenizer/tokenizer.h"
 
 namespace dsv3::cli {
 
@@ -91,6 +92,11 @@ int RunGenerateText(const GenerateArgs& a);  // generate with -p
 // synth --tokenizer: copies the tokenizer files into the checkpoint and sizes vocab_size and the
 // BOS/EOS ids to match (as --set overrides that an explicit --set still replaces).
 void AddTokenizerToSynth(const std::string& tokenizer, SynthOptions* options);
+// A model's tokenizer: `tokenizer` (a tokenizer.json or its folder) if given, else the one in the
+// model folder.
+std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& tokenizer, const std::string& model);
+// Fails unless every id of the tokenizer is below the model's vocab_size.
+void CheckVocab(const Tokenizer& tok, const Config& c);
 // Loads a model, printing load time and unused-tensor warnings on stderr.
 std::unique_ptr<Model> LoadModel(const std::string& dir, bool quiet = false);
 double Seconds(std::chrono::steady_clock::time_point since);

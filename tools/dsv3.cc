@@ -11,6 +11,7 @@
 #include "kernels/targets.h"
 #include "tools/analyze.h"
 #include "tools/commands.h"
+#include "tools/serve.h"
 
 namespace {
 
@@ -218,6 +219,9 @@ int main(int argc, char** argv) {
   AddCommon(synth_cmd, common);
 
   dsv3::cli::AnalyzeCommand analyze(app);
+  dsv3::cli::ServeCommands serve(app);
+  AddCommon(serve.serve(), common);
+  AddCommon(serve.bench(), common);
 
   try {
     app.parse(argc, argv);
@@ -228,6 +232,7 @@ int main(int argc, char** argv) {
     if (analyze.selected()) return analyze.Run();
     ApplyCommon(common);
     if (*info_cmd) return dsv3::cli::RunInfo(info);
+    if (*serve.serve() || *serve.bench()) return serve.Run();
     if (*logits_cmd) {
       logits.attention = attention == "expanded"   ? dsv3::AttentionImpl::kExpanded
                          : attention == "absorbed" ? dsv3::AttentionImpl::kAbsorbed

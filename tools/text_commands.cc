@@ -76,6 +76,8 @@ std::string ReadWholeFile(const std::string& path) {
   return bytes.str();
 }
 
+}  // namespace
+
 // A model's tokenizer: --tokenizer if given, else the one in the model folder.
 std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& tokenizer, const std::string& model) {
   return Tokenizer::Load(tokenizer.empty() ? model : tokenizer);
@@ -89,8 +91,6 @@ void CheckVocab(const Tokenizer& tok, const Config& c) {
         tok.source(), tok.vocab_size() - 1, c.vocab_size);
   }
 }
-
-}  // namespace
 
 int RunTokenize(const TokenizeArgs& a) {
   const std::unique_ptr<Tokenizer> tok = Tokenizer::Load(a.tokenizer);

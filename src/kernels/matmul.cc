@@ -298,6 +298,34 @@ HWY_INLINE void MatVec4Rows(const WeightMatrix& w, int64_t r, const float* HWY_R
   }
 }
 
+// total[t][i] += scale[i] * (tile row i . token t) over one column block of `len`, for kT
+// tokens: each tile vector is loaded once for all of them. Every (token, row) sum runs over the
+// columns in the same order as MatVec4Rows', so the result does not depend on kT.
+template <int kT, class D, class V>
+HWY_INLINE void TileDots(D df, const float* HWY_RESTRICT tile, const float* HWY_RESTRICT x,
+                         int64_t x_stride, int64_t len, const V (&scale)[4], V (*total)[4]) {
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  V p[kT][4];
+  for (int t = 0; t < kT; ++t) {
+    for (int i = 0; i < 4; ++i) p[t][i] = hn::Zero(df);
+  }
+  for (int64_t c = 0; c < len; c += 2 * N) {
+    V w0[4], w1[4];
+    for (int i = 0; i < 4; ++i) {
+      w0[i] = hn::Load(df, tile + i * kMaxSeg + c);
+      w1[i] = hn::Load(df, tile + i * kMaxSeg + c + N);
+    }
+    for (int t = 0; t < kT; ++t) {
+      const V x0 = hn::LoadU(df, x + t * x_stride + c);
+      const V x1 = hn::LoadU(df, x + t * x_stride + c + N);
+      for (int i = 0; i < 4; ++i) p[t][i] = hn::MulAdd(w1[i], x1, hn::MulAdd(w0[i], x0, p[t][i]));
+    }
+  }
+  for (int t = 0; t < kT; ++t) {
+    for (int i = 0; i < 4; ++i) total[t][i] = hn::MulAdd(p[t][i], scale[i], total[t][i]);
+  }
+}
+
 // A few tokens (speculative verification): each block of four rows is converted once into an L1
 // tile and then applied to every token with exactly MatVec4Rows' arithmetic, so every token's
 // result is bit-identical to decoding it alone while the weights are read once for all of them.
@@ -329,16 +357,24 @@ HWY_INLINE void MatVec4RowsMulti(const WeightMatrix& w, int64_t r, const float* 
         hn::Store(w1, df, tile + i * kMaxSeg + c + N);
       }
     }
-    for (int64_t t = 0; t < T; ++t) {
+    V scale[4];
+    for (int i = 0; i < 4; ++i) scale[i] = hn::Set(df, DecodeScale<kType>(srow[i], b));
+    // Up to four tokens at a time, so the tile vectors are loaded once for all of them while
+    // the sums stay in registers.
+    for (int64_t t = 0; t < T; t += 4) {
       const float* xt = x + t * x_stride + c0;
-      for (int i = 0; i < 4; ++i) {
-        const float* wt = tile + i * kMaxSeg;
-        auto p = hn::Zero(df);
-        for (int64_t c = 0; c < len; c += 2 * N) {
-          p = hn::MulAdd(hn::Load(df, wt + c + N), hn::LoadU(df, xt + c + N),
-                         hn::MulAdd(hn::Load(df, wt + c), hn::LoadU(df, xt + c), p));
-        }
-        total[t][i] = hn::MulAdd(p, hn::Set(df, DecodeScale<kType>(srow[i], b)), total[t][i]);
+      switch (std::min<int64_t>(4, T - t)) {
+        case 1:
+          TileDots<1>(df, tile, xt, x_stride, len, scale, &total[t]);
+          break;
+        case 2:
+          TileDots<2>(df, tile, xt, x_stride, len, scale, &total[t]);
+          break;
+        case 3:
+          TileDots<3>(df, tile, xt, x_stride, len, scale, &total[t]);
+          break;
+        default:
+          TileDots<4>(df, tile, xt, x_stride, len, scale, &total[t]);
       }
     }
   }

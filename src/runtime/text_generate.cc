@@ -46,40 +46,59 @@ std::string StopMatcher::Flush() {
   return out;
 }
 
+TokenTextStream::TokenTextStream(const Tokenizer& tokenizer, const std::vector<int64_t>& eos_ids,
+                                 const TextGenerateOptions& options)
+    : tokenizer_(tokenizer),
+      eos_(eos_ids),
+      stop_at_eos_(options.generate.stop_at_eos),
+      decoder_(tokenizer, options.skip_special_tokens),
+      stop_(options.stop) {}
+
+bool TokenTextStream::Push(int32_t token, std::string* text) {
+  const bool is_eos = (tokenizer_.eos_id() && token == *tokenizer_.eos_id()) ||
+                      std::find(eos_.begin(), eos_.end(), token) != eos_.end();
+  if (is_eos && stop_at_eos_) {
+    stopped_by_eos_ = true;
+    return false;
+  }
+  // Ids the model can produce but the tokenizer lacks (padded vocabularies) print nothing.
+  if (!tokenizer_.IsValidId(token)) return true;
+  bool stopped = false;
+  *text += stop_.Push(decoder_.Push(token), &stopped);
+  stopped_by_string_ = stopped;
+  return !stopped;
+}
+
+std::string TokenTextStream::Finish() {
+  if (stopped_by_string_) return "";
+  bool stopped = false;
+  std::string text = stop_.Push(decoder_.Finish(), &stopped);
+  stopped_by_string_ = stopped;
+  if (!stopped) text += stop_.Flush();
+  return text;
+}
+
 TextGenerateResult GenerateText(Context& ctx, const Tokenizer& tokenizer,
                                 std::span<const int32_t> prompt, const TextGenerateOptions& options,
                                 const std::function<void(std::string_view)>& on_text,
                                 SpeculativeDecoder* speculative) {
   TextGenerateResult result;
-  StreamDecoder decoder(tokenizer, options.skip_special_tokens);
-  StopMatcher stop(options.stop);
-  const std::vector<int64_t>& eos = ctx.model().config().eos_token_ids;
+  TokenTextStream stream(tokenizer, ctx.model().config().eos_token_ids, options);
   auto show = [&](const std::string& text) {
     if (text.empty()) return;
     result.text += text;
     if (on_text) on_text(text);
   };
   const auto on_token = [&](int32_t token) {
-    const bool is_eos = (tokenizer.eos_id() && token == *tokenizer.eos_id()) ||
-                        std::find(eos.begin(), eos.end(), token) != eos.end();
-    if (is_eos && options.generate.stop_at_eos) {
-      result.stopped_by_eos = true;
-      return false;
-    }
-    // Ids the model can produce but the tokenizer lacks (padded vocabularies) print nothing.
-    if (!tokenizer.IsValidId(token)) return true;
-    bool stopped = false;
-    show(stop.Push(decoder.Push(token), &stopped));
-    result.stopped_by_string = stopped;
-    return !stopped;
+    std::string text;
+    const bool more = stream.Push(token, &text);
+    show(text);
+    return more;
   };
   result.tokens = Generate(ctx, prompt, options.generate, &result.stats, on_token, speculative);
-  if (!result.stopped_by_string) {
-    bool stopped = false;
-    show(stop.Push(decoder.Finish(), &stopped));
-    result.stopped_by_string = stopped;
-    if (!stopped) show(stop.Flush());
-  }
+  show(stream.Finish());
+  result.stopped_by_eos = stream.stopped_by_eos();
+  result.stopped_by_string = stream.stopped_by_string();
   return result;
 }
 

@@ -49,6 +49,30 @@ struct TextGenerateResult {
   GenerateStats stats;
 };
 
+// Turns generated tokens into shown text as GenerateText does: an EOS token ends generation
+// (with stop_at_eos), the incremental detokenizer makes text of the rest, and stop strings are
+// held back and cut. Used by GenerateText and by the server's scheduler.
+class TokenTextStream {
+ public:
+  TokenTextStream(const Tokenizer& tokenizer, const std::vector<int64_t>& eos_ids,
+                  const TextGenerateOptions& options);
+  // Takes the next generated token; appends the text that can be shown now to *text. Returns
+  // false when generation must stop (EOS or a stop string).
+  bool Push(int32_t token, std::string* text);
+  // At the end of generation: the text still held back (nothing after a stop string).
+  std::string Finish();
+  bool stopped_by_eos() const { return stopped_by_eos_; }
+  bool stopped_by_string() const { return stopped_by_string_; }
+
+ private:
+  const Tokenizer& tokenizer_;
+  const std::vector<int64_t>& eos_;
+  bool stop_at_eos_;
+  StreamDecoder decoder_;
+  StopMatcher stop_;
+  bool stopped_by_eos_ = false, stopped_by_string_ = false;
+};
+
 // Generates after `prompt` (appended to ctx) and calls on_text with each piece of text as soon
 // as it is complete.
 // `speculative`: optional MTP speculative decoding (see Generate).

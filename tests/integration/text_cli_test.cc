@@ -195,9 +195,7 @@ class TextModelCli : public ::testing::Test {
   static void SetUpTestSuite() {
     if (!fs::exists(TokDir())) return;
     dir_ = new TempDir();
-    const RunResult r =
-        RunCommand(Cmd("synth --no-progress --preset tiny --seed 3 --tokenizer " + TokDir() +
-                       " --set hidden_size=64 --set num_nextn_predict_layers=0 -o " + model()));
+    const RunResult r = test::SynthTextModel(model());
     ASSERT_EQ(r.status, 0) << r.output();
   }
   static void TearDownTestSuite() { delete dir_; }

@@ -1,0 +1,140 @@
+// Continuous batching for serving: one engine thread owns a multi-slot Context; requests wait in
+// a bounded queue, take a free slot (reusing the longest cached prefix of their prompt), have
+// their prompt prefilled in chunks, and then decode together, one token per request per step in
+// one pass over the weights (Context::ForwardBatch, exact: each request gets bit for bit what it
+// would get decoding alone). Requests join and leave between steps. The engine thread must be
+// the only one running a model in the process while the scheduler lives (the thread pool serves
+// one caller at a time).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "model/model.h"
+#include "runtime/text_generate.h"
+#include "tokenizer/tokenizer.h"
+
+namespace dsv3 {
+
+struct SchedulerOptions {
+  int64_t parallel = 4;         // slots: requests decoded together
+  int64_t ctx_size = 4096;      // cache positions per slot
+  int64_t queue = 64;           // requests that may wait for a slot; Submit refuses beyond
+  int64_t prefill_chunk = 512;  // prompt tokens per forward pass (as generate -p)
+};
+
+enum class FinishReason { kNone, kStop, kLength, kCancelled };
+
+struct ServeRequest {
+  std::vector<int32_t> prompt;  // not empty
+  TextGenerateOptions options;  // max_new_tokens >= 1, sampling, stop strings, stop_at_eos
+};
+
+// One request's progress, written by the engine thread and read by the caller's thread.
+class Job {
+ public:
+  // Waits up to `timeout` for news; appends the text generated since the last call to *text.
+  // Returns true once the request has finished and all its text has been taken.
+  bool Wait(std::string* text, std::chrono::milliseconds timeout);
+  // Asks the engine to drop the request; its slot is freed before the next step.
+  void Cancel() { cancelled_.store(true); }
+  bool cancelled() const { return cancelled_.load(); }
+
+  // Valid once Wait returned true.
+  FinishReason finish_reason() const { return finish_; }
+  int64_t prompt_tokens() const { return prompt_tokens_; }
+  int64_t completion_tokens() const { return completion_tokens_; }
+  int64_t reused_tokens() const { return reused_tokens_; }  // prompt tokens taken from a cache
+  const std::vector<int32_t>& tokens() const { return tokens_; }  // generated ids
+
+ private:
+  friend class Scheduler;
+  void Append(const std::string& text);
+  void Finish(FinishReason reason, std::vector<int32_t> tokens);
+
+  ServeRequest request_;
+  std::atomic<bool> cancelled_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::string text_;  // generated, not yet taken
+  bool done_ = false;
+  FinishReason finish_ = FinishReason::kNone;
+  int64_t prompt_tokens_ = 0, completion_tokens_ = 0, reused_tokens_ = 0;
+  std::vector<int32_t> tokens_;
+};
+
+// Counters and gauges for /metrics.
+struct SchedulerStats {
+  int64_t slots = 0, slots_in_use = 0, queue_length = 0, capacity_per_slot = 0;
+  int64_t kv_tokens_in_use = 0;  // cached positions of the slots serving a request
+  int64_t kv_tokens_cached = 0;  // cached positions of all slots (kept for prefix reuse)
+  int64_t requests_finished = 0, requests_cancelled = 0, requests_rejected = 0;
+  int64_t prompt_tokens = 0, prompt_tokens_reused = 0, tokens_generated = 0;
+  int64_t decode_steps = 0, decode_tokens = 0;  // batched decode passes, tokens they produced
+  double decode_seconds = 0, prefill_seconds = 0;
+  double decode_tokens_per_second() const {
+    return decode_seconds > 0 ? decode_tokens / decode_seconds : 0;
+  }
+};
+
+class Scheduler {
+ public:
+  Scheduler(const Model& model, const Tokenizer& tokenizer, const SchedulerOptions& options);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Queues a request; null when the queue is full or the scheduler is shut down. A request that
+  // cannot fit a slot (prompt + max_new_tokens - 1 > ctx_size) is a dsv3::Error.
+  std::shared_ptr<Job> Submit(ServeRequest request);
+  // Cancels every queued and running request and stops the engine thread.
+  void Shutdown();
+  SchedulerStats Stats() const;
+  const SchedulerOptions& options() const { return options_; }
+
+ private:
+  struct Active;
+  struct Slot {
+    std::vector<int32_t> history;  // the tokens in this slot's cache, in order
+    std::unique_ptr<Active> active;
+    uint64_t last_used = 0;
+  };
+  void Loop();
+  void Admit(std::shared_ptr<Job> job);
+  void Prefill(int32_t slot);
+  void DecodeStep();
+  // Takes a sampled token; false when the request is finished (and its slot freed).
+  bool Accept(int32_t slot, int32_t token);
+  void Release(int32_t slot, FinishReason reason);
+  void PublishStats();
+
+  const Model& model_;
+  const Tokenizer& tokenizer_;
+  const SchedulerOptions options_;
+  Context ctx_;  // engine thread only
+  std::vector<Slot> slots_;
+  uint64_t clock_ = 0;
+  std::vector<float> logits_;         // [parallel, vocab]
+  std::vector<int32_t> next_;         // [parallel] tokens sampled in a decode step
+  std::vector<Context::Step> steps_;  // [parallel] the decode step's batch
+
+  mutable std::mutex mu_;  // guards queue_, stop_, stats_
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  bool stop_ = false;
+  int64_t free_slots_ = 0;  // also under mu_
+  SchedulerStats stats_;    // published copy
+  SchedulerStats work_;     // engine thread's running totals
+  std::mutex join_mu_;
+  std::thread thread_;
+};
+
+}  // namespace dsv3

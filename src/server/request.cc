@@ -1,0 +1,258 @@
+#include "server/request.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <limits>
+
+#include "tokenizer/unicode.h"
+
+namespace dsv3::server {
+namespace {
+
+// Thrown inside the parser, caught at its top.
+struct Rejected {
+  ApiError error;
+};
+
+[[noreturn]] void Reject(const std::string& param, const std::string& message,
+                         const std::string& code = "invalid_value", int status = 400) {
+  throw Rejected{ApiError{status, message, "invalid_request_error", param, code}};
+}
+
+std::string TypeName(const OrderedJson& j) {
+  if (j.is_string()) return "a string";
+  if (j.is_boolean()) return "a boolean";
+  if (j.is_number_integer()) return "an integer";
+  if (j.is_number()) return "a number";
+  if (j.is_object()) return "an object";
+  if (j.is_array()) return "an array";
+  return "null";
+}
+
+[[noreturn]] void WrongType(const std::string& param, const OrderedJson& j, const char* want) {
+  Reject(param, fmt::format("'{}': expected {}, got {}", param, want, TypeName(j)), "invalid_type");
+}
+
+// The field, or null when it is absent or null (OpenAI treats both as "not given").
+const OrderedJson* Field(const OrderedJson& body, const char* key) {
+  const auto it = body.find(key);
+  return it == body.end() || it->is_null() ? nullptr : &*it;
+}
+
+int64_t Integer(const OrderedJson& j, const std::string& param, int64_t lo, int64_t hi) {
+  if (!j.is_number_integer()) WrongType(param, j, "an integer");
+  if (j.is_number_unsigned() && j.get<uint64_t>() > static_cast<uint64_t>(hi)) {
+    Reject(param, fmt::format("'{}' must be at most {}, got {}", param, hi, j.dump()));
+  }
+  const int64_t v = j.get<int64_t>();
+  if (v < lo || v > hi) {
+    Reject(param, fmt::format("'{}' must be between {} and {}, got {}", param, lo, hi, v));
+  }
+  return v;
+}
+
+double Number(const OrderedJson& j, const std::string& param) {
+  if (!j.is_number()) WrongType(param, j, "a number");
+  const double v = j.get<double>();
+  if (!std::isfinite(v)) Reject(param, fmt::format("'{}' must be finite", param));
+  return v;
+}
+
+std::string String(const OrderedJson& j, const std::string& param) {
+  if (!j.is_string()) WrongType(param, j, "a string");
+  return j.get<std::string>();
+}
+
+// A message's content: a string, or an array of {"type": "text", "text": ...} parts (joined).
+std::string Content(const OrderedJson& content, const std::string& param) {
+  if (content.is_string()) return content.get<std::string>();
+  if (!content.is_array()) WrongType(param, content, "a string or an array of text parts");
+  std::string text;
+  for (size_t i = 0; i < content.size(); ++i) {
+    const std::string p = fmt::format("{}[{}]", param, i);
+    const OrderedJson& part = content[i];
+    if (!part.is_object()) WrongType(p, part, "an object");
+    const OrderedJson* type = Field(part, "type");
+    if (type == nullptr || !type->is_string() || *type != "text") {
+      Reject(p + ".type", fmt::format("'{}.type': only \"text\" parts are supported", p));
+    }
+    const OrderedJson* t = Field(part, "text");
+    if (t == nullptr) Reject(p + ".text", fmt::format("'{}.text' is missing", p), "missing");
+    text += String(*t, p + ".text");
+  }
+  return text;
+}
+
+OrderedJson Messages(const OrderedJson& body) {
+  const OrderedJson* messages = Field(body, "messages");
+  if (messages == nullptr) {
+    Reject("messages", "'messages' is required", "missing_required_parameter");
+  }
+  if (!messages->is_array()) WrongType("messages", *messages, "an array of messages");
+  if (messages->empty()) Reject("messages", "'messages' must not be empty", "empty_array");
+  OrderedJson out = OrderedJson::array();
+  for (size_t i = 0; i < messages->size(); ++i) {
+    const std::string p = fmt::format("messages[{}]", i);
+    const OrderedJson& m = (*messages)[i];
+    if (!m.is_object()) WrongType(p, m, "an object");
+    const OrderedJson* role = Field(m, "role");
+    if (role == nullptr) Reject(p + ".role", fmt::format("'{}.role' is required", p), "missing");
+    std::string r = String(*role, p + ".role");
+    if (r == "developer") r = "system";
+    if (r != "system" && r != "user" && r != "assistant" && r != "tool") {
+      Reject(p + ".role",
+             fmt::format("'{}.role' must be system, developer, user, assistant or tool, got '{}'",
+                         p, r));
+    }
+    OrderedJson msg = {{"role", r}};
+    const OrderedJson* content = Field(m, "content");
+    const OrderedJson* tool_calls = Field(m, "tool_calls");
+    if (r == "assistant" && tool_calls != nullptr) {
+      if (!tool_calls->is_array()) WrongType(p + ".tool_calls", *tool_calls, "an array");
+      // The chat templates expect content none beside tool calls.
+      msg["content"] = content ? OrderedJson(Content(*content, p + ".content")) : OrderedJson();
+      msg["tool_calls"] = *tool_calls;
+    } else {
+      if (content == nullptr && r != "assistant") {
+        Reject(p + ".content", fmt::format("'{}.content' is required", p), "missing");
+      }
+      msg["content"] = content ? Content(*content, p + ".content") : "";
+    }
+    out.push_back(std::move(msg));
+  }
+  return out;
+}
+
+std::string Prompt(const OrderedJson& body) {
+  const OrderedJson* prompt = Field(body, "prompt");
+  if (prompt == nullptr) Reject("prompt", "'prompt' is required", "missing_required_parameter");
+  if (prompt->is_string()) return prompt->get<std::string>();
+  if (prompt->is_array() && prompt->size() == 1 && (*prompt)[0].is_string()) {
+    return (*prompt)[0].get<std::string>();
+  }
+  WrongType("prompt", *prompt, "a string (or an array of one string)");
+}
+
+std::vector<std::string> Stops(const OrderedJson& body) {
+  const OrderedJson* stop = Field(body, "stop");
+  std::vector<std::string> out;
+  if (stop == nullptr) return out;
+  if (stop->is_string()) {
+    out.push_back(stop->get<std::string>());
+  } else if (stop->is_array()) {
+    if (stop->size() > kMaxStops) {
+      Reject("stop", fmt::format("'stop' may hold at most {} strings", kMaxStops));
+    }
+    for (size_t i = 0; i < stop->size(); ++i) {
+      out.push_back(String((*stop)[i], fmt::format("stop[{}]", i)));
+    }
+  } else {
+    WrongType("stop", *stop, "a string or an array of strings");
+  }
+  std::erase(out, std::string());
+  return out;
+}
+
+ApiRequest Parse(std::string_view body, Endpoint endpoint, const RequestLimits& limits) {
+  if (const size_t bad = FindInvalidUtf8(body); bad != std::string_view::npos) {
+    Reject("", fmt::format("the request body is not valid UTF-8 (byte offset {})", bad),
+           "invalid_encoding");
+  }
+  OrderedJson j;
+  try {
+    j = ParseOrderedJson(body, "request body");
+  } catch (const std::exception& e) {
+    Reject("", e.what(), "invalid_json");
+  }
+  if (!j.is_object()) {
+    Reject("", fmt::format("the request body must be a JSON object, got {}", TypeName(j)),
+           "invalid_json");
+  }
+  ApiRequest r;
+  r.endpoint = endpoint;
+  if (const OrderedJson* model = Field(j, "model")) {
+    r.model = String(*model, "model");
+    if (!r.model.empty() && r.model != limits.model_name) {
+      Reject("model",
+             fmt::format("the model '{}' does not exist; this server serves '{}'", r.model,
+                         limits.model_name),
+             "model_not_found", 404);
+    }
+  }
+  if (endpoint == Endpoint::kChat) {
+    r.messages = Messages(j);
+  } else {
+    r.prompt = Prompt(j);
+  }
+  for (const char* key : {"max_tokens", "max_completion_tokens"}) {
+    if (const OrderedJson* v = Field(j, key)) {
+      const int64_t n = Integer(*v, key, 1, std::numeric_limits<int64_t>::max());
+      if (n > limits.ctx_size) {
+        Reject(key,
+               fmt::format("'{}' is {}, but the context holds {} tokens", key, n, limits.ctx_size));
+      }
+      r.max_tokens = r.max_tokens ? std::min(*r.max_tokens, n) : n;
+    }
+  }
+  r.sampling.temperature = 1;
+  if (const OrderedJson* v = Field(j, "temperature")) {
+    const double t = Number(*v, "temperature");
+    if (t < 0 || t > 2) Reject("temperature", "'temperature' must be between 0 and 2");
+    r.sampling.temperature = static_cast<float>(t);
+  }
+  if (const OrderedJson* v = Field(j, "top_p")) {
+    const double p = Number(*v, "top_p");
+    if (!(p > 0 && p <= 1)) Reject("top_p", "'top_p' must be in (0, 1]");
+    r.sampling.top_p = static_cast<float>(p);
+  }
+  if (const OrderedJson* v = Field(j, "top_k")) {
+    r.sampling.top_k = Integer(*v, "top_k", 0, std::numeric_limits<int32_t>::max());
+  }
+  if (const OrderedJson* v = Field(j, "seed")) {
+    if (!v->is_number_integer()) WrongType("seed", *v, "an integer");
+    r.sampling.seed =
+        v->is_number_unsigned() ? v->get<uint64_t>() : static_cast<uint64_t>(v->get<int64_t>());
+    r.seeded = true;
+  }
+  if (const OrderedJson* v = Field(j, "n")) {
+    if (Integer(*v, "n", 1, std::numeric_limits<int64_t>::max()) != 1) {
+      Reject("n", "only n = 1 is supported");
+    }
+  }
+  r.stop = Stops(j);
+  if (const OrderedJson* v = Field(j, "stream")) {
+    if (!v->is_boolean()) WrongType("stream", *v, "a boolean");
+    r.stream = v->get<bool>();
+  }
+  if (const OrderedJson* v = Field(j, "stream_options")) {
+    if (!v->is_object()) WrongType("stream_options", *v, "an object");
+    if (const OrderedJson* u = Field(*v, "include_usage")) {
+      if (!u->is_boolean()) WrongType("stream_options.include_usage", *u, "a boolean");
+      r.include_usage = u->get<bool>();
+    }
+  }
+  return r;
+}
+
+}  // namespace
+
+OrderedJson ApiError::ToJson() const {
+  OrderedJson e = {{"message", message}, {"type", type}};
+  e["param"] = param.empty() ? OrderedJson() : OrderedJson(param);
+  e["code"] = code.empty() ? OrderedJson() : OrderedJson(code);
+  return {{"error", e}};
+}
+
+std::variant<ApiRequest, ApiError> ParseRequest(std::string_view body, Endpoint endpoint,
+                                                const RequestLimits& limits) {
+  try {
+    return Parse(body, endpoint, limits);
+  } catch (const Rejected& r) {
+    return r.error;
+  } catch (const std::exception& e) {  // e.g. std::bad_alloc
+    return ApiError{500, e.what(), "server_error", "", ""};
+  }
+}
+
+}  // namespace dsv3::server

@@ -1,0 +1,54 @@
+// Parsing and validation of OpenAI API request bodies (/v1/chat/completions, /v1/completions):
+// a pure function from the body bytes to a typed request or an OpenAI-shaped error with its HTTP
+// status, so that it can be unit tested and fuzzed without a server.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "core/json.h"
+#include "runtime/sampler.h"
+
+namespace dsv3::server {
+
+enum class Endpoint { kChat, kCompletion };
+
+// {"error": {"message", "type", "param", "code"}} with an HTTP status.
+struct ApiError {
+  int status = 400;
+  std::string message;
+  std::string type = "invalid_request_error";
+  std::string param;  // the offending field ("" -> null)
+  std::string code;   // a short machine-readable reason ("" -> null)
+  OrderedJson ToJson() const;
+};
+
+struct ApiRequest {
+  Endpoint endpoint = Endpoint::kChat;
+  std::string model;                            // as sent ("" when absent)
+  OrderedJson messages = OrderedJson::array();  // chat: [{role, content}], content a string
+  std::string prompt;                           // completions
+  std::optional<int64_t> max_tokens;            // absent: what the context has room for
+  SamplingParams sampling;                      // temperature defaults to 1, as OpenAI's
+  bool seeded = false;                          // whether `seed` was given
+  std::vector<std::string> stop;                // at most kMaxStops, none empty
+  bool stream = false, include_usage = false;
+};
+
+struct RequestLimits {
+  std::string model_name;   // the served model's id; another non-empty `model` is a 404
+  int64_t ctx_size = 4096;  // max_tokens beyond it is an error
+};
+
+inline constexpr size_t kMaxStops = 16;
+
+// The body must be one JSON object of valid UTF-8 (nesting at most kMaxJsonDepth); unknown fields
+// are ignored. Never throws.
+std::variant<ApiRequest, ApiError> ParseRequest(std::string_view body, Endpoint endpoint,
+                                                const RequestLimits& limits);
+
+}  // namespace dsv3::server

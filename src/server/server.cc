@@ -1,0 +1,384 @@
+#include "server/server.h"
+
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <ctime>
+#include <random>
+
+#include "core/error.h"
+#include "server/reasoning.h"
+#include "server/request.h"
+#include "tokenizer/chat_template.h"
+
+namespace dsv3::server {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr auto kPoll = 100ms;  // how often a waiting handler checks its request
+
+std::string Dump(const OrderedJson& j) {
+  return j.dump(-1, ' ', false, OrderedJson::error_handler_t::replace);
+}
+
+void SendJson(httplib::Response& res, int status, const OrderedJson& body) {
+  res.status = status;
+  res.set_content(Dump(body), "application/json");
+}
+
+void SendError(httplib::Response& res, const ApiError& e) { SendJson(res, e.status, e.ToJson()); }
+
+std::string Sse(const OrderedJson& chunk) { return "data: " + Dump(chunk) + "\n\n"; }
+
+const char* FinishName(FinishReason r) { return r == FinishReason::kLength ? "length" : "stop"; }
+
+OrderedJson Usage(const Job& job) {
+  return {{"prompt_tokens", job.prompt_tokens()},
+          {"completion_tokens", job.completion_tokens()},
+          {"total_tokens", job.prompt_tokens() + job.completion_tokens()},
+          {"prompt_tokens_details", {{"cached_tokens", job.reused_tokens()}}}};
+}
+
+// Writes one Prometheus metric with its HELP and TYPE lines.
+void Metric(std::string* out, const char* name, const char* type, const char* help, double value) {
+  *out += fmt::format("# HELP {0} {1}\n# TYPE {0} {2}\n{0} {3}\n", name, help, type, value);
+}
+
+}  // namespace
+
+struct Server::Impl {
+  Impl(const Model& model, const Tokenizer& tokenizer, const ServerOptions& options)
+      : model(model),
+        tokenizer(tokenizer),
+        options(options),
+        scheduler(model, tokenizer, options.scheduler),
+        created(static_cast<int64_t>(std::time(nullptr))) {
+    try {
+      chat_template = std::make_unique<ChatTemplate>(tokenizer.config());
+    } catch (const Error& e) {
+      no_template = e.what();  // chat requests get this error; completions still work
+    }
+    limits.model_name = options.model_name;
+    limits.ctx_size = options.scheduler.ctx_size;
+    Routes();
+  }
+
+  void Routes();
+  void Complete(const httplib::Request& req, httplib::Response& res, Endpoint endpoint);
+  std::string Metrics() const;
+  OrderedJson Head(Endpoint endpoint, bool chunk) const;
+
+  const Model& model;
+  const Tokenizer& tokenizer;
+  const ServerOptions options;
+  Scheduler scheduler;
+  std::unique_ptr<ChatTemplate> chat_template;
+  std::string no_template;
+  RequestLimits limits;
+  const int64_t created;
+  httplib::Server http;
+  std::atomic<int64_t> chat_requests{0}, completion_requests{0}, invalid_requests{0};
+  std::atomic<uint64_t> next_id{1};
+  std::atomic<bool> stopping{false};
+};
+
+OrderedJson Server::Impl::Head(Endpoint endpoint, bool chunk) const {
+  const bool chat = endpoint == Endpoint::kChat;
+  return {
+      {"id", ""},
+      {"object", chat ? (chunk ? "chat.completion.chunk" : "chat.completion") : "text_completion"},
+      {"created", static_cast<int64_t>(std::time(nullptr))},
+      {"model", options.model_name},
+      {"system_fingerprint", "dsv3"}};
+}
+
+void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
+                            Endpoint endpoint) {
+  const auto fail = [&](const ApiError& e) {
+    ++invalid_requests;
+    SendError(res, e);
+  };
+  if (req.body.size() > options.max_body) {
+    return fail({413, fmt::format("the request body exceeds {} bytes", options.max_body),
+                 "invalid_request_error", "", "request_too_large"});
+  }
+  std::variant<ApiRequest, ApiError> parsed = ParseRequest(req.body, endpoint, limits);
+  if (auto* e = std::get_if<ApiError>(&parsed)) return fail(*e);
+  const ApiRequest& r = std::get<ApiRequest>(parsed);
+  const bool chat = endpoint == Endpoint::kChat;
+
+  ServeRequest sr;
+  bool think = false;
+  try {
+    if (chat) {
+      if (!chat_template) return fail({400, no_template, "invalid_request_error", "messages", ""});
+      const std::string text = chat_template->Apply(r.messages, /*add_generation_prompt=*/true);
+      think = OpensThink(text);
+      sr.prompt = tokenizer.Encode(text);
+    } else {
+      sr.prompt = tokenizer.Encode(r.prompt, /*add_special_tokens=*/true);
+    }
+  } catch (const Error& e) {
+    return fail({400, e.what(), "invalid_request_error", chat ? "messages" : "prompt", ""});
+  }
+  const int64_t P = static_cast<int64_t>(sr.prompt.size()), ctx = limits.ctx_size;
+  if (P == 0)
+    return fail({400, "the prompt encodes to no tokens", "invalid_request_error", "", ""});
+  // Every new token but the last is fed back, so ctx - P + 1 new tokens fit.
+  const int64_t room = ctx - P + 1;
+  if (room < 1 || r.max_tokens.value_or(1) > room) {
+    return fail({400,
+                 fmt::format("the prompt is {} tokens and max_tokens is {}; the context holds {} "
+                             "tokens",
+                             P, r.max_tokens.value_or(1), ctx),
+                 "invalid_request_error", r.max_tokens ? "max_tokens" : "messages",
+                 "context_length_exceeded"});
+  }
+  sr.options.generate.max_new_tokens = r.max_tokens.value_or(room);
+  sr.options.generate.sampling = r.sampling;
+  if (!r.seeded) sr.options.generate.sampling.seed = std::random_device{}();
+  sr.options.stop = r.stop;
+  std::shared_ptr<Job> job = scheduler.Submit(std::move(sr));
+  if (!job) {
+    return SendError(res, {503,
+                           stopping ? "the server is shutting down"
+                                    : "the server is busy: every slot and queue place is taken",
+                           "server_error", "", stopping ? "shutting_down" : "queue_full"});
+  }
+  ++(chat ? chat_requests : completion_requests);
+  OrderedJson head = Head(endpoint, r.stream);
+  head["id"] = fmt::format("{}-{}", chat ? "chatcmpl" : "cmpl", next_id++);
+
+  if (!r.stream) {
+    std::string text;
+    while (!job->Wait(&text, kPoll)) {
+    }
+    if (job->finish_reason() == FinishReason::kCancelled) {
+      return SendError(res,
+                       {503, "the server is shutting down", "server_error", "", "shutting_down"});
+    }
+    OrderedJson choice = {{"index", 0}};
+    if (chat) {
+      ReasoningSplitter split(think);
+      ReasoningSplitter::Parts parts = split.Push(text), rest = split.Finish();
+      OrderedJson message = {{"role", "assistant"}, {"content", parts.content + rest.content}};
+      const std::string reasoning = parts.reasoning + rest.reasoning;
+      if (think || !reasoning.empty()) message["reasoning_content"] = reasoning;
+      choice["message"] = message;
+    } else {
+      choice["text"] = text;
+    }
+    choice["logprobs"] = nullptr;
+    choice["finish_reason"] = FinishName(job->finish_reason());
+    head["choices"] = OrderedJson::array({choice});
+    head["usage"] = Usage(*job);
+    return SendJson(res, 200, head);
+  }
+
+  // Streaming: one SSE event per piece of text. The provider runs on this connection's thread
+  // and waits on the job; a failed write (the client left) cancels the request at once.
+  struct Stream {
+    std::shared_ptr<Job> job;
+    ReasoningSplitter split;
+    OrderedJson head;
+    bool chat, include_usage, started = false;
+  };
+  auto st =
+      std::make_shared<Stream>(Stream{job, ReasoningSplitter(think), head, chat, r.include_usage});
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [st](size_t, httplib::DataSink& sink) {
+        const auto send = [&](const std::string& reasoning, const std::string& content,
+                              const char* finish) {
+          OrderedJson chunk = st->head, choice = {{"index", 0}};
+          if (st->chat) {
+            OrderedJson delta = OrderedJson::object();
+            if (!st->started) delta["role"] = "assistant";
+            if (!reasoning.empty()) delta["reasoning_content"] = reasoning;
+            if (!content.empty() || !st->started) delta["content"] = content;
+            choice["delta"] = delta;
+          } else {
+            choice["text"] = content;
+          }
+          choice["logprobs"] = nullptr;
+          choice["finish_reason"] = finish ? OrderedJson(finish) : OrderedJson();
+          chunk["choices"] = OrderedJson::array({choice});
+          if (st->include_usage) chunk["usage"] = nullptr;
+          st->started = true;
+          const std::string event = Sse(chunk);
+          return sink.write(event.data(), event.size());
+        };
+        const auto send_parts = [&](const ReasoningSplitter::Parts& p) {
+          if (p.reasoning.empty() && p.content.empty()) return true;
+          return send(p.reasoning, p.content, nullptr);
+        };
+        bool ok = true;
+        if (!st->started && st->chat) ok = send("", "", nullptr);
+        std::string text;
+        const bool finished = st->job->Wait(&text, kPoll);
+        if (ok && !text.empty()) {
+          ok = send_parts(st->chat ? st->split.Push(text) : ReasoningSplitter::Parts{"", text});
+        }
+        if (ok && !finished) ok = sink.is_writable();
+        if (!ok) {
+          st->job->Cancel();
+          return false;
+        }
+        if (!finished) return true;
+        if (st->job->finish_reason() == FinishReason::kCancelled) {
+          const std::string event =
+              Sse(ApiError{503, "the server is shutting down", "server_error", "", "shutting_down"}
+                      .ToJson());
+          sink.write(event.data(), event.size());
+        } else {
+          if (st->chat && !send_parts(st->split.Finish())) return false;
+          if (!send("", "", FinishName(st->job->finish_reason()))) return false;
+          if (st->include_usage) {
+            OrderedJson chunk = st->head;
+            chunk["choices"] = OrderedJson::array();
+            chunk["usage"] = Usage(*st->job);
+            const std::string event = Sse(chunk);
+            if (!sink.write(event.data(), event.size())) return false;
+          }
+        }
+        static constexpr std::string_view kDone = "data: [DONE]\n\n";
+        sink.write(kDone.data(), kDone.size());
+        sink.done();
+        return true;
+      },
+      [st](bool success) {
+        if (!success) st->job->Cancel();
+      });
+}
+
+std::string Server::Impl::Metrics() const {
+  const SchedulerStats s = scheduler.Stats();
+  std::string out;
+  out += "# HELP dsv3_requests_total Completion requests accepted, by endpoint.\n";
+  out += "# TYPE dsv3_requests_total counter\n";
+  out += fmt::format("dsv3_requests_total{{endpoint=\"chat\"}} {}\n", chat_requests.load());
+  out += fmt::format("dsv3_requests_total{{endpoint=\"completions\"}} {}\n",
+                     completion_requests.load());
+  Metric(&out, "dsv3_requests_invalid_total", "counter", "Requests answered with a 4xx error.",
+         static_cast<double>(invalid_requests.load()));
+  Metric(&out, "dsv3_requests_rejected_total", "counter",
+         "Requests refused with 503 because the queue was full.",
+         static_cast<double>(s.requests_rejected));
+  Metric(&out, "dsv3_requests_finished_total", "counter", "Requests that ran to their end.",
+         static_cast<double>(s.requests_finished));
+  Metric(&out, "dsv3_requests_cancelled_total", "counter",
+         "Requests cancelled (client gone or shutdown).",
+         static_cast<double>(s.requests_cancelled));
+  Metric(&out, "dsv3_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.",
+         static_cast<double>(s.prompt_tokens));
+  Metric(&out, "dsv3_prompt_tokens_reused_total", "counter",
+         "Prompt tokens taken from a cached prefix instead of computed.",
+         static_cast<double>(s.prompt_tokens_reused));
+  Metric(&out, "dsv3_tokens_generated_total", "counter", "Tokens generated.",
+         static_cast<double>(s.tokens_generated));
+  Metric(&out, "dsv3_decode_steps_total", "counter", "Batched decode passes.",
+         static_cast<double>(s.decode_steps));
+  Metric(&out, "dsv3_decode_seconds_total", "counter", "Time spent in batched decode passes.",
+         s.decode_seconds);
+  Metric(&out, "dsv3_prefill_seconds_total", "counter", "Time spent prefilling prompts.",
+         s.prefill_seconds);
+  Metric(&out, "dsv3_decode_tokens_per_second", "gauge",
+         "Aggregate decode throughput: decode tokens / decode seconds since start.",
+         s.decode_tokens_per_second());
+  Metric(&out, "dsv3_queue_length", "gauge", "Requests waiting for a slot.",
+         static_cast<double>(s.queue_length));
+  Metric(&out, "dsv3_requests_running", "gauge", "Requests holding a slot.",
+         static_cast<double>(s.slots_in_use));
+  Metric(&out, "dsv3_kv_slots", "gauge", "KV cache slots (--parallel).",
+         static_cast<double>(s.slots));
+  Metric(&out, "dsv3_kv_slots_in_use", "gauge", "KV cache slots serving a request.",
+         static_cast<double>(s.slots_in_use));
+  Metric(&out, "dsv3_kv_tokens_in_use", "gauge", "Cached positions of the slots in use.",
+         static_cast<double>(s.kv_tokens_in_use));
+  Metric(&out, "dsv3_kv_tokens_cached", "gauge",
+         "Cached positions of all slots (free slots keep theirs for prefix reuse).",
+         static_cast<double>(s.kv_tokens_cached));
+  Metric(&out, "dsv3_kv_capacity_tokens", "gauge", "Positions all slots together can hold.",
+         static_cast<double>(s.slots * s.capacity_per_slot));
+  return out;
+}
+
+void Server::Impl::Routes() {
+  // A connection holds a thread while its request waits or streams; connections beyond the
+  // threads wait for one in httplib's own queue.
+  const int threads = options.http_threads > 0
+                          ? options.http_threads
+                          : static_cast<int>(std::min<int64_t>(
+                                options.scheduler.parallel + options.scheduler.queue + 8, 256));
+  http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  http.set_payload_max_length(options.max_body);
+  http.set_keep_alive_timeout(2);
+  http.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    ApiError e{res.status, fmt::format("HTTP {}", res.status), "invalid_request_error", "", ""};
+    if (res.status == 404) {
+      e.message = fmt::format("no route for {} {}", req.method, req.path), e.code = "not_found";
+    } else if (res.status == 413) {
+      e.message = fmt::format("the request body exceeds {} bytes", options.max_body);
+      e.code = "request_too_large";
+    }
+    SendError(res, e);
+  });
+  http.set_exception_handler(
+      [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+        std::string what = "internal error";
+        try {
+          std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          what = e.what();
+        } catch (...) {
+        }
+        SendError(res, {500, what, "server_error", "", ""});
+      });
+  http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    SendJson(res, stopping ? 503 : 200, {{"status", stopping ? "shutting down" : "ok"}});
+  });
+  http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(Metrics(), "text/plain; version=0.0.4");
+  });
+  http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    const OrderedJson m = {{"id", options.model_name},
+                           {"object", "model"},
+                           {"created", created},
+                           {"owned_by", "dsv3"},
+                           {"context_length", options.scheduler.ctx_size}};
+    SendJson(res, 200, {{"object", "list"}, {"data", OrderedJson::array({m})}});
+  });
+  http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    Complete(req, res, Endpoint::kChat);
+  });
+  http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    Complete(req, res, Endpoint::kCompletion);
+  });
+}
+
+Server::Server(const Model& model, const Tokenizer& tokenizer, const ServerOptions& options)
+    : impl_(std::make_unique<Impl>(model, tokenizer, options)) {}
+
+Server::~Server() { Stop(); }
+
+int Server::Bind() {
+  const ServerOptions& o = impl_->options;
+  const int port = o.port == 0 ? impl_->http.bind_to_any_port(o.host)
+                               : (impl_->http.bind_to_port(o.host, o.port) ? o.port : -1);
+  if (port <= 0) Fail("cannot listen on {}:{}", o.host, o.port);
+  return port;
+}
+
+void Server::Run() { impl_->http.listen_after_bind(); }
+
+void Server::Stop() {
+  impl_->stopping = true;
+  impl_->http.stop();
+  impl_->scheduler.Shutdown();
+}
+
+}  // namespace dsv3::server

@@ -1,0 +1,148 @@
+// Drives `dsv3 serve` with the official `openai` npm package, for tests/integration/server_test.cc.
+// Usage: node openai_client.cjs BASE_URL SCENARIO [JSON_ARGS]; prints one JSON object on stdout.
+// The package is found through NODE_PATH (installed by the test outside the source tree).
+'use strict';
+const OpenAI = require('openai');
+
+const [base, scenario, argText] = process.argv.slice(2);
+const args = argText ? JSON.parse(argText) : {};
+const client = new OpenAI({ baseURL: base + '/v1', apiKey: 'unused', maxRetries: 0, timeout: 120000 });
+const model = args.model || 'tiny';
+
+async function chatStream(messages, maxTokens) {
+  const stream = await client.chat.completions.create({
+    model, messages, max_tokens: maxTokens, temperature: 0, stream: true,
+    stream_options: { include_usage: true },
+  });
+  let content = '', reasoning = '', finish = null, usage = null, role = null, chunks = 0;
+  for await (const chunk of stream) {
+    ++chunks;
+    if (chunk.usage) usage = chunk.usage;
+    for (const c of chunk.choices) {
+      if (c.delta.role) role = c.delta.role;
+      if (c.delta.content) content += c.delta.content;
+      if (c.delta.reasoning_content) reasoning += c.delta.reasoning_content;
+      if (c.finish_reason) finish = c.finish_reason;
+    }
+  }
+  return { content, reasoning, finish, usage, role, chunks };
+}
+
+async function completionStream(prompt, maxTokens) {
+  const stream = await client.completions.create({
+    model, prompt, max_tokens: maxTokens, temperature: 0, stream: true,
+    stream_options: { include_usage: true },
+  });
+  let text = '', finish = null, usage = null;
+  for await (const chunk of stream) {
+    if (chunk.usage) usage = chunk.usage;
+    for (const c of chunk.choices) {
+      text += c.text;
+      if (c.finish_reason) finish = c.finish_reason;
+    }
+  }
+  return { text, finish, usage };
+}
+
+async function metrics() {
+  const text = await (await fetch(base + '/metrics')).text();
+  const out = {};
+  for (const line of text.split('\n')) {
+    const m = line.match(/^([a-z0-9_]+)(\{[^}]*\})? ([0-9.eE+-]+)$/);
+    if (m) out[m[1] + (m[2] || '')] = Number(m[3]);
+  }
+  return out;
+}
+
+const scenarios = {
+  // Chat and completions, streaming and not, and the model list.
+  async basic() {
+    const user = [{ role: 'user', content: args.prompt }];
+    const chat = await client.chat.completions.create({
+      model, messages: user, max_tokens: args.n, temperature: 0,
+    });
+    const chatStreamed = await chatStream(user, args.n);
+    const completion = await client.completions.create({
+      model, prompt: args.prompt, max_tokens: args.n, temperature: 0,
+    });
+    const completionStreamed = await completionStream(args.prompt, args.n);
+    const models = await client.models.list();
+    // A second completion that continues the first: its prompt starts with a cached prefix.
+    const next = await client.completions.create({
+      model, prompt: args.prompt + completion.choices[0].text + args.more, max_tokens: args.n,
+      temperature: 0,
+    });
+    return {
+      chat: { content: chat.choices[0].message.content, finish: chat.choices[0].finish_reason,
+              usage: chat.usage, object: chat.object, role: chat.choices[0].message.role,
+              reasoning: chat.choices[0].message.reasoning_content ?? null },
+      chat_stream: chatStreamed,
+      completion: { text: completion.choices[0].text, finish: completion.choices[0].finish_reason,
+                    usage: completion.usage, object: completion.object },
+      completion_stream: completionStreamed,
+      next: { prompt: args.prompt + completion.choices[0].text + args.more,
+              text: next.choices[0].text, usage: next.usage },
+      models: models.data.map((m) => m.id),
+    };
+  },
+  // Many concurrent streaming chats with different prompts, then each prompt alone.
+  async load() {
+    const results = await Promise.allSettled(args.prompts.map(
+        (p) => chatStream([{ role: 'user', content: p }], args.n)));
+    const m = await metrics();
+    const alone = [];
+    for (const p of args.prompts) alone.push((await chatStream([{ role: 'user', content: p }], args.n)).content);
+    return {
+      results: results.map((r) => r.status === 'fulfilled' ? r.value : { error: String(r.reason) }),
+      metrics: m,
+      alone,
+    };
+  },
+  // Reads a few chunks of a long stream, then hangs up; waits until the slot is free again and
+  // checks that the server still answers.
+  async disconnect() {
+    const stream = await client.chat.completions.create({
+      model, messages: [{ role: 'user', content: args.prompt }], max_tokens: args.n,
+      temperature: 0, stream: true,
+    });
+    let chunks = 0;
+    for await (const chunk of stream) {
+      if (++chunks === 3) break;  // leaving the loop aborts the request
+    }
+    let m = await metrics();
+    for (let i = 0; i < 600 && (m.dsv3_kv_slots_in_use > 0 || m.dsv3_requests_cancelled_total < 1); ++i) {
+      await new Promise((r) => setTimeout(r, 50));
+      m = await metrics();
+    }
+    const after = await client.chat.completions.create({
+      model, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 4, temperature: 0,
+    });
+    return { chunks, metrics: m, metrics_after: await metrics(),
+             after: after.choices[0].message.content, after_finish: after.choices[0].finish_reason };
+  },
+  // Error responses as the SDK sees them.
+  async errors() {
+    const out = {};
+    const tries = {
+      unknown_model: () => client.chat.completions.create({
+        model: 'no-such-model', messages: [{ role: 'user', content: 'x' }] }),
+      too_many_tokens: () => client.chat.completions.create({
+        model, messages: [{ role: 'user', content: 'x' }], max_tokens: 1 << 20 }),
+      empty_messages: () => client.chat.completions.create({ model, messages: [] }),
+    };
+    for (const [name, f] of Object.entries(tries)) {
+      try {
+        await f();
+        out[name] = { status: 200 };
+      } catch (e) {
+        out[name] = { status: e.status, code: e.code ?? null, param: e.param ?? null,
+                      type: e.type ?? null, message: e.message };
+      }
+    }
+    return out;
+  },
+};
+
+scenarios[scenario]().then(
+    (r) => { process.stdout.write(JSON.stringify(r) + '\n'); },
+    (e) => { process.stderr.write(String(e && e.stack || e) + '\n'); process.exit(1); });

@@ -1,0 +1,388 @@
+// `dsv3 serve` end to end on a tiny synthetic model carrying the DeepSeek-V3 tokenizer, on
+// 127.0.0.1 with --port 0: the official `openai` npm package (a real client; installed with npm
+// into the build folder on first use) gets greedy answers equal to `dsv3 generate`'s, streaming
+// and not, chat and completions; 16 concurrent streams each answer as alone; a client that hangs
+// up mid-stream frees its slot; bad requests get OpenAI-shaped 4xx errors and the server keeps
+// serving; SIGTERM ends it with status 0.
+#include <fmt/format.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <regex>
+#include <thread>
+
+#include "core/json.h"
+#include "tests/test_util.h"
+
+namespace dsv3 {
+namespace {
+
+namespace fs = std::filesystem;
+using test::Dsv3Binary;
+using test::ReadFile;
+using test::RunCommand;
+using test::RunResult;
+using test::TempDir;
+using test::TestData;
+using ::testing::HasSubstr;
+
+constexpr const char* kOpenAiPackage = "openai@4.95.0";
+
+std::string Cmd(const std::string& args) { return Dsv3Binary() + " " + args; }
+std::string TokDir() { return TestData("tokenizer/deepseek_v3"); }
+
+std::string Repeat(const std::string& s, int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) out += s;
+  return out;
+}
+
+// Returns the folder holding node_modules/openai, installing it there first if needed (under a
+// lock: ctest runs tests in parallel), or "" when node or the package cannot be had.
+std::string OpenAiPackageDir(std::string* why) {
+  const std::string dir = fs::path(Dsv3Binary()).parent_path().string() + "/npm";
+  if (fs::exists(dir + "/node_modules/openai/package.json")) return dir;
+  if (RunCommand("node --version").status != 0) {
+    *why = "node is not installed";
+    return "";
+  }
+  fs::create_directories(dir);
+  const RunResult r =
+      RunCommand("flock " + dir + "/.lock npm install --prefix " + dir +
+                 " --no-audit --no-fund --no-save --loglevel=error " + kOpenAiPackage);
+  if (r.status != 0 || !fs::exists(dir + "/node_modules/openai/package.json")) {
+    *why = "npm install " + std::string(kOpenAiPackage) + " failed: " + r.output();
+    return "";
+  }
+  return dir;
+}
+
+// A running `dsv3 serve`; stopped with SIGTERM when the object dies.
+class ServerProcess {
+ public:
+  ServerProcess(const std::string& args, const std::string& log) : log_(log) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      prctl(PR_SET_PDEATHSIG, SIGTERM);  // no stray server when the test dies
+      const std::string cmd = "exec " + Cmd("serve " + args) + " 2>" + log;
+      execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    // Wait for the "serving ... on http://127.0.0.1:PORT" line (or the process to die).
+    const std::regex listening("on http://127\\.0\\.0\\.1:([0-9]+)");
+    for (int i = 0; i < 1200 && port_ == 0; ++i) {
+      std::smatch m;
+      const std::string text = ReadFile(log_);
+      if (std::regex_search(text, m, listening)) port_ = std::stoi(m[1]);
+      int status = 0;
+      if (port_ == 0 && waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        break;
+      }
+      if (port_ == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  ~ServerProcess() { Stop(); }
+  // Sends SIGTERM and returns the exit status (128 + signal when killed by one).
+  int Stop() {
+    if (pid_ <= 0) return status_;
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = -1;
+    status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return status_;
+  }
+  int port() const { return port_; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::string log() const { return ReadFile(log_); }
+
+ private:
+  std::string log_;
+  pid_t pid_ = -1;
+  int port_ = 0, status_ = -1;
+};
+
+class ServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (!fs::exists(TokDir())) return;
+    dir_ = new TempDir();
+    const RunResult r = test::SynthTextModel(model());
+    ASSERT_EQ(r.status, 0) << r.output();
+    server_ = new ServerProcess(
+        "-m " + model() + " --port 0 --parallel 4 --ctx-size 512 -t 1 --model-name tiny",
+        *dir_ / "server.log");
+  }
+  static void TearDownTestSuite() {
+    delete server_;
+    delete dir_;
+    server_ = nullptr;
+    dir_ = nullptr;
+  }
+  void SetUp() override {
+    DSV3_REQUIRE_DATA(TokDir());
+    ASSERT_GT(server_->port(), 0) << server_->log();
+  }
+  static std::string model() { return *dir_ / "m"; }
+
+  // Runs a scenario of openai_client.cjs; skips (fails on CI) without node or the package.
+  OrderedJson Client(const std::string& scenario, const OrderedJson& args) {
+    std::string why;
+    const std::string npm = OpenAiPackageDir(&why);
+    if (npm.empty()) {
+      if (std::getenv("CI") != nullptr) ADD_FAILURE() << why;
+      return nullptr;
+    }
+    TempDir tmp;
+    test::WriteFile(tmp / "args.json", args.dump());
+    const RunResult r =
+        RunCommand("NODE_PATH=" + npm + "/node_modules timeout 300 node " +
+                   std::string(DSV3_SOURCE_DIR) + "/tests/integration/openai_client.cjs " +
+                   server_->url() + " " + scenario + " \"$(cat " + (tmp / "args.json") + ")\"");
+    EXPECT_EQ(r.status, 0) << r.output() << "\nserver log:\n" << server_->log();
+    if (r.status != 0) return nullptr;
+    return OrderedJson::parse(r.out);
+  }
+  // `dsv3 generate`'s text for the same prompt (greedy), without the final newline.
+  static std::string Generate(const std::string& prompt, int n, bool raw = false) {
+    TempDir tmp;
+    test::WriteFile(tmp / "prompt", prompt);
+    const RunResult r =
+        RunCommand(Cmd("generate -m " + model() + " -t 1 -n " + std::to_string(n) +
+                       (raw ? " --raw" : "") + " -p \"$(cat " + (tmp / "prompt") + ")\""));
+    EXPECT_EQ(r.status, 0) << r.output();
+    return r.out.empty() ? "" : r.out.substr(0, r.out.size() - 1);
+  }
+
+  static TempDir* dir_;
+  static ServerProcess* server_;
+};
+TempDir* ServerTest::dir_ = nullptr;
+ServerProcess* ServerTest::server_ = nullptr;
+
+TEST_F(ServerTest, OpenAiClientGetsWhatGenerateGives) {
+  OrderedJson r = Client("basic", {{"prompt", "Hello!"}, {"n", 12}, {"more", " And then"}});
+  if (r.is_null()) GTEST_SKIP() << "no openai package";
+  const std::string chat = Generate("Hello!", 12), raw = Generate("Hello!", 12, /*raw=*/true);
+  EXPECT_EQ(r["chat"]["content"], chat);
+  EXPECT_EQ(r["chat"]["object"], "chat.completion");
+  EXPECT_EQ(r["chat"]["role"], "assistant");
+  EXPECT_TRUE(r["chat"]["reasoning"].is_null());  // not an R1-style template
+  EXPECT_EQ(r["chat_stream"]["content"], chat);
+  EXPECT_EQ(r["chat_stream"]["role"], "assistant");
+  EXPECT_EQ(r["completion"]["text"], raw);
+  EXPECT_EQ(r["completion"]["object"], "text_completion");
+  EXPECT_EQ(r["completion_stream"]["text"], raw);
+  // The chat prompt is BOS <｜User｜> Hello ! <｜Assistant｜>.
+  EXPECT_EQ(r["chat"]["usage"]["prompt_tokens"], 5);
+  const int64_t n = r["chat"]["usage"]["completion_tokens"].get<int64_t>();
+  EXPECT_EQ(r["chat"]["finish"], n < 12 ? "stop" : "length");
+  EXPECT_EQ(r["chat"]["usage"]["total_tokens"], 5 + n);
+  EXPECT_EQ(r["chat_stream"]["usage"]["completion_tokens"], n);
+  EXPECT_EQ(r["chat_stream"]["usage"]["prompt_tokens"], 5);
+  EXPECT_EQ(r["chat_stream"]["finish"], r["chat"]["finish"]);
+  EXPECT_EQ(r["completion_stream"]["finish"], r["completion"]["finish"]);
+  EXPECT_EQ(r["models"], OrderedJson::array({"tiny"}));
+  // The continuation reused the cached prompt and answers as a fresh generate does.
+  EXPECT_GT(r["next"]["usage"]["prompt_tokens_details"]["cached_tokens"].get<int64_t>(), 0);
+  EXPECT_EQ(r["next"]["text"], Generate(r["next"]["prompt"].get<std::string>(), 12, true));
+}
+
+TEST_F(ServerTest, SixteenConcurrentStreamsEachAnswerAsAlone) {
+  OrderedJson prompts = OrderedJson::array();
+  for (int i = 0; i < 16; ++i) {
+    prompts.push_back(fmt::format("Question {}: what is {} plus {}?", i, i * 7, 100 - i));
+  }
+  OrderedJson r = Client("load", {{"prompts", prompts}, {"n", 8}});
+  if (r.is_null()) GTEST_SKIP() << "no openai package";
+  ASSERT_EQ(r["results"].size(), 16u) << r.dump();
+  for (int i = 0; i < 16; ++i) {
+    const OrderedJson& one = r["results"][i];
+    ASSERT_FALSE(one.contains("error")) << one.dump();
+    EXPECT_EQ(one["content"], r["alone"][i]) << prompts[i];
+    // Alone on the server is what generate gives (checked for a few: each run loads the model).
+    if (i % 5 == 0) EXPECT_EQ(one["content"], Generate(prompts[i], 8)) << prompts[i];
+    EXPECT_EQ(one["usage"]["completion_tokens"].get<int64_t>() < 8 ? "stop" : "length",
+              one["finish"]);
+  }
+  EXPECT_EQ(r["metrics"]["dsv3_kv_slots"], 4);
+  EXPECT_GE(r["metrics"]["dsv3_requests_total{endpoint=\"chat\"}"].get<double>(), 16);
+  EXPECT_GT(r["metrics"]["dsv3_tokens_generated_total"].get<double>(), 0);
+  EXPECT_GT(r["metrics"]["dsv3_decode_tokens_per_second"].get<double>(), 0);
+}
+
+TEST_F(ServerTest, DisconnectMidStreamFreesTheSlot) {
+  OrderedJson r = Client("disconnect", {{"prompt", "Tell me a long story."}, {"n", 480}});
+  if (r.is_null()) GTEST_SKIP() << "no openai package";
+  EXPECT_EQ(r["chunks"], 3);
+  EXPECT_EQ(r["metrics"]["dsv3_kv_slots_in_use"], 0);
+  EXPECT_GE(r["metrics"]["dsv3_requests_cancelled_total"].get<double>(), 1);
+  EXPECT_EQ(r["after"], Generate("Hi", 4));
+  EXPECT_EQ(r["metrics_after"]["dsv3_kv_slots_in_use"], 0);
+}
+
+TEST_F(ServerTest, OpenAiClientSeesErrors) {
+  OrderedJson r = Client("errors", OrderedJson::object());
+  if (r.is_null()) GTEST_SKIP() << "no openai package";
+  EXPECT_EQ(r["unknown_model"]["status"], 404);
+  EXPECT_EQ(r["unknown_model"]["code"], "model_not_found");
+  EXPECT_EQ(r["unknown_model"]["param"], "model");
+  EXPECT_EQ(r["too_many_tokens"]["status"], 400);
+  EXPECT_EQ(r["too_many_tokens"]["param"], "max_tokens");
+  EXPECT_EQ(r["empty_messages"]["status"], 400);
+  EXPECT_EQ(r["empty_messages"]["type"], "invalid_request_error");
+}
+
+// Raw HTTP: bodies no SDK would send.
+TEST_F(ServerTest, BadRequestsGetOpenAiErrorsAndTheServerKeepsServing) {
+  httplib::Client http("127.0.0.1", server_->port());
+  http.set_read_timeout(60);
+  struct Case {
+    std::string path, body;
+    int status;
+    std::string code;
+  };
+  const std::string chat = "/v1/chat/completions";
+  const std::string hello = R"("messages": [{"role": "user", "content": "Hi"}])";
+  const std::vector<Case> cases = {
+      {chat, "{\"messages\": [", 400, "invalid_json"},
+      {chat, "not json", 400, "invalid_json"},
+      {chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\xFF\"}]}", 400,
+       "invalid_encoding"},
+      {chat, "{\"messages\": []}", 400, "empty_array"},
+      {chat, "{" + hello + ", \"temperature\": \"warm\"}", 400, "invalid_type"},
+      {chat, "{" + hello + ", \"model\": \"gpt-4o\"}", 404, "model_not_found"},
+      {chat, "{" + hello + ", \"max_tokens\": 100000}", 400, "invalid_value"},
+      {chat, "{" + hello + ", \"max_tokens\": 510}", 400, "context_length_exceeded"},
+      {"/v1/completions", "{\"prompt\": 5}", 400, "invalid_type"},
+      {"/v1/completions", "{\"prompt\": \"" + Repeat(" x", 600) + "\"}", 400,
+       "context_length_exceeded"},
+      {chat, std::string(9 << 20, ' '), 413, "request_too_large"},
+      {"/v1/nothing", "{}", 404, "not_found"},
+  };
+  for (const Case& c : cases) {
+    const httplib::Result res = http.Post(c.path, c.body, "application/json");
+    ASSERT_TRUE(res) << c.path << " " << c.body.substr(0, 80);
+    EXPECT_EQ(res->status, c.status) << c.body.substr(0, 80) << " -> " << res->body;
+    const OrderedJson j = OrderedJson::parse(res->body, nullptr, false);
+    ASSERT_TRUE(j.is_object() && j.contains("error")) << res->body;
+    EXPECT_EQ(j["error"]["code"], c.code) << res->body;
+    EXPECT_TRUE(j["error"]["message"].is_string());
+    EXPECT_TRUE(j["error"]["type"].is_string());
+    EXPECT_TRUE(j["error"].contains("param"));
+  }
+  // Still serving, and healthy.
+  const httplib::Result ok =
+      http.Post(chat, "{" + hello + ", \"max_tokens\": 3, \"temperature\": 0}", "application/json");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200) << ok->body;
+  const httplib::Result health = http.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  const httplib::Result metrics = http.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_THAT(metrics->body, HasSubstr("# TYPE dsv3_requests_invalid_total counter"));
+  EXPECT_THAT(metrics->body, HasSubstr("dsv3_kv_tokens_in_use "));
+  EXPECT_THAT(metrics->body, HasSubstr("dsv3_queue_length 0"));
+}
+
+TEST_F(ServerTest, SigtermDuringAStreamExitsCleanly) {
+  ServerProcess own("-m " + model() + " --port 0 --parallel 1 --ctx-size 2048 -t 1",
+                    *dir_ / "own.log");
+  ASSERT_GT(own.port(), 0) << own.log();
+  // A long stream is running when the signal comes: it ends, the process exits 0.
+  std::thread client([&] {
+    httplib::Client http("127.0.0.1", own.port());
+    http.set_read_timeout(60);
+    std::string got;
+    http.Post("/v1/completions", httplib::Headers{},
+              R"({"prompt": "Once", "max_tokens": 2000, "temperature": 0, "stream": true})",
+              "application/json");
+  });
+  // Wait until it generates.
+  httplib::Client probe("127.0.0.1", own.port());
+  for (int i = 0; i < 600; ++i) {
+    const httplib::Result m = probe.Get("/metrics");
+    if (m && m->body.find("dsv3_kv_slots_in_use 1") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(own.Stop(), 0) << own.log();
+  client.join();
+  EXPECT_THAT(own.log(), HasSubstr("shutting down"));
+  EXPECT_THAT(own.log(), HasSubstr("server stopped"));
+  // The model name defaults to the folder's name.
+  EXPECT_THAT(own.log(), HasSubstr("serving m on http://127.0.0.1:"));
+}
+
+// An R1-style chat template (the generation prompt opens <think>): the answer goes to
+// reasoning_content until </think>, in whole responses and in stream deltas.
+TEST_F(ServerTest, ThinkingGoesToReasoningContent) {
+  const std::string r1 = *dir_ / "r1";
+  fs::copy(model(), r1, fs::copy_options::recursive);
+  OrderedJson config = OrderedJson::parse(ReadFile(r1 + "/tokenizer_config.json"));
+  std::string tmpl = config["chat_template"];
+  const std::string open = "{{'<｜Assistant｜>'}}";
+  const size_t at = tmpl.rfind(open);
+  ASSERT_NE(at, std::string::npos);
+  tmpl.replace(at, open.size(), "{{'<｜Assistant｜><think>\n'}}");
+  config["chat_template"] = tmpl;
+  test::WriteFile(r1 + "/tokenizer_config.json", config.dump());
+  ServerProcess own("-m " + r1 + " --port 0 --parallel 2 --ctx-size 256 -t 1", *dir_ / "r1.log");
+  ASSERT_GT(own.port(), 0) << own.log();
+  const RunResult gen = RunCommand(Cmd("generate -m " + r1 + " -t 1 -n 12 -p 'Hello!'"));
+  ASSERT_EQ(gen.status, 0) << gen.output();
+  const std::string thought = gen.out.substr(0, gen.out.size() - 1);
+  ASSERT_EQ(thought.find("</think>"), std::string::npos);
+
+  httplib::Client http("127.0.0.1", own.port());
+  http.set_read_timeout(60);
+  const std::string body =
+      R"({"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 12, "temperature": 0)";
+  const httplib::Result whole = http.Post("/v1/chat/completions", body + "}", "application/json");
+  ASSERT_TRUE(whole);
+  ASSERT_EQ(whole->status, 200) << whole->body;
+  const OrderedJson message = OrderedJson::parse(whole->body)["choices"][0]["message"];
+  EXPECT_EQ(message["reasoning_content"], thought);
+  EXPECT_EQ(message["content"], "");
+
+  const httplib::Result stream =
+      http.Post("/v1/chat/completions", body + R"(, "stream": true})", "application/json");
+  ASSERT_TRUE(stream);
+  ASSERT_EQ(stream->status, 200) << stream->body;
+  EXPECT_EQ(stream->get_header_value("Content-Type"), "text/event-stream");
+  std::string reasoning, content;
+  size_t events = 0;
+  for (size_t pos = 0; (pos = stream->body.find("data: ", pos)) != std::string::npos; ++events) {
+    const size_t end = stream->body.find("\n\n", pos);
+    ASSERT_NE(end, std::string::npos);
+    const std::string data = stream->body.substr(pos + 6, end - pos - 6);
+    pos = end;
+    if (data == "[DONE]") {
+      EXPECT_EQ(end + 2, stream->body.size());  // the last event
+      continue;
+    }
+    const OrderedJson delta = OrderedJson::parse(data)["choices"][0]["delta"];
+    if (delta.contains("reasoning_content")) reasoning += delta["reasoning_content"];
+    if (delta.contains("content")) content += delta["content"];
+  }
+  EXPECT_GT(events, 3u);
+  EXPECT_EQ(reasoning, thought);
+  EXPECT_EQ(content, "");
+}
+
+TEST_F(ServerTest, BadCommandLinesAreCleanErrors) {
+  test::ExpectCleanError(RunCommand(Cmd("serve -m /nonexistent --port 0")), "/nonexistent");
+  test::ExpectCleanError(RunCommand(Cmd("serve -m " + model() + " --port 0 --ctx-size 999999")),
+                         "--ctx-size 999999 exceeds max_position_embeddings");
+}
+
+}  // namespace
+}  // namespace dsv3

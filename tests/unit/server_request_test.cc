@@ -1,0 +1,214 @@
+// Request parsing for the OpenAI API (src/server/request.h): the fields it takes, and an
+// OpenAI-shaped error with the right status, param and code for each kind of bad input; the
+// <think> splitter of R1-style output, fed whole and in every split of its text.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "server/reasoning.h"
+#include "server/request.h"
+
+namespace dsv3::server {
+namespace {
+
+using ::testing::HasSubstr;
+
+RequestLimits Limits() { return {"tiny", 64}; }
+
+ApiRequest Ok(std::string_view body, Endpoint e = Endpoint::kChat) {
+  auto r = ParseRequest(body, e, Limits());
+  if (auto* err = std::get_if<ApiError>(&r)) {
+    ADD_FAILURE() << body << " -> " << err->ToJson().dump();
+    return {};
+  }
+  return std::get<ApiRequest>(r);
+}
+
+ApiError Bad(std::string_view body, Endpoint e = Endpoint::kChat) {
+  auto r = ParseRequest(body, e, Limits());
+  if (!std::holds_alternative<ApiError>(r)) {
+    ADD_FAILURE() << body << " was accepted";
+    return {};
+  }
+  return std::get<ApiError>(r);
+}
+
+constexpr const char* kHello = R"("messages": [{"role": "user", "content": "Hello!"}])";
+
+TEST(ServerRequest, ChatFields) {
+  const ApiRequest r = Ok(std::string("{") + kHello + R"(, "model": "tiny", "max_tokens": 12,
+      "temperature": 0, "top_p": 0.5, "top_k": 7, "seed": 42, "stop": ["a", "", "bc"],
+      "stream": true, "stream_options": {"include_usage": true}, "n": 1, "user": "x"})");
+  EXPECT_EQ(r.endpoint, Endpoint::kChat);
+  EXPECT_EQ(r.messages, OrderedJson::parse(R"([{"role": "user", "content": "Hello!"}])"));
+  EXPECT_EQ(r.max_tokens, 12);
+  EXPECT_EQ(r.sampling.temperature, 0);
+  EXPECT_FLOAT_EQ(r.sampling.top_p, 0.5f);
+  EXPECT_EQ(r.sampling.top_k, 7);
+  EXPECT_EQ(r.sampling.seed, 42u);
+  EXPECT_TRUE(r.seeded);
+  EXPECT_EQ(r.stop, (std::vector<std::string>{"a", "bc"}));
+  EXPECT_TRUE(r.stream);
+  EXPECT_TRUE(r.include_usage);
+}
+
+TEST(ServerRequest, Defaults) {
+  const ApiRequest r = Ok(std::string("{") + kHello + "}");
+  EXPECT_FALSE(r.max_tokens.has_value());
+  EXPECT_EQ(r.sampling.temperature, 1);  // OpenAI's default
+  EXPECT_FALSE(r.seeded);
+  EXPECT_FALSE(r.stream);
+  EXPECT_TRUE(r.stop.empty());
+  EXPECT_TRUE(r.model.empty());
+  // null is the same as absent; max_completion_tokens is max_tokens' newer name.
+  const ApiRequest n = Ok(std::string("{") + kHello +
+                          R"(, "temperature": null, "stop": "x", "max_completion_tokens": 5})");
+  EXPECT_EQ(n.sampling.temperature, 1);
+  EXPECT_EQ(n.stop, std::vector<std::string>{"x"});
+  EXPECT_EQ(n.max_tokens, 5);
+}
+
+TEST(ServerRequest, MessageShapes) {
+  const ApiRequest r = Ok(R"({"messages": [
+      {"role": "developer", "content": "Be brief."},
+      {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "you"}]},
+      {"role": "assistant", "content": null},
+      {"role": "assistant", "content": null, "tool_calls": [{"type": "function"}]},
+      {"role": "tool", "content": "42"}]})");
+  const OrderedJson want = OrderedJson::parse(R"([
+      {"role": "system", "content": "Be brief."},
+      {"role": "user", "content": "Hi you"},
+      {"role": "assistant", "content": ""},
+      {"role": "assistant", "content": null, "tool_calls": [{"type": "function"}]},
+      {"role": "tool", "content": "42"}])");
+  EXPECT_EQ(r.messages, want);
+}
+
+TEST(ServerRequest, CompletionPrompt) {
+  EXPECT_EQ(Ok(R"({"prompt": "Once"})", Endpoint::kCompletion).prompt, "Once");
+  EXPECT_EQ(Ok(R"({"prompt": ["Once"]})", Endpoint::kCompletion).prompt, "Once");
+  const ApiError e = Bad(R"({"prompt": [1, 2]})", Endpoint::kCompletion);
+  EXPECT_EQ(e.param, "prompt");
+  EXPECT_EQ(e.code, "invalid_type");
+  EXPECT_EQ(Bad(R"({"messages": []})", Endpoint::kCompletion).code, "missing_required_parameter");
+}
+
+struct BadCase {
+  std::string body;
+  int status;
+  std::string param, code, message;
+};
+
+TEST(ServerRequest, EachBadInputIsAnOpenAiError) {
+  const std::string h = std::string(kHello) + ", ";
+  const std::vector<BadCase> cases = {
+      {"", 400, "", "invalid_json", "invalid JSON"},
+      {"{\"messages\": [", 400, "", "invalid_json", "invalid JSON"},
+      {"[1, 2]", 400, "", "invalid_json", "JSON object"},
+      {"{\"messages\": \"hi\xFF\"}", 400, "", "invalid_encoding", "byte offset 16"},
+      {"{\"messages\": \"\xC0\xAF\"}", 400, "", "invalid_encoding", "UTF-8"},
+      {R"({"messages": "\ud800"})", 400, "", "invalid_json", "invalid JSON"},
+      {std::string(100, '[') + std::string(100, ']'), 400, "", "invalid_json", "deep"},
+      {"{}", 400, "messages", "missing_required_parameter", "required"},
+      {R"({"messages": []})", 400, "messages", "empty_array", "empty"},
+      {R"({"messages": {}})", 400, "messages", "invalid_type", "an object"},
+      {R"({"messages": [1]})", 400, "messages[0]", "invalid_type", "an integer"},
+      {R"({"messages": [{"content": "x"}]})", 400, "messages[0].role", "missing", "required"},
+      {R"({"messages": [{"role": "bot", "content": "x"}]})", 400, "messages[0].role",
+       "invalid_value", "'bot'"},
+      {R"({"messages": [{"role": "user"}]})", 400, "messages[0].content", "missing", "required"},
+      {R"({"messages": [{"role": "user", "content": 5}]})", 400, "messages[0].content",
+       "invalid_type", "an integer"},
+      {R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})", 400,
+       "messages[0].content[0].type", "invalid_value", "only \"text\""},
+      {"{" + h + R"("model": "gpt-4"})", 404, "model", "model_not_found", "'gpt-4'"},
+      {"{" + h + R"("model": 3})", 400, "model", "invalid_type", "a string"},
+      {"{" + h + R"("max_tokens": "12"})", 400, "max_tokens", "invalid_type", "a string"},
+      {"{" + h + R"("max_tokens": 1.5})", 400, "max_tokens", "invalid_type", "a number"},
+      {"{" + h + R"("max_tokens": 0})", 400, "max_tokens", "invalid_value", "between 1"},
+      {"{" + h + R"("max_tokens": 65})", 400, "max_tokens", "invalid_value", "context holds 64"},
+      {"{" + h + R"("max_completion_tokens": 18446744073709551615})", 400, "max_completion_tokens",
+       "invalid_value", "at most"},
+      {"{" + h + R"("temperature": "hot"})", 400, "temperature", "invalid_type", "a number"},
+      {"{" + h + R"("temperature": 2.5})", 400, "temperature", "invalid_value", "between 0 and 2"},
+      {"{" + h + R"("top_p": 0})", 400, "top_p", "invalid_value", "(0, 1]"},
+      {"{" + h + R"("top_k": -1})", 400, "top_k", "invalid_value", "between 0"},
+      {"{" + h + R"("seed": 1.5})", 400, "seed", "invalid_type", "an integer"},
+      {"{" + h + R"("stop": 5})", 400, "stop", "invalid_type", "a string or an array"},
+      {"{" + h + R"("stop": ["a", 1]})", 400, "stop[1]", "invalid_type", "a string"},
+      {"{" + h + R"("stream": "yes"})", 400, "stream", "invalid_type", "a boolean"},
+      {"{" + h + R"("stream_options": {"include_usage": 1}})", 400, "stream_options.include_usage",
+       "invalid_type", "a boolean"},
+      {"{" + h + R"("n": 2})", 400, "n", "invalid_value", "n = 1"},
+  };
+  for (const BadCase& c : cases) {
+    const ApiError e = Bad(c.body);
+    EXPECT_EQ(e.status, c.status) << c.body;
+    EXPECT_EQ(e.param, c.param) << c.body;
+    EXPECT_EQ(e.code, c.code) << c.body;
+    EXPECT_THAT(e.message, HasSubstr(c.message)) << c.body;
+    EXPECT_EQ(e.type, "invalid_request_error");
+    // The OpenAI shape: {"error": {"message", "type", "param", "code"}}.
+    const OrderedJson j = e.ToJson();
+    ASSERT_TRUE(j.contains("error")) << j.dump();
+    EXPECT_EQ(j["error"].size(), 4u);
+    EXPECT_EQ(j["error"]["param"].is_null(), c.param.empty());
+  }
+  std::string many = "{" + h + R"("stop": [)";
+  for (int i = 0; i < 17; ++i) many += std::string(i ? "," : "") + "\"s\"";
+  EXPECT_THAT(Bad(many + "]}").message, HasSubstr("at most 16"));
+}
+
+TEST(ServerRequest, GarbageNeverThrows) {
+  // Every prefix of a valid body, and single-byte corruptions of it, give a request or an error.
+  const std::string body = std::string("{") + kHello +
+                           R"(, "max_tokens": 12, "stop": ["x"], "stream": true, "seed": 1})";
+  for (size_t n = 0; n <= body.size(); ++n) {
+    ParseRequest(std::string_view(body).substr(0, n), Endpoint::kChat, Limits());
+    std::string corrupt = body;
+    if (n < body.size()) corrupt[n] = static_cast<char>(corrupt[n] ^ 0x5A);
+    ParseRequest(corrupt, Endpoint::kCompletion, Limits());
+  }
+}
+
+ReasoningSplitter::Parts SplitAll(bool in_reasoning, std::string_view text, size_t step) {
+  ReasoningSplitter s(in_reasoning);
+  ReasoningSplitter::Parts all;
+  for (size_t i = 0; i < text.size(); i += step) {
+    const ReasoningSplitter::Parts p = s.Push(text.substr(i, step));
+    all.reasoning += p.reasoning;
+    all.content += p.content;
+  }
+  const ReasoningSplitter::Parts p = s.Finish();
+  all.reasoning += p.reasoning;
+  all.content += p.content;
+  return all;
+}
+
+TEST(ServerRequest, ReasoningSplitsAtThinkTags) {
+  struct Case {
+    bool in_reasoning;
+    std::string text, reasoning, content;
+  };
+  const std::vector<Case> cases = {
+      {true, "Let me see.</think>\n\nIt is 4.", "Let me see.", "It is 4."},
+      {true, "still thinking </thi", "still thinking </thi", ""},
+      {true, "a</think>", "a", ""},
+      {false, "<think>\nhm</think>ok", "\nhm", "ok"},
+      {false, "  <think>x</think> y", "x", "y"},
+      {false, "plain answer <think> not a tag", "", "plain answer <think> not a tag"},
+      {false, " <thin", "", " <thin"},
+      {false, "", "", ""},
+  };
+  for (const Case& c : cases) {
+    for (size_t step = 1; step <= c.text.size() + 1; ++step) {
+      const ReasoningSplitter::Parts p = SplitAll(c.in_reasoning, c.text, step);
+      EXPECT_EQ(p.reasoning, c.reasoning) << c.text << " step " << step;
+      EXPECT_EQ(p.content, c.content) << c.text << " step " << step;
+    }
+  }
+  EXPECT_TRUE(OpensThink("<｜User｜>hi<｜Assistant｜><think>\n"));
+  EXPECT_FALSE(OpensThink("<｜User｜>hi<｜Assistant｜>"));
+}
+
+}  // namespace
+}  // namespace dsv3::server

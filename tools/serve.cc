@@ -1,0 +1,212 @@
+// `dsv3 serve` and `dsv3 bench-serve`.
+#include "tools/serve.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "core/error.h"
+#include "core/json.h"
+#include "runtime/scheduler.h"
+#include "server/server.h"
+#include "tools/commands.h"
+
+namespace dsv3::cli {
+
+struct ServeCommands::Args {
+  std::string model_dir, tokenizer;
+  server::ServerOptions server;
+  // bench-serve
+  std::string concurrency = "1,4";
+  int64_t prompt_tokens = 32, new_tokens = 64;
+  uint64_t seed = 0;
+  bool json = false;
+};
+
+ServeCommands::ServeCommands(CLI::App& app) : args_(std::make_unique<Args>()) {
+  Args& a = *args_;
+  a.server.scheduler.ctx_size = 0;
+  serve_ = app.add_subcommand("serve", "OpenAI-compatible HTTP server (chat and completions)");
+  serve_->add_option("-m,--model", a.model_dir, "model folder")->required();
+  serve_->add_option("--tokenizer", a.tokenizer,
+                     "tokenizer.json or its folder (default: the model folder)");
+  serve_->add_option("--host", a.server.host, "address to listen on (default 127.0.0.1)");
+  serve_->add_option("--port", a.server.port, "port (default 8080; 0: any free port)")
+      ->check(CLI::Range(0, 65535));
+  serve_->add_option("--model-name", a.server.model_name,
+                     "the model id clients send (default: the model folder's name)");
+  serve_
+      ->add_option("--parallel", a.server.scheduler.parallel,
+                   "requests decoded together, each with its own KV cache slot (default 4)")
+      ->check(CLI::Range(1, 256));
+  serve_->add_option("-c,--ctx-size", a.server.scheduler.ctx_size,
+                     "KV cache positions per slot (default: max_position_embeddings, at most "
+                     "4096)");
+  serve_
+      ->add_option("--queue", a.server.scheduler.queue,
+                   "requests that may wait for a slot; more get HTTP 503 (default 64)")
+      ->check(CLI::Range(0, 100000));
+  serve_
+      ->add_option("--max-body", a.server.max_body,
+                   "largest request body in bytes; larger get HTTP 413 (default 8 MiB)")
+      ->check(CLI::Range(1, 1 << 30));
+
+  bench_ = app.add_subcommand(
+      "bench-serve",
+      "aggregate decode tokens/s of the batching scheduler with 1, 4, ... concurrent requests");
+  bench_->add_option("-m,--model", a.model_dir, "model folder")->required();
+  bench_->add_option("--tokenizer", a.tokenizer,
+                     "tokenizer.json or its folder (default: the model folder)");
+  bench_->add_option("--concurrency", a.concurrency,
+                     "concurrent requests per run, comma-separated (default 1,4)");
+  bench_->add_option("-p,--prompt", a.prompt_tokens, "random prompt tokens per request (32)")
+      ->check(CLI::Range(1, 1 << 20));
+  bench_->add_option("-n,--n-predict", a.new_tokens, "tokens generated per request (64)")
+      ->check(CLI::Range(2, 1 << 20));
+  bench_->add_option("--seed", a.seed, "seed of the random prompts");
+  bench_->add_flag("--json", a.json, "print JSON");
+}
+
+ServeCommands::~ServeCommands() = default;
+
+int ServeCommands::Run() const { return *serve_ ? RunServe() : RunBench(); }
+
+namespace {
+
+struct Loaded {
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Model> model;
+};
+
+Loaded Load(const std::string& model_dir, const std::string& tokenizer, int64_t* ctx_size) {
+  Loaded l;
+  l.tokenizer = LoadTokenizer(tokenizer, model_dir);
+  l.model = LoadModel(model_dir);
+  const Config& c = l.model->config();
+  CheckVocab(*l.tokenizer, c);
+  if (*ctx_size <= 0) *ctx_size = std::min<int64_t>(c.max_position_embeddings, 4096);
+  if (*ctx_size > c.max_position_embeddings) {
+    Fail("--ctx-size {} exceeds max_position_embeddings ({})", *ctx_size,
+         c.max_position_embeddings);
+  }
+  return l;
+}
+
+}  // namespace
+
+int ServeCommands::RunServe() const {
+  server::ServerOptions o = args_->server;
+  Loaded l = Load(args_->model_dir, args_->tokenizer, &o.scheduler.ctx_size);
+  if (o.model_name.empty()) {
+    o.model_name = std::filesystem::path(args_->model_dir).lexically_normal().filename().string();
+    if (o.model_name.empty()) {
+      o.model_name =
+          std::filesystem::path(args_->model_dir).lexically_normal().parent_path().filename();
+    }
+  }
+  // SIGINT and SIGTERM go to one thread that stops the server; every other thread (created
+  // after this) has them blocked. A peer closing its socket must not kill the process.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  server::Server srv(*l.model, *l.tokenizer, o);
+  const int port = srv.Bind();
+  std::atomic<bool> done{false};
+  std::thread signals([&] {
+    int sig = 0;
+    sigwait(&set, &sig);
+    if (done) return;
+    std::fprintf(stderr, "dsv3: %s: shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    srv.Stop();
+  });
+  std::fprintf(stderr, "dsv3: serving %s on http://%s:%d (%lld slots x %lld tokens, queue %lld)\n",
+               o.model_name.c_str(), o.host.c_str(), port, (long long)o.scheduler.parallel,
+               (long long)o.scheduler.ctx_size, (long long)o.scheduler.queue);
+  std::fflush(stderr);
+  srv.Run();
+  srv.Stop();
+  done = true;
+  kill(getpid(), SIGTERM);  // wakes the signal thread when no signal came (blocked: no effect)
+  signals.join();
+  std::fprintf(stderr, "dsv3: server stopped\n");
+  return 0;
+}
+
+int ServeCommands::RunBench() const {
+  int64_t ctx_size = args_->prompt_tokens + args_->new_tokens;
+  Loaded l = Load(args_->model_dir, args_->tokenizer, &ctx_size);
+  const Config& c = l.model->config();
+  std::vector<int64_t> counts;
+  for (int32_t n : ParseIds(args_->concurrency)) {
+    if (n < 1 || n > 256) Fail("--concurrency: {} is not in 1..256", n);
+    counts.push_back(n);
+  }
+  OrderedJson runs = OrderedJson::array();
+  double base = 0;
+  for (const int64_t n : counts) {
+    SchedulerOptions so;
+    so.parallel = n;
+    so.ctx_size = ctx_size;
+    so.queue = n;
+    Scheduler sched(*l.model, *l.tokenizer, so);
+    std::mt19937_64 rng(args_->seed);
+    std::vector<std::shared_ptr<Job>> jobs;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < n; ++i) {
+      ServeRequest r;
+      for (int64_t t = 0; t < args_->prompt_tokens; ++t) {
+        r.prompt.push_back(static_cast<int32_t>(rng() % static_cast<uint64_t>(c.vocab_size)));
+      }
+      r.options.generate.max_new_tokens = args_->new_tokens;
+      r.options.generate.stop_at_eos = false;
+      jobs.push_back(sched.Submit(std::move(r)));
+      if (!jobs.back()) Fail("the scheduler refused request {}", i);
+    }
+    for (const auto& job : jobs) {
+      std::string text;
+      while (!job->Wait(&text, std::chrono::milliseconds(100))) text.clear();
+    }
+    const double wall = Seconds(t0);
+    const SchedulerStats s = sched.Stats();
+    const double tps = s.decode_tokens_per_second();
+    if (base == 0) base = tps;
+    runs.push_back({{"concurrency", n},
+                    {"decode_steps", s.decode_steps},
+                    {"decode_tokens", s.decode_tokens},
+                    {"decode_seconds", s.decode_seconds},
+                    {"decode_tokens_per_second", tps},
+                    {"speedup_vs_first", base > 0 ? tps / base : 0},
+                    {"prefill_seconds", s.prefill_seconds},
+                    {"wall_seconds", wall}});
+    if (!args_->json) {
+      std::printf(
+          "concurrency %3lld: %lld decode steps, %lld tokens in %.3f s -> %.2f tokens/s "
+          "(x%.2f vs %lld); prefill %.3f s; wall %.3f s\n",
+          (long long)n, (long long)s.decode_steps, (long long)s.decode_tokens, s.decode_seconds,
+          tps, base > 0 ? tps / base : 0, (long long)counts[0], s.prefill_seconds, wall);
+      std::fflush(stdout);
+    }
+  }
+  if (args_->json) {
+    std::printf("%s\n", OrderedJson({{"model", args_->model_dir},
+                                     {"prompt_tokens", args_->prompt_tokens},
+                                     {"new_tokens", args_->new_tokens},
+                                     {"runs", runs}})
+                            .dump()
+                            .c_str());
+  }
+  return 0;
+}
+
+}  // namespace dsv3::cli
