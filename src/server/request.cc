@@ -163,7 +163,10 @@ ApiRequest Parse(std::string_view body, Endpoint endpoint, const RequestLimits& 
   try {
     j = ParseOrderedJson(body, "request body");
   } catch (const std::exception& e) {
-    Reject("", e.what(), "invalid_json");
+    // The parser quotes the bytes it stopped at, which may end inside a UTF-8 sequence.
+    std::string message;
+    AppendUtf8Lossy(e.what(), &message, /*final=*/true);
+    Reject("", message, "invalid_json");
   }
   if (!j.is_object()) {
     Reject("", fmt::format("the request body must be a JSON object, got {}", TypeName(j)),

@@ -9,4 +9,5 @@ set(DSV3_FUZZ_TARGETS
   tokenizer_encode
   tokenizer_decode
   chat_template
+  server_request
 )

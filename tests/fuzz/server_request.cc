@@ -1,0 +1,39 @@
+// The server's request parsing: arbitrary bytes as the body of /v1/chat/completions and
+// /v1/completions. ParseRequest never throws; it gives a request that respects the limits, or an
+// OpenAI-shaped 4xx error that serializes.
+#include <string_view>
+#include <variant>
+
+#include "server/request.h"
+#include "tests/fuzz/fuzz_target.h"
+#include "tokenizer/unicode.h"
+
+DSV3_FUZZ_TARGET(server_request) {
+  using namespace dsv3::server;
+  const std::string_view body(reinterpret_cast<const char*>(data), size);
+  RequestLimits limits;
+  limits.model_name = "dsv3";
+  limits.ctx_size = 256;
+  for (const Endpoint endpoint : {Endpoint::kChat, Endpoint::kCompletion}) {
+    const auto result = ParseRequest(body, endpoint, limits);
+    if (const auto* error = std::get_if<ApiError>(&result)) {
+      dsv3::fuzz::Check(error->status >= 400 && error->status < 500, "error status not 4xx");
+      dsv3::fuzz::Check(!error->message.empty(), "error without a message");
+      dsv3::fuzz::Check(dsv3::FindInvalidUtf8(error->message) == std::string_view::npos,
+                        "error message is not valid UTF-8");
+      (void)error->ToJson().dump();
+      continue;
+    }
+    const ApiRequest& r = std::get<ApiRequest>(result);
+    dsv3::fuzz::Check(r.endpoint == endpoint, "request for another endpoint");
+    dsv3::fuzz::Check(!r.max_tokens || (*r.max_tokens >= 0 && *r.max_tokens <= limits.ctx_size),
+                      "max_tokens beyond the context accepted");
+    dsv3::fuzz::Check(r.stop.size() <= kMaxStops, "too many stop strings accepted");
+    for (const std::string& s : r.stop) dsv3::fuzz::Check(!s.empty(), "empty stop string accepted");
+    dsv3::fuzz::Check(r.sampling.temperature >= 0 && r.sampling.top_p > 0 && r.sampling.top_p <= 1,
+                      "sampling parameters out of range accepted");
+    if (endpoint == Endpoint::kChat) {
+      dsv3::fuzz::Check(r.messages.is_array() && !r.messages.empty(), "chat without messages");
+    }
+  }
+}
