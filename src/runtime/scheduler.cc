@@ -39,7 +39,10 @@ struct Scheduler::Active {
   Active(std::shared_ptr<Job> j, const Tokenizer& tokenizer, const Config& c)
       : job(std::move(j)),
         sampler(job->request_.options.generate.sampling, c.vocab_size),
-        text(tokenizer, c.eos_token_ids, job->request_.options) {}
+        text(tokenizer, c.eos_token_ids, job->request_.options) {
+    // Decode steps then append without allocating.
+    generated.reserve(static_cast<size_t>(job->request_.options.generate.max_new_tokens));
+  }
   std::shared_ptr<Job> job;
   Sampler sampler;
   TokenTextStream text;
@@ -72,6 +75,7 @@ Scheduler::Scheduler(const Model& model, const Tokenizer& tokenizer, const Sched
       next_(static_cast<size_t>(o.parallel)),
       free_slots_(o.parallel) {
   steps_.reserve(static_cast<size_t>(o.parallel));
+  for (Slot& slot : slots_) slot.history.reserve(static_cast<size_t>(o.ctx_size));
   PublishStats();
   thread_ = std::thread([this] { Loop(); });
 }
