@@ -32,6 +32,9 @@ void SendError(httplib::Response& res, const ApiError& e) { SendJson(res, e.stat
 
 std::string Sse(const OrderedJson& chunk) { return "data: " + Dump(chunk) + "\n\n"; }
 
+const ApiError kShuttingDown{503, "the server is shutting down", "server_error", "",
+                             "shutting_down"};
+
 const char* FinishName(FinishReason r) { return r == FinishReason::kLength ? "length" : "stop"; }
 
 OrderedJson Usage(const Job& job) {
@@ -142,10 +145,11 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
   sr.options.stop = r.stop;
   std::shared_ptr<Job> job = scheduler.Submit(std::move(sr));
   if (!job) {
-    return SendError(res, {503,
-                           stopping ? "the server is shutting down"
-                                    : "the server is busy: every slot and queue place is taken",
-                           "server_error", "", stopping ? "shutting_down" : "queue_full"});
+    return SendError(res, stopping ? kShuttingDown
+                                   : ApiError{503,
+                                              "the server is busy: every slot and queue place is "
+                                              "taken",
+                                              "server_error", "", "queue_full"});
   }
   ++(chat ? chat_requests : completion_requests);
   OrderedJson head = Head(endpoint, r.stream);
@@ -156,8 +160,7 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
     while (!job->Wait(&text, kPoll)) {
     }
     if (job->finish_reason() == FinishReason::kCancelled) {
-      return SendError(res,
-                       {503, "the server is shutting down", "server_error", "", "shutting_down"});
+      return SendError(res, kShuttingDown);
     }
     OrderedJson choice = {{"index", 0}};
     if (chat) {
@@ -229,9 +232,7 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
         }
         if (!finished) return true;
         if (st->job->finish_reason() == FinishReason::kCancelled) {
-          const std::string event =
-              Sse(ApiError{503, "the server is shutting down", "server_error", "", "shutting_down"}
-                      .ToJson());
+          const std::string event = Sse(kShuttingDown.ToJson());
           sink.write(event.data(), event.size());
         } else {
           if (st->chat && !send_parts(st->split.Finish())) return false;
