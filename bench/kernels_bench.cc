@@ -7,8 +7,10 @@
 #include <random>
 #include <vector>
 
+#include "core/aligned.h"
 #include "core/dtype.h"
 #include "core/parallel.h"
+#include "kernels/amx.h"
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
@@ -118,6 +120,32 @@ void BM_AttentionBlock(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * H * S * (CR + C) * 2);
 }
 
+// The same over a BF16 cache with the AMX tile kernel (one thread; skipped without AMX).
+void BM_AttentionBlockAmxBf16(benchmark::State& state) {
+  const int64_t H = state.range(0), S = state.range(1), C = 512, R = 64, CR = C + R;
+  const int64_t Hp = (H + 15) / 16 * 16;
+  if (!AmxSupported()) {
+    state.SkipWithError("no AMX on this CPU");
+    return;
+  }
+  const std::vector<float> q = Activations(H * CR), rows = Activations(S * CR);
+  std::vector<uint16_t> cache(S * CR), tiles(AmxLatentQueryElements(H, CR));
+  for (size_t i = 0; i < cache.size(); ++i) cache[i] = F32ToBF16(rows[i]);
+  AlignedArray<uint8_t> scratch(static_cast<size_t>(AmxLatentScratchBytes(H, CR, C)));
+  std::vector<float> o(Hp * C), m(Hp), l(Hp);
+  for (auto _ : state) {
+    std::fill(m.begin(), m.end(), -INFINITY);
+    std::fill(l.begin(), l.end(), 0.0f);
+    std::fill(o.begin(), o.end(), 0.0f);
+    AmxPrepareLatentQueries(q.data(), H, CR, tiles.data());
+    AmxLatentAttention(tiles.data(), H, CR, C, cache.data(), S, 0.1f, m.data(), l.data(), o.data(),
+                       scratch.data());
+    benchmark::DoNotOptimize(o.data());
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * H * S * (CR + C) * 2);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * S * CR * 2);
+}
+
 void BM_RmsNorm(benchmark::State& state) {
   const int64_t n = state.range(0);
   const std::vector<float> x = Activations(n), w = Activations(n);
@@ -153,6 +181,7 @@ BENCHMARK_CAPTURE(BM_MatMul, fp8_expert_T48, DType::kF8E4M3)->Args({1408, 2048, 
 BENCHMARK_CAPTURE(BM_MatMul, bf16_T64, DType::kBF16)->Args({2048, 2048, 64})->UseRealTime();
 BENCHMARK_CAPTURE(BM_MatMul, fp8_T4, DType::kF8E4M3)->Args({16384, 2048, 4})->UseRealTime();
 BENCHMARK(BM_AttentionBlock)->Args({16, 8192})->Args({128, 4096})->UseRealTime();
+BENCHMARK(BM_AttentionBlockAmxBf16)->Args({16, 8192})->Args({128, 4096})->UseRealTime();
 BENCHMARK(BM_RmsNorm)->Arg(7168);
 BENCHMARK(BM_Softmax)->Arg(8192);
 

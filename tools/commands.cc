@@ -230,6 +230,7 @@ int RunLogits(const LogitsArgs& a) {
   opts.capacity = n;
   opts.max_batch = a.decode ? 1 : n;
   opts.attention = a.attention;
+  opts.kv_cache = a.kv_cache;
   Context ctx(*m, opts);
   std::vector<float> logits(static_cast<size_t>(n * c.vocab_size));
   const auto t0 = Clock::now();
@@ -254,7 +255,10 @@ int RunLogits(const LogitsArgs& a) {
   WriteBinaryAtomic(a.output, logits.data(), logits.size());
   std::fprintf(stderr, "dsv3: wrote %s: float32 [%lld, %lld] (%s, %.1f tokens/s)\n",
                a.output.c_str(), (long long)n, (long long)c.vocab_size,
-               a.mtp ? "MTP" : a.decode ? "decode" : "prefill", n / secs);
+               a.mtp      ? "MTP"
+               : a.decode ? "decode"
+                          : "prefill",
+               n / secs);
   return 0;
 }
 
@@ -301,6 +305,7 @@ Generation SetUpGeneration(const Model& m, const GenerateArgs& a, size_t prompt_
                       ? a.ctx_size
                       : std::min(needed + (mtp ? a.draft : 0), c.max_position_embeddings);
   opts.max_batch = std::min<int64_t>(static_cast<int64_t>(prompt_tokens), 512);
+  opts.kv_cache = a.kv_cache;
   Generation g;
   g.context = std::make_unique<Context>(m, opts);
   if (mtp) g.speculative = std::make_unique<SpeculativeDecoder>(m, opts, a.draft);
@@ -318,14 +323,14 @@ bool UseMtp(const Model& m, bool no_mtp) {
 
 void PrintGenerateStats(const GenerateStats& stats, const Context& ctx) {
   const Config& c = ctx.model().config();
-  std::fprintf(stderr,
-               "dsv3: prefill %lld tokens in %.3f s (%.1f tokens/s); decode %lld tokens in %.3f s "
-               "(%.2f tokens/s); KV cache %lld bytes/token (%lld layers x %lld floats)\n",
-               (long long)stats.prompt_tokens, stats.prefill_seconds,
-               stats.prefill_tokens_per_second(), (long long)stats.decode_tokens,
-               stats.decode_seconds, stats.decode_tokens_per_second(),
-               (long long)ctx.cache().bytes_per_token(), (long long)c.num_hidden_layers,
-               (long long)c.kv_width());
+  std::fprintf(
+      stderr,
+      "dsv3: prefill %lld tokens in %.3f s (%.1f tokens/s); decode %lld tokens in %.3f s "
+      "(%.2f tokens/s); KV cache %lld bytes/token (%lld layers x %lld %s)\n",
+      (long long)stats.prompt_tokens, stats.prefill_seconds, stats.prefill_tokens_per_second(),
+      (long long)stats.decode_tokens, stats.decode_seconds, stats.decode_tokens_per_second(),
+      (long long)ctx.cache().bytes_per_token(), (long long)c.num_hidden_layers,
+      (long long)c.kv_width(), ctx.cache().type() == KvCacheType::kBF16 ? "BF16 values" : "floats");
   if (!stats.drafts_checked.empty()) std::fprintf(stderr, "dsv3: %s\n", MtpSummary(stats).c_str());
 }
 
@@ -362,9 +367,9 @@ int RunBench(const BenchArgs& a) {
     return 0;
   }
   const BenchResult& first = results.front();
-  std::printf("model %s: %s per decoded token, KV cache %lld B/token, %s kernels\n",
+  std::printf("model %s: %s per decoded token, KV cache %lld B/token (%s), %s kernels\n",
               a.model_dir.c_str(), Human(static_cast<double>(first.weight_bytes_per_token)).c_str(),
-              (long long)first.kv_bytes_per_token, first.kernels.c_str());
+              (long long)first.kv_bytes_per_token, first.kv_cache.c_str(), first.kernels.c_str());
   std::printf("%7s %14s %13s %8s %11s %10s %6s %10s %10s\n", "threads", "prefill tok/s",
               "decode tok/s", "pre/dec", "weight GB/s", "read GB/s", "ratio", "peak RSS",
               "scratch");

@@ -27,6 +27,7 @@ struct LogitsArgs {
   bool decode = false;
   bool mtp = false;  // write the MTP module's logits instead
   AttentionImpl attention = AttentionImpl::kAuto;
+  KvCacheType kv_cache = KvCacheType::kF32;
 };
 struct GenerateArgs {
   std::string model_dir, ids;
@@ -42,6 +43,7 @@ struct GenerateArgs {
   SamplingParams sampling;
   bool no_mtp = false;  // plain decoding even when the checkpoint has an MTP module
   int64_t draft = 1;    // MTP draft tokens per step
+  KvCacheType kv_cache = KvCacheType::kF32;
 };
 
 struct BenchArgs {
@@ -60,6 +62,7 @@ struct ChatArgs {
   SamplingParams sampling;
   bool no_mtp = false;
   int64_t draft = 1;
+  KvCacheType kv_cache = KvCacheType::kF32;
 };
 struct TokenizeArgs {
   std::string tokenizer;

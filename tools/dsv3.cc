@@ -10,6 +10,7 @@
 #include "core/parallel.h"
 #include "kernels/targets.h"
 #include "tools/analyze.h"
+#include "tools/cli_options.h"
 #include "tools/commands.h"
 #include "tools/serve.h"
 
@@ -80,6 +81,7 @@ int main(int argc, char** argv) {
   logits_cmd
       ->add_option("--attn", attention, "attention form: auto (default), absorbed or expanded")
       ->check(CLI::IsMember({"auto", "absorbed", "expanded"}));
+  dsv3::cli::AddKvCacheOption(logits_cmd, &logits.kv_cache);
   AddCommon(logits_cmd, common);
 
   dsv3::cli::GenerateArgs gen;
@@ -109,6 +111,7 @@ int main(int argc, char** argv) {
                     "plain decoding even when the checkpoint has MTP layers");
   gen_cmd->add_option("--draft", gen.draft, "MTP draft tokens per step, 1-6 (default 1)")
       ->check(CLI::Range(1, 6));
+  dsv3::cli::AddKvCacheOption(gen_cmd, &gen.kv_cache);
   AddCommon(gen_cmd, common);
 
   dsv3::cli::BenchArgs bench;
@@ -127,6 +130,7 @@ int main(int argc, char** argv) {
       "MTP drafts per step for the speculative run, 1-6 (default 1; models with MTP)");
   bench_cmd->add_flag("--no-mtp", bench.no_mtp, "skip the speculative (MTP) run");
   bench_cmd->add_flag("--json", bench.json, "print JSON");
+  dsv3::cli::AddKvCacheOption(bench_cmd, &bench.options.kv_cache);
   AddCommon(bench_cmd, common, /*threads=*/false);
 
   dsv3::cli::ChatArgs chat;
@@ -148,6 +152,7 @@ int main(int argc, char** argv) {
                      "plain decoding even when the checkpoint has MTP layers");
   chat_cmd->add_option("--draft", chat.draft, "MTP draft tokens per step, 1-6 (default 1)")
       ->check(CLI::Range(1, 6));
+  dsv3::cli::AddKvCacheOption(chat_cmd, &chat.kv_cache);
   AddCommon(chat_cmd, common);
 
   dsv3::cli::TokenizeArgs tokenize;
@@ -225,6 +230,9 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
+  } catch (const CLI::ValidationError& e) {  // a bad option value: one line, like other errors
+    std::fprintf(stderr, "dsv3: error: %s\n", OneLine(e.what()).c_str());
+    return 1;
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }

@@ -16,6 +16,7 @@
 #include "core/json.h"
 #include "runtime/scheduler.h"
 #include "server/server.h"
+#include "tools/cli_options.h"
 #include "tools/commands.h"
 
 namespace dsv3::cli {
@@ -49,6 +50,7 @@ ServeCommands::ServeCommands(CLI::App& app) : args_(std::make_unique<Args>()) {
   serve_->add_option("-c,--ctx-size", a.server.scheduler.ctx_size,
                      "KV cache positions per slot (default: max_position_embeddings, at most "
                      "4096)");
+  AddKvCacheOption(serve_, &a.server.scheduler.kv_cache);
   serve_
       ->add_option("--queue", a.server.scheduler.queue,
                    "requests that may wait for a slot; more get HTTP 503 (default 64)")
@@ -71,6 +73,7 @@ ServeCommands::ServeCommands(CLI::App& app) : args_(std::make_unique<Args>()) {
   bench_->add_option("-n,--n-predict", a.new_tokens, "tokens generated per request (64)")
       ->check(CLI::Range(2, 1 << 20));
   bench_->add_option("--seed", a.seed, "seed of the random prompts");
+  AddKvCacheOption(bench_, &a.server.scheduler.kv_cache);
   bench_->add_flag("--json", a.json, "print JSON");
 }
 
@@ -159,6 +162,7 @@ int ServeCommands::RunBench() const {
     so.parallel = n;
     so.ctx_size = ctx_size;
     so.queue = n;
+    so.kv_cache = args_->server.scheduler.kv_cache;
     Scheduler sched(*l.model, *l.tokenizer, so);
     std::mt19937_64 rng(args_->seed);
     std::vector<std::shared_ptr<Job>> jobs;

@@ -211,6 +211,7 @@ int RunChat(const ChatArgs& a) {
   CheckVocab(*tok, c);
   ContextOptions opts;
   opts.capacity = a.ctx_size > 0 ? a.ctx_size : std::min<int64_t>(c.max_position_embeddings, 8192);
+  opts.kv_cache = a.kv_cache;
   if (opts.capacity > c.max_position_embeddings) {
     Fail("--ctx-size {} exceeds max_position_embeddings ({})", opts.capacity,
          c.max_position_embeddings);

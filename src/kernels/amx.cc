@@ -13,6 +13,7 @@
 
 // GCC 12 warns inside its own AVX-512 headers ("__Y may be used uninitialized") when they inline.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 #include <cpuid.h>
 #include <immintrin.h>
@@ -32,6 +33,9 @@ namespace {
 constexpr int64_t kTile = 16;  // rows (and tokens) per tile
 constexpr int64_t kStep = 32;  // k per tile (BF16 pairs x 16)
 constexpr int kParts = 3;      // BF16 parts of each activation
+// Attention over a BF16 cache splits queries and probabilities in two parts: 2^-17 relative, far
+// below the cache's own rounding (2^-9).
+constexpr int kAttnParts = 2;
 
 // ---- support -----------------------------------------------------------------------------------
 
@@ -61,8 +65,8 @@ struct Buffers {
   size_t x_cap = 0;
   uint16_t* w = nullptr;  // [32 rows][Kp] BF16
   size_t w_cap = 0;
-  bool configured = false;
-  ~Buffers() {  // at thread exit: pool workers come and go
+  bool configured = false;  // tiles configured on this thread
+  ~Buffers() {              // at thread exit: pool workers come and go
     std::free(x);
     std::free(w);
   }
@@ -158,14 +162,28 @@ DSV3_AMX_TARGET inline void Transpose16x16(__m512i r[16]) {
   }
 }
 
+// x = p0 + p1 + p2 with each part in BF16, rounded to nearest from the remainder (exact for normal
+// floats): returns the next part of the 32 values [lo | hi] and leaves the remainder in lo, hi.
+DSV3_AMX_TARGET inline __m512i NextPart(__m512& lo, __m512& hi) {
+  const __m512bh b = _mm512_cvtne2ps_pbh(hi, lo);
+  const __m512i bits = reinterpret_cast<const __m512i&>(b);
+  const __m512 blo = _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(bits)), 16));
+  const __m512 bhi = _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(bits, 1)), 16));
+  lo = _mm512_sub_ps(lo, blo);
+  hi = _mm512_sub_ps(hi, bhi);
+  return bits;
+}
+
 // Activations of nt <= 16 * TT tokens into B tiles: x_tiles[part][tt][ks] is the 16 x 32 BF16
 // (VNNI) tile of token tile tt, k-step ks, for the part-th BF16 part of the values.
 DSV3_AMX_TARGET void PrepareActivations(const float* x, int64_t x_stride, int64_t nt, int64_t K,
-                                        int64_t TT, int64_t KS, uint16_t* out) {
+                                        int64_t TT, int64_t KS, uint16_t* out, int parts = kParts) {
   const size_t tile = kTile * kStep;  // BF16 elements per tile
   for (int64_t tt = 0; tt < TT; ++tt) {
     for (int64_t ks = 0; ks < KS; ++ks) {
-      __m512i parts[kParts][16];
+      __m512i parts_of[kParts][16];
       for (int64_t n = 0; n < kTile; ++n) {
         const int64_t token = tt * kTile + n;
         const int64_t k = ks * kStep;
@@ -180,46 +198,35 @@ DSV3_AMX_TARGET void PrepareActivations(const float* x, int64_t x_stride, int64_
           lo = _mm512_maskz_loadu_ps(mlo, src);
           hi = _mm512_maskz_loadu_ps(mhi, src + 16);
         }
-        // x = p0 + p1 + p2 with each part in BF16 (rounded to nearest from the remainder).
-        for (int p = 0; p < kParts; ++p) {
-          const __m512bh b = _mm512_cvtne2ps_pbh(hi, lo);
-          parts[p][n] = reinterpret_cast<const __m512i&>(b);
-          const __m512i bits = reinterpret_cast<const __m512i&>(b);
-          const __m512 blo = _mm512_castsi512_ps(
-              _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(bits)), 16));
-          const __m512 bhi = _mm512_castsi512_ps(
-              _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(bits, 1)), 16));
-          lo = _mm512_sub_ps(lo, blo);
-          hi = _mm512_sub_ps(hi, bhi);
-        }
+        for (int p = 0; p < parts; ++p) parts_of[p][n] = NextPart(lo, hi);
       }
       // Token n's dword j is the pair (2j, 2j+1); the tile wants row j = the 16 tokens' pairs.
-      for (int p = 0; p < kParts; ++p) {
-        Transpose16x16(parts[p]);
+      for (int p = 0; p < parts; ++p) {
+        Transpose16x16(parts_of[p]);
         uint16_t* dst = out + ((p * TT + tt) * KS + ks) * tile;
-        for (int j = 0; j < 16; ++j) _mm512_storeu_si512(dst + j * kStep, parts[p][j]);
+        for (int j = 0; j < 16; ++j) _mm512_storeu_si512(dst + j * kStep, parts_of[p][j]);
       }
     }
   }
 }
 
+// All eight tiles 16 rows x 64 bytes, once per thread.
 DSV3_AMX_TARGET void ConfigureTiles() {
+  if (t_buf.configured) return;
   TileConfig cfg;
   for (int i = 0; i < 8; ++i) {
     cfg.rows[i] = kTile;
     cfg.colsb[i] = 64;
   }
   _tile_loadconfig(&cfg);
+  t_buf.configured = true;
 }
 
 // C tiles 0..3 = (row tile 0, token tile 0), (0, 1), (1, 0), (1, 1); A tiles 4, 5; B tiles 6, 7.
 DSV3_AMX_TARGET void Gemm(const WeightMatrix& m, int64_t r0, int64_t r1, const float* x,
                           int64_t x_stride, int64_t T, float* y, int64_t y_stride) {
   Buffers& b = t_buf;
-  if (!b.configured) {
-    ConfigureTiles();
-    b.configured = true;
-  }
+  ConfigureTiles();
   const int64_t K = m.cols, Kp = (K + kStep - 1) / kStep * kStep, KS = Kp / kStep;
   const bool fp8 = m.dtype == DType::kF8E4M3;
   const int64_t block_steps = fp8 ? m.block_cols / kStep : KS;  // k-steps per scale block
@@ -301,7 +308,216 @@ DSV3_AMX_TARGET void Gemm(const WeightMatrix& m, int64_t r0, int64_t r1, const f
   }
 }
 
+// e^x for x <= 0 (and NaN), to about 2 ulp: 2^n * e^r with |r| <= ln2 / 2 and a degree-7
+// polynomial; arguments below -87 give e^-87 (the running-softmax rescale of a -inf maximum).
+DSV3_AMX_TARGET inline __m512 ExpNonPositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+constexpr int64_t kAttnRows = 64;  // cached rows per attention block
+
+// Per block of 64 cached rows: (1) the rows' first C values as VNNI pair tiles (row i of tile
+// (dt, kk) interleaves rows 32kk + 2i and 32kk + 2i + 1 at columns 16dt ..); then per tile of 16
+// heads (2) scores^T [64 rows, 16 heads] = rows (A, straight from the cache) x queries (B,
+// prepared), (3) the online softmax down each head's column, (4) the probabilities transposed to
+// [16 heads, 64 rows] in two BF16 parts (A tiles, 32 rows each), (5) o [16 heads, C] += P x
+// latents, two 16-column tiles at a time. Independent accumulators are interleaved so that the
+// tile products overlap: scores C0..C3 / A4, A5 / B6, B7; PV A0..A3 / C4, C5 / B6, B7.
+DSV3_AMX_TARGET void LatentAttention(const uint16_t* qt, int64_t H, int64_t W, int64_t C,
+                                     const uint16_t* rows, int64_t n, float scale, float* m,
+                                     float* l, float* o, uint8_t* scratch) {
+  const int64_t HT = (H + kTile - 1) / kTile, KS = (W + kStep - 1) / kStep, Wp = KS * kStep;
+  const int64_t CT = C / kTile;
+  const int64_t tile = kTile * kStep;                                  // BF16 elements per tile
+  float* sT = reinterpret_cast<float*>(scratch);                       // [64, 16]
+  uint16_t* pa = reinterpret_cast<uint16_t*>(sT + kAttnRows * kTile);  // [2 kk][2 parts][tile]
+  uint16_t* vt = pa + 4 * tile;                                        // [CT][2 kk][tile]
+  uint16_t* padded = vt + 2 * CT * tile;                               // [64, Wp]
+  ConfigureTiles();
+  // Output index j of the pair interleave takes element j / 2 of row 2i (j even) or 2i + 1 (odd);
+  // lo covers columns 0..15 of the 32 loaded, hi 16..31.
+  alignas(64) uint16_t ilo[32], ihi[32];
+  for (int j = 0; j < 32; ++j) {
+    ilo[j] = static_cast<uint16_t>(j / 2 + (j % 2 ? 32 : 0));
+    ihi[j] = static_cast<uint16_t>(16 + j / 2 + (j % 2 ? 32 : 0));
+  }
+  const __m512i idx_lo = _mm512_load_si512(ilo), idx_hi = _mm512_load_si512(ihi);
+  const __m512 vscale = _mm512_set1_ps(scale);
+
+  for (int64_t b0 = 0; b0 < n; b0 += kAttnRows) {
+    const int64_t nb = n - b0 < kAttnRows ? n - b0 : kAttnRows;
+    const uint16_t* blk = rows + b0 * W;
+    int64_t ld = W;                   // elements between rows
+    if (nb < kAttnRows || Wp != W) {  // ragged: zero-padded copy (columns to Wp, rows to 64)
+      for (int64_t r = 0; r < kAttnRows; ++r) {
+        uint16_t* dst = padded + r * Wp;
+        if (r < nb) {
+          std::memcpy(dst, blk + r * W, static_cast<size_t>(W) * 2);
+          std::memset(dst + W, 0, static_cast<size_t>(Wp - W) * 2);
+        } else {
+          std::memset(dst, 0, static_cast<size_t>(Wp) * 2);
+        }
+      }
+      blk = padded;
+      ld = Wp;
+    }
+    for (int64_t i = 0; i < kAttnRows / 2; ++i) {  // (1)
+      const uint16_t* r0 = blk + 2 * i * ld;
+      uint16_t* dst = vt + (i / kTile) * tile + (i % kTile) * kStep;
+      for (int64_t d0 = 0; d0 < C; d0 += 32) {
+        const __m512i a = _mm512_loadu_si512(r0 + d0), b = _mm512_loadu_si512(r0 + ld + d0);
+        _mm512_store_si512(dst + (d0 / kTile) * 2 * tile, _mm512_permutex2var_epi16(a, idx_lo, b));
+        _mm512_store_si512(dst + (d0 / kTile + 1) * 2 * tile,
+                           _mm512_permutex2var_epi16(a, idx_hi, b));
+      }
+    }
+    const int64_t stride = ld * 2;  // bytes
+    // The next block's rows are fetched into L2 while this one computes (the loads of step (1)
+    // would otherwise wait on memory with the tile units idle): a share per k-step below.
+    const char* next = reinterpret_cast<const char*>(rows + (b0 + kAttnRows) * W);
+    const int64_t next_rows = n - b0 - kAttnRows < kAttnRows ? n - b0 - kAttnRows : kAttnRows;
+    const int64_t next_lines = next_rows > 0 ? (next_rows * W * 2 + 63) / 64 : 0;
+    const int64_t lines_per_step = (next_lines + KS - 1) / KS;
+    for (int64_t ht = 0; ht < HT; ++ht) {
+      _tile_zero(0);  // (2)
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t ks = 0; ks < KS; ++ks) {
+        const uint16_t* a = blk + ks * kStep;
+        if (ht == 0) {
+          const int64_t l0 = ks * lines_per_step;
+          const int64_t l1 = l0 + lines_per_step < next_lines ? l0 + lines_per_step : next_lines;
+          for (int64_t line = l0; line < l1; ++line) _mm_prefetch(next + line * 64, _MM_HINT_T1);
+        }
+        _tile_loadd(6, qt + ((0 * HT + ht) * KS + ks) * tile, 64);
+        _tile_loadd(7, qt + ((1 * HT + ht) * KS + ks) * tile, 64);
+        _tile_loadd(4, a, stride);
+        _tile_loadd(5, a + kTile * ld, stride);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 5, 6);
+        _tile_dpbf16ps(0, 4, 7);
+        _tile_dpbf16ps(1, 5, 7);
+        _tile_loadd(4, a + 2 * kTile * ld, stride);
+        _tile_loadd(5, a + 3 * kTile * ld, stride);
+        _tile_dpbf16ps(2, 4, 6);
+        _tile_dpbf16ps(3, 5, 6);
+        _tile_dpbf16ps(2, 4, 7);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+      _tile_stored(0, sT, 64);
+      _tile_stored(1, sT + kTile * kTile, 64);
+      _tile_stored(2, sT + 2 * kTile * kTile, 64);
+      _tile_stored(3, sT + 3 * kTile * kTile, 64);
+
+      float* mh = m + ht * kTile;  // (3)
+      float* lh = l + ht * kTile;
+      const __m512 m_old = _mm512_loadu_ps(mh);
+      __m512 m_new = m_old;
+      for (int64_t r = 0; r < nb; ++r) {
+        const __m512 s = _mm512_mul_ps(_mm512_load_ps(sT + r * kTile), vscale);
+        _mm512_store_ps(sT + r * kTile, s);
+        m_new = _mm512_max_ps(m_new, s);
+      }
+      const __m512 corr = ExpNonPositive(_mm512_sub_ps(m_old, m_new));
+      __m512 sum = _mm512_setzero_ps();
+      __m512i pr[kAttnRows];
+      for (int64_t r = 0; r < kAttnRows; ++r) {
+        __m512 p = _mm512_setzero_ps();
+        if (r < nb) p = ExpNonPositive(_mm512_sub_ps(_mm512_load_ps(sT + r * kTile), m_new));
+        sum = _mm512_add_ps(sum, p);
+        pr[r] = _mm512_castps_si512(p);
+      }
+      _mm512_storeu_ps(mh, m_new);
+      _mm512_storeu_ps(lh, _mm512_fmadd_ps(_mm512_loadu_ps(lh), corr, sum));
+      const __mmask16 grew = _mm512_cmp_ps_mask(corr, _mm512_set1_ps(1.0f), _CMP_NEQ_UQ);
+      if (grew) {
+        alignas(64) float cv[kTile];
+        _mm512_store_ps(cv, corr);
+        for (int64_t h = 0; h < kTile; ++h) {
+          if (!(grew >> h & 1)) continue;
+          float* oh = o + (ht * kTile + h) * C;
+          const __m512 f = _mm512_set1_ps(cv[h]);
+          for (int64_t j = 0; j < C; j += kTile)
+            _mm512_storeu_ps(oh + j, _mm512_mul_ps(f, _mm512_loadu_ps(oh + j)));
+        }
+      }
+      for (int64_t q4 = 0; q4 < 4; ++q4) Transpose16x16(pr + q4 * kTile);  // (4)
+      for (int64_t kk = 0; kk < 2; ++kk) {  // pr[16 q4 + h]: rows 16 q4 .. of head h
+        for (int64_t h = 0; h < kTile; ++h) {
+          __m512 lo = _mm512_castsi512_ps(pr[2 * kk * kTile + h]);
+          __m512 hi = _mm512_castsi512_ps(pr[(2 * kk + 1) * kTile + h]);
+          for (int p = 0; p < kAttnParts; ++p)
+            _mm512_store_si512(pa + (kk * 2 + p) * tile + h * kStep, NextPart(lo, hi));
+        }
+      }
+      _tile_loadd(0, pa, 64);  // (5)
+      _tile_loadd(1, pa + tile, 64);
+      _tile_loadd(2, pa + 2 * tile, 64);
+      _tile_loadd(3, pa + 3 * tile, 64);
+      for (int64_t dt = 0; dt < CT; dt += 2) {
+        float* oc = o + ht * kTile * C + dt * kTile;
+        const uint16_t* v = vt + dt * 2 * tile;  // (dt, 0), (dt, 1), (dt + 1, 0), (dt + 1, 1)
+        _tile_loadd(4, oc, C * 4);
+        _tile_loadd(5, oc + kTile, C * 4);
+        _tile_loadd(6, v, 64);
+        _tile_loadd(7, v + 2 * tile, 64);
+        _tile_dpbf16ps(4, 0, 6);
+        _tile_dpbf16ps(5, 0, 7);
+        _tile_dpbf16ps(4, 1, 6);
+        _tile_dpbf16ps(5, 1, 7);
+        _tile_loadd(6, v + tile, 64);
+        _tile_loadd(7, v + 3 * tile, 64);
+        _tile_dpbf16ps(4, 2, 6);
+        _tile_dpbf16ps(5, 2, 7);
+        _tile_dpbf16ps(4, 3, 6);
+        _tile_dpbf16ps(5, 3, 7);
+        _tile_stored(4, oc, C * 4);
+        _tile_stored(5, oc + kTile, C * 4);
+      }
+    }
+  }
+}
+
 }  // namespace
+
+bool AmxLatentAttentionSupported(int64_t H, int64_t W, int64_t C) {
+  return AmxEnabled() && H > 0 && W % 2 == 0 && C > 0 && C % 32 == 0 && C <= W;
+}
+
+int64_t AmxLatentQueryElements(int64_t H, int64_t W) {
+  return kAttnParts * ((H + kTile - 1) / kTile) * ((W + kStep - 1) / kStep) * kTile * kStep;
+}
+
+int64_t AmxLatentScratchBytes(int64_t H, int64_t W, int64_t C) {
+  (void)H;
+  const int64_t Wp = (W + kStep - 1) / kStep * kStep;
+  return 4 * kAttnRows * kTile + 2 * (4 + 2 * C / kTile) * kTile * kStep + 2 * kAttnRows * Wp;
+}
+
+void AmxPrepareLatentQueries(const float* q, int64_t H, int64_t W, uint16_t* tiles) {
+  PrepareActivations(q, W, H, W, (H + kTile - 1) / kTile, (W + kStep - 1) / kStep, tiles,
+                     kAttnParts);
+}
+
+void AmxLatentAttention(const uint16_t* q_tiles, int64_t H, int64_t W, int64_t C,
+                        const uint16_t* rows, int64_t n, float scale, float* m, float* l, float* o,
+                        void* scratch) {
+  LatentAttention(q_tiles, H, W, C, rows, n, scale, m, l, o, static_cast<uint8_t*>(scratch));
+}
 
 bool AmxSupported() {
   static const bool supported = DetectAmx();

@@ -25,4 +25,27 @@ void SetAmxEnabled(bool enabled);
 bool AmxMatMulRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
                    int64_t T, float* y, int64_t y_stride);
 
+// ---- Absorbed MLA attention over a BF16 latent cache --------------------------------------------
+// One token's H absorbed queries q [H, W] (W = C + R: [W_uk^T q_nope | q_pe] per head) against n
+// cached BF16 rows [n, W], all heads at once: scores = scale * (q . row) as exact products of the
+// float32 query (three BF16 parts) and the BF16 row, accumulated in FP32; the probabilities enter
+// the latent-weighted sum in three BF16 parts likewise, so the result is float32 attention over
+// the cached values. Hp = H rounded up to 16.
+
+// Whether AmxLatentAttention handles this shape (AMX enabled, W even, C a multiple of 32).
+bool AmxLatentAttentionSupported(int64_t H, int64_t W, int64_t C);
+// Size of the prepared queries (uint16 elements) and of the per-call scratch (bytes).
+int64_t AmxLatentQueryElements(int64_t H, int64_t W);
+int64_t AmxLatentScratchBytes(int64_t H, int64_t W, int64_t C);
+// q [H, W] float32 -> tiles (AmxLatentQueryElements(H, W) elements), once per token.
+void AmxPrepareLatentQueries(const float* q, int64_t H, int64_t W, uint16_t* tiles);
+// Runs the prepared queries over rows [n, W], updating the running softmax state of every head:
+// m [Hp] the largest scaled score seen (start at -inf), l [Hp] the sum of exp(score - m) (start at
+// 0), o [Hp, C] the exp(score - m)-weighted sum of the rows' first C values (start at 0); rows
+// seen earlier are rescaled when m grows. Rows of heads >= H are padding. scratch: 64-byte
+// aligned, AmxLatentScratchBytes(H, W, C) bytes.
+void AmxLatentAttention(const uint16_t* q_tiles, int64_t H, int64_t W, int64_t C,
+                        const uint16_t* rows, int64_t n, float scale, float* m, float* l, float* o,
+                        void* scratch);
+
 }  // namespace dsv3::kernels

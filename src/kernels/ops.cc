@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "core/dtype.h"
+
 // clang-format off
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/ops.cc"
@@ -118,6 +120,19 @@ void SiluMulImpl(const float* gate, const float* up, float* out, int64_t n) {
   for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
+void BF16ToF32Impl(const uint16_t* HWY_RESTRICT in, int64_t n, float* HWY_RESTRICT out) {
+  const DF df;
+  const hn::RebindToUnsigned<DF> du32;
+  const hn::Rebind<uint16_t, DF> du16;
+  const int64_t N = Lanes();
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto wide = hn::PromoteTo(du32, hn::LoadU(du16, in + i));
+    hn::StoreU(hn::BitCast(df, hn::ShiftLeft<16>(wide)), df, out + i);
+  }
+  for (; i < n; ++i) out[i] = dsv3::BF16ToF32(in[i]);
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace dsv3::kernels
 HWY_AFTER_NAMESPACE();
@@ -131,6 +146,7 @@ HWY_EXPORT(AddImpl);
 HWY_EXPORT(RmsNormImpl);
 HWY_EXPORT(SoftmaxImpl);
 HWY_EXPORT(SiluMulImpl);
+HWY_EXPORT(BF16ToF32Impl);
 
 float Dot(const float* a, const float* b, int64_t n) {
   return HWY_DYNAMIC_DISPATCH(DotImpl)(a, b, n);
@@ -145,6 +161,10 @@ void RmsNorm(const float* x, const float* weight, float eps, int64_t n, float* o
 void Softmax(float* x, int64_t n) { HWY_DYNAMIC_DISPATCH(SoftmaxImpl)(x, n); }
 void SiluMul(const float* gate, const float* up, float* out, int64_t n) {
   HWY_DYNAMIC_DISPATCH(SiluMulImpl)(gate, up, out, n);
+}
+
+void BF16ToF32(const uint16_t* in, int64_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(BF16ToF32Impl)(in, n, out);
 }
 
 // A handful of pairs per head: plain code is as fast as SIMD here.

@@ -19,6 +19,8 @@ void Softmax(float* x, int64_t n);
 void SiluMul(const float* gate, const float* up, float* out, int64_t n);
 // Rotates adjacent pairs (x[2i], x[2i+1]) by the angle whose cosine/sine are cos[i]/sin[i].
 void RopeInterleaved(float* x, const float* cos, const float* sin, int64_t pairs);
+// out[i] = the BF16 value in[i] as float32 (exact).
+void BF16ToF32(const uint16_t* in, int64_t n, float* out);
 // Indices of the k largest scores, in descending score order; ties go to the lower index.
 void TopK(const float* scores, int64_t n, int64_t k, int32_t* indices);
 

@@ -5,9 +5,9 @@
 namespace dsv3 {
 
 DecoderLayer::DecoderLayer(const Config& c, const RopeTable& rope, int64_t max_batch,
-                           int64_t capacity, AttentionImpl attention)
+                           int64_t capacity, AttentionImpl attention, KvCacheType kv)
     : c_(c),
-      mla_(c, rope, max_batch, capacity, attention),
+      mla_(c, rope, max_batch, capacity, attention, kv),
       mlp_(1, max_batch, c.intermediate_size, c.hidden_size),
       moe_(c, c.n_routed_experts > 0 ? max_batch : 0),
       xn_(max_batch * c.hidden_size),

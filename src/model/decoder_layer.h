@@ -20,7 +20,7 @@ namespace dsv3 {
 class DecoderLayer {
  public:
   DecoderLayer(const Config& c, const RopeTable& rope, int64_t max_batch, int64_t capacity,
-               AttentionImpl attention);
+               AttentionImpl attention, KvCacheType kv);
 
   // The tokens of the following Forward calls: positions and cache slots (see Mla::SetTokens),
   // and how the products run (kPerToken: every token exactly as alone; see MatMulPath).

@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include "core/parallel.h"
+#include "kernels/amx.h"
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
@@ -26,8 +27,8 @@ constexpr int64_t kKeyBlock = 256;  // cached tokens per attention block
 }  // namespace
 
 Mla::Mla(const Config& c, const RopeTable& rope, int64_t max_batch, int64_t capacity,
-         AttentionImpl impl)
-    : c_(c), rope_(rope), impl_(impl), max_batch_(max_batch), capacity_(capacity) {
+         AttentionImpl impl, KvCacheType kv)
+    : c_(c), rope_(rope), impl_(impl), kv_(kv), max_batch_(max_batch), capacity_(capacity) {
   const int64_t B = max_batch, H = c.num_attention_heads, C = c.kv_lora_rank;
   const int64_t NR = c.qk_head_dim(), V = c.v_head_dim;
   cos_.Resize(B * c.qk_rope_head_dim / 2);
@@ -38,20 +39,32 @@ Mla::Mla(const Config& c, const RopeTable& rope, int64_t max_batch, int64_t capa
   heads_.Resize(B * H * V);
   q_lat_.Resize(H * c.kv_width());
   segments_.reserve(static_cast<size_t>(B));
-  // Absorbed: scores [H, kKeyBlock], m and l [H], outputs [H, C].
-  const int64_t absorbed = Pad16(H * kKeyBlock) + 2 * Pad16(H) + Pad16(H * C);
+  // Absorbed: scores [H, kKeyBlock], m and l [Hp], outputs [Hp, C] (Hp: H rounded up to 16, as
+  // the AMX kernel wants).
+  const int64_t absorbed = Pad16(H * kKeyBlock) + 2 * Pad16(H) + Pad16(H) * C;
   // Expanded: keys [kKeyBlock, N+R], values [kKeyBlock, V], scores [4, kKeyBlock], m and l [B],
   // outputs [B, V].
   const int64_t expanded = Pad16(kKeyBlock * NR) + Pad16(kKeyBlock * V) + Pad16(4 * kKeyBlock) +
                            2 * Pad16(B) + Pad16(B * V);
-  thread_stride_ = std::max(absorbed, expanded);
+  convert_offset_ = std::max(absorbed, expanded);
+  thread_stride_ = convert_offset_;
+  if (kv_ == KvCacheType::kBF16) {
+    // A key block converted to float32 [kKeyBlock, C+R], or the AMX kernel's scratch.
+    int64_t extra = Pad16(kKeyBlock * c.kv_width());
+    if (kernels::AmxSupported()) {
+      q_tiles_.Resize(static_cast<size_t>(kernels::AmxLatentQueryElements(H, c.kv_width())));
+      extra = std::max(extra, Pad16(kernels::AmxLatentScratchBytes(H, c.kv_width(), C) / 4 + 1));
+    }
+    thread_stride_ += extra;
+  }
   threads_ = NumThreads();
   thread_scratch_.Resize(static_cast<size_t>(thread_stride_ * threads_));
 }
 
 size_t Mla::scratch_bytes() const {
   return sizeof(float) * (cos_.size() + sin_.size() + q_a_.size() + q_.size() + kv_a_.size() +
-                          heads_.size() + q_lat_.size() + thread_scratch_.size());
+                          heads_.size() + q_lat_.size() + thread_scratch_.size()) +
+         sizeof(uint16_t) * q_tiles_.size();
 }
 
 void Mla::SetTokens(const int64_t* positions, const int32_t* slots, int64_t T) {
@@ -110,25 +123,24 @@ void Mla::Forward(const MlaWeights& w, int64_t layer, const float* xn, KvCache& 
   }
   if (trace) trace->Emit(name + "q", q_.data(), T, H * NR, H * NR);
 
-  // Latent and shared rope key: [T, C+R] -> cache rows [c_kv normalized | k_pe rotated].
+  // Latent and shared rope key: [T, C+R] -> cache rows [c_kv normalized | k_pe rotated], built in
+  // place in kv_a_ and then stored (rounded to the cache's type).
   kernels::MatMul(w.kv_a, xn, D, T, kv_a_.data(), C + R, path);
   if (trace) trace->Emit(name + "kv_a", kv_a_.data(), T, C + R, C + R);
   const int64_t half = R / 2;
   for (int64_t t = 0; t < T; ++t) {
-    const float* src = kv_a_.data() + t * (C + R);
-    float* row = cache.Row(layer, slots_[t], positions_[t]);
-    kernels::RmsNorm(src, w.kv_a_norm.data(), static_cast<float>(c_.rms_norm_eps), C, row);
-    std::memcpy(row + C, src + C, R * sizeof(float));
+    float* row = kv_a_.data() + t * (C + R);
+    kernels::RmsNorm(row, w.kv_a_norm.data(), static_cast<float>(c_.rms_norm_eps), C, row);
     kernels::RopeInterleaved(row + C, cos_.data() + t * half, sin_.data() + t * half, half);
+    cache.Store(layer, slots_[t], positions_[t], row);
     for (int64_t h = 0; h < H; ++h) {
       kernels::RopeInterleaved(q_.data() + (t * H + h) * NR + c_.qk_nope_head_dim,
                                cos_.data() + t * half, sin_.data() + t * half, half);
     }
   }
-  if (trace && segments_.size() == 1) {  // one sequence: its rows are consecutive
-    const float* rows = cache.Row(layer, slots_[0], positions_[0]);
-    trace->Emit(name + "kv_latent_normed", rows, T, C, C + R);
-    trace->Emit(name + "k_pe_rotated", rows + C, T, R, C + R);
+  if (trace) {
+    trace->Emit(name + "kv_latent_normed", kv_a_.data(), T, C, C + R);
+    trace->Emit(name + "k_pe_rotated", kv_a_.data() + C, T, R, C + R);
   }
 
   timer.emplace(profile_, Phase::kAttnCore);
@@ -167,6 +179,11 @@ void Mla::AttendAbsorbed(const MlaWeights& w, int64_t layer, const KvCache& cach
     }
   });
 
+  // BF16 cache on AMX: the queries as tiles, once (see amx.h).
+  const bool amx = kv_ == KvCacheType::kBF16 && q_tiles_.size() > 0 &&
+                   kernels::AmxLatentAttentionSupported(H, CR, C);
+  if (amx) kernels::AmxPrepareLatentQueries(q_lat, H, CR, q_tiles_.data());
+
   // Each thread: a contiguous range of cached rows, in blocks.
   const int64_t tiles = (S + kKeyBlock - 1) / kKeyBlock;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(NumThreads(), tiles));
@@ -175,17 +192,24 @@ void Mla::AttendAbsorbed(const MlaWeights& w, int64_t layer, const KvCache& cach
     float* scores = base;                      // [H, kKeyBlock]
     float* m = scores + Pad16(H * kKeyBlock);  // [H]
     float* l = m + Pad16(H);                   // [H]
-    float* o = l + Pad16(H);                   // [H, C]
+    float* o = l + Pad16(H);                   // [Hp, C]
     return std::make_tuple(scores, m, l, o);
   };
+  const int64_t Hp = Pad16(H);
   ParallelFor(S, kKeyBlock, [&](int64_t s0, int64_t s1, int p) {
     auto [scores, m, l, o] = part(p);
-    std::fill(m, m + H, -INFINITY);
-    std::fill(l, l + H, 0.0f);
-    std::fill(o, o + H * C, 0.0f);
+    float* convert = thread_scratch_.data() + p * thread_stride_ + convert_offset_;
+    std::fill(m, m + Hp, -INFINITY);
+    std::fill(l, l + Hp, 0.0f);
+    std::fill(o, o + Hp * C, 0.0f);
+    if (amx) {
+      kernels::AmxLatentAttention(q_tiles_.data(), H, CR, C, cache.RowsBF16(layer, slot, s0),
+                                  s1 - s0, scale, m, l, o, convert);
+      return;
+    }
     for (int64_t b0 = s0; b0 < s1; b0 += kKeyBlock) {
       const int64_t nb = std::min(kKeyBlock, s1 - b0);
-      const float* rows = cache.Row(layer, slot, b0);  // [nb, C+R]
+      const float* rows = cache.RowsF32(layer, slot, b0, nb, convert);  // [nb, C+R]
       kernels::QKScores(q_lat, CR, H, rows, CR, nb, CR, scale, scores);
       for (int64_t h = 0; h < H; ++h) {
         const float correction = kernels::OnlineSoftmax(scores + h * nb, nb, m[h], l[h]);
@@ -235,6 +259,7 @@ void Mla::AttendExpanded(const MlaWeights& w, int64_t layer, const KvCache& cach
   float* heads_seg = heads_.data() + seg.first * H * V;
   const float scale = rope_.softmax_scale;
   ParallelFor(H, 1, [&](int64_t h0, int64_t h1, int p) {
+    float* convert = thread_scratch_.data() + p * thread_stride_ + convert_offset_;
     float* keys = thread_scratch_.data() + p * thread_stride_;  // [kKeyBlock, N+R]
     float* values = keys + Pad16(kKeyBlock * NR);               // [kKeyBlock, V]
     float* scores = values + Pad16(kKeyBlock * V);              // [4, kKeyBlock]
@@ -247,7 +272,7 @@ void Mla::AttendExpanded(const MlaWeights& w, int64_t layer, const KvCache& cach
       std::fill(o, o + T * V, 0.0f);
       for (int64_t s0 = 0; s0 < S; s0 += kKeyBlock) {
         const int64_t nb = std::min(kKeyBlock, S - s0);
-        const float* rows = cache.Row(layer, slot, s0);
+        const float* rows = cache.RowsF32(layer, slot, s0, nb, convert);          // [nb, C+R]
         kernels::MatMulRows(w.kv_b, h * NV, h * NV + N, rows, CR, nb, keys, NR);  // k_nope
         for (int64_t k = 0; k < nb; ++k)
           std::memcpy(keys + k * NR + N, rows + k * CR + C, R * sizeof(float));

@@ -24,8 +24,9 @@ enum class AttentionImpl { kAuto, kAbsorbed, kExpanded };
 
 class Mla {
  public:
+  // kv: the type of the caches later passed to Forward (sizes the scratch).
   Mla(const Config& c, const RopeTable& rope, int64_t max_batch, int64_t capacity,
-      AttentionImpl impl);
+      AttentionImpl impl, KvCacheType kv);
 
   // The tokens of the following Forward calls: token t is at position positions[t] of cache slot
   // slots[t] (the arrays must outlive those calls). Consecutive tokens of one slot at consecutive
@@ -50,20 +51,23 @@ class Mla {
   const Config& c_;
   const RopeTable& rope_;
   const AttentionImpl impl_;
+  const KvCacheType kv_;
   ForwardProfile* profile_ = nullptr;
   const int64_t max_batch_, capacity_;
   int64_t T_ = 0;
   const int64_t* positions_ = nullptr;
   const int32_t* slots_ = nullptr;
-  std::vector<Segment> segments_;  // reserved for max_batch
-  AlignedArray<float> cos_, sin_;  // [B, R/2]
-  AlignedArray<float> q_a_;        // [B, q_lora]
-  AlignedArray<float> q_;          // [B, H, N+R]
-  AlignedArray<float> kv_a_;       // [B, C+R]
-  AlignedArray<float> heads_;      // [B, H*V]  attention output per head, o_proj input
-  AlignedArray<float> q_lat_;      // [H, C+R]  absorbed queries of one token
-  // Per-thread scratch (see Mla::Mla): a key block's scores, running softmax state and outputs.
-  int64_t thread_stride_ = 0, threads_ = 0;
+  std::vector<Segment> segments_;   // reserved for max_batch
+  AlignedArray<float> cos_, sin_;   // [B, R/2]
+  AlignedArray<float> q_a_;         // [B, q_lora]
+  AlignedArray<float> q_;           // [B, H, N+R]
+  AlignedArray<float> kv_a_;        // [B, C+R]
+  AlignedArray<float> heads_;       // [B, H*V]  attention output per head, o_proj input
+  AlignedArray<float> q_lat_;       // [H, C+R]  absorbed queries of one token
+  AlignedArray<uint16_t> q_tiles_;  // q_lat_ prepared for the AMX kernel (BF16 cache)
+  // Per-thread scratch (see Mla::Mla): a key block's scores, running softmax state and outputs,
+  // and for a BF16 cache the block converted to float32 or the AMX kernel's scratch.
+  int64_t thread_stride_ = 0, threads_ = 0, convert_offset_ = 0;
   AlignedArray<float> thread_scratch_;
 };
 

@@ -34,8 +34,8 @@ Context::Context(const Model& model, const ContextOptions& o)
       max_batch_(std::max<int64_t>(1, o.max_batch)),
       n_past_(static_cast<size_t>(std::max<int64_t>(o.slots, 1)), 0),
       cache_(c_, c_.num_hidden_layers, std::max<int64_t>(o.slots, 1),
-             CheckedCapacity(c_, o.capacity)),
-      layer_(c_, model.rope(), max_batch_, o.capacity, o.attention),
+             CheckedCapacity(c_, o.capacity), o.kv_cache),
+      layer_(c_, model.rope(), max_batch_, o.capacity, o.attention, o.kv_cache),
       tokens_(static_cast<size_t>(max_batch_)),
       token_slots_(static_cast<size_t>(max_batch_)),
       positions_(static_cast<size_t>(max_batch_)),
@@ -59,10 +59,11 @@ void Context::FillRandomHistory(int64_t n, uint64_t seed) {
   if (n > capacity()) Fail("history of {} tokens exceeds the context size of {}", n, capacity());
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> row(static_cast<size_t>(cache_.width()));
   for (int64_t l = 0; l < cache_.layers(); ++l) {
     for (int64_t s = 0; s < n; ++s) {
-      float* row = cache_.Row(l, 0, s);
-      for (int64_t i = 0; i < cache_.width(); ++i) row[i] = normal(rng);
+      for (float& v : row) v = normal(rng);
+      cache_.Store(l, 0, s, row.data());
     }
   }
   n_past_[0] = n;

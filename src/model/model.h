@@ -50,6 +50,7 @@ struct ContextOptions {
   int64_t max_batch = 256;  // tokens per forward pass; longer prompts run in several chunks
   AttentionImpl attention = AttentionImpl::kAuto;
   int64_t slots = 1;  // sequences the cache holds (ForwardBatch); slot 0 is the single-sequence API
+  KvCacheType kv_cache = KvCacheType::kF32;  // element type of the latent cache (see kv_cache.h)
 };
 
 // The latent KV cache of one or more sequences plus the scratch for running tokens through the

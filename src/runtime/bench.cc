@@ -120,7 +120,7 @@ MtpBench BenchMtp(const Model& model, const BenchOptions& o, std::span<const int
   b.draft = k;
   b.plain_tokens_per_second = plain.tokens_per_second();
   const ContextOptions options{P + o.decode_tokens + k + 1, std::max(P, k + 1),
-                               AttentionImpl::kAuto};
+                               AttentionImpl::kAuto, 1, o.kv_cache};
   Context ctx(model, options);
   SpeculativeDecoder decoder(model, options, k);
   GenerateOptions g;
@@ -204,6 +204,7 @@ Json BenchResult::ToJson() const {
       {"memory_read_gbs", read_bandwidth_gbs},
       {"bandwidth_ratio", read_bandwidth_gbs > 0 ? effective_gbs() / read_bandwidth_gbs : 0.0},
       {"kv_bytes_per_token", kv_bytes_per_token},
+      {"kv_cache", kv_cache},
       {"scratch_bytes", scratch_bytes},
       {"peak_rss_bytes", peak_rss_bytes}};
   if (long_decode.steps > 0) j["long_context_decode"] = DecodeJson(long_decode);
@@ -219,7 +220,8 @@ BenchResult RunBench(const Model& model, const BenchOptions& o) {
   r.kernels = kernels::ActiveTarget();
   r.prompt_tokens = o.prompt_tokens;
   r.weight_bytes_per_token = WeightBytesPerToken(c, model.weights());
-  r.kv_bytes_per_token = KvBytesPerToken(c, 4);
+  r.kv_bytes_per_token = KvBytesPerToken(c, KvCache::ElementSize(o.kv_cache));
+  r.kv_cache = KvCacheTypeName(o.kv_cache);
 
   // Page in every weight first: the first tokens of a fresh mapping pay page faults that are not
   // decode speed.
@@ -242,7 +244,7 @@ BenchResult RunBench(const Model& model, const BenchOptions& o) {
       Fail("-p + -n = {} exceeds max_position_embeddings ({})", capacity,
            c.max_position_embeddings);
     }
-    Context ctx(model, {capacity, o.prompt_tokens, AttentionImpl::kAuto});
+    Context ctx(model, {capacity, o.prompt_tokens, AttentionImpl::kAuto, 1, o.kv_cache});
     r.scratch_bytes = ctx.scratch_bytes();
     ctx.set_profile(&r.prefill_profile);
     const auto t0 = Clock::now();
@@ -258,7 +260,7 @@ BenchResult RunBench(const Model& model, const BenchOptions& o) {
       Fail("--context + -n = {} exceeds max_position_embeddings ({})", capacity,
            c.max_position_embeddings);
     }
-    Context ctx(model, {capacity, 1, AttentionImpl::kAuto});
+    Context ctx(model, {capacity, 1, AttentionImpl::kAuto, 1, o.kv_cache});
     ctx.FillRandomHistory(o.context, o.seed);
     r.long_decode = Decode(ctx, prompt[0], o.decode_tokens);
   }

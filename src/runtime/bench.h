@@ -20,6 +20,7 @@ struct BenchOptions {
   uint64_t seed = 0;
   int64_t draft = 0;  // > 0 and the model has MTP: a speculative run with this many drafts
   size_t bandwidth_bytes = size_t{1} << 30;  // STREAM buffer
+  KvCacheType kv_cache = KvCacheType::kF32;
 };
 
 struct DecodeRun {
@@ -65,6 +66,7 @@ struct BenchResult {
   uint64_t weight_bytes_per_token = 0;
   double read_bandwidth_gbs = 0;
   int64_t kv_bytes_per_token = 0;
+  std::string kv_cache;  // "f32" or "bf16"
   size_t scratch_bytes = 0;
   int64_t peak_rss_bytes = 0;
   MtpBench mtp;

@@ -61,6 +61,7 @@ ContextOptions SlotOptions(const SchedulerOptions& o) {
   c.capacity = o.ctx_size;
   c.slots = o.parallel;
   c.max_batch = std::max(o.prefill_chunk, o.parallel);
+  c.kv_cache = o.kv_cache;
   return c;
 }
 }  // namespace

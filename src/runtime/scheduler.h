@@ -29,6 +29,7 @@ struct SchedulerOptions {
   int64_t ctx_size = 4096;      // cache positions per slot
   int64_t queue = 64;           // requests that may wait for a slot; Submit refuses beyond
   int64_t prefill_chunk = 512;  // prompt tokens per forward pass (as generate -p)
+  KvCacheType kv_cache = KvCacheType::kF32;
 };
 
 enum class FinishReason { kNone, kStop, kLength, kCancelled };

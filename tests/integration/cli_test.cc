@@ -175,6 +175,29 @@ TEST(Cli, BenchReportsSpeedAndTheMtpRun) {
   ExpectCleanError(RunCommand(Cmd("bench -m " + dir + " --draft 9")), "--draft");
 }
 
+// --kv-cache bf16 halves the cache; its generate output names the type; a bad type is a clean
+// error on every command that takes it.
+TEST(Cli, KvCacheTypeOption) {
+  const std::string dir = TestData(kV3Tiny);
+  DSV3_REQUIRE_DATA(dir);
+  const RunResult b = RunCommand(Cmd("bench -m " + dir +
+                                     " -p 8 -n 4 -t 1 --no-mtp --context 100 --kv-cache bf16 "
+                                     "--json"));
+  ASSERT_EQ(b.status, 0) << b.output();
+  const Json j = Json::parse(b.out)["runs"][0];
+  EXPECT_EQ(j["kv_bytes_per_token"], 480);
+  EXPECT_EQ(j["kv_cache"], "bf16");
+  EXPECT_GT(j["long_context_decode"]["tokens_per_second"].get<double>(), 0);
+  const RunResult g =
+      RunCommand(Cmd("generate -m " + dir + " --ids 5,6,7 -n 4 -t 1 --kv-cache bf16 --no-mtp"));
+  ASSERT_EQ(g.status, 0) << g.output();
+  EXPECT_THAT(g.output(), HasSubstr("KV cache 480 bytes/token (3 layers x 80 BF16 values)"));
+  for (const char* cmd : {"bench", "generate --ids 1", "logits --ids 1 -o /dev/null"}) {
+    ExpectCleanError(RunCommand(Cmd(std::string(cmd) + " -m " + dir + " --kv-cache f16")),
+                     "--kv-cache");
+  }
+}
+
 TEST(Cli, SynthWritesLoadableDeterministicCheckpoints) {
   TempDir tmp;
   auto synth = [&](const std::string& args, const std::string& out) {

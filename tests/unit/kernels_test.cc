@@ -6,7 +6,9 @@
 #include <cmath>
 #include <random>
 
+#include "core/aligned.h"
 #include "core/dtype.h"
+#include "kernels/amx.h"
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
@@ -231,6 +233,80 @@ TEST_P(KernelTest, VectorOps) {
     got = b;
     Add(a.data(), got.data(), n);
     for (int64_t i = 0; i < n; ++i) ASSERT_FLOAT_EQ(got[i], b[i] + a[i]);
+
+    std::vector<uint16_t> h(n);
+    for (int64_t i = 0; i < n; ++i) h[i] = F32ToBF16(a[i] * 1e30f);
+    if (n > 3) h[1] = 0x7F80, h[2] = 0x0001, h[3] = 0xFFC1;  // inf, a subnormal, a NaN
+    BF16ToF32(h.data(), n, got.data());
+    for (int64_t i = 0; i < n; ++i) {
+      const float e = dsv3::BF16ToF32(h[i]);
+      ASSERT_EQ(std::memcmp(&got[i], &e, 4), 0) << i;  // bit for bit
+    }
+  }
+}
+
+// The AMX absorbed-attention kernel over BF16 rows against a double-precision softmax-weighted sum
+// of the same values (the rows' BF16 values, the float32 queries), for head counts, widths and
+// row counts that leave partial tiles everywhere, in one call and resumed in a second call.
+// Tolerance: queries and probabilities enter in two BF16 parts (relative error <= 2^-17), so a
+// score may be off by 2^-17 * scale * sum_i |q_i c_i| (ds below) and the output by that plus
+// 2^-17, relative to the magnitude of its terms; float32 accumulation adds ~1e-6.
+TEST(Kernels, AmxLatentAttentionMatchesPlainSoftmax) {
+  if (!AmxSupported()) GTEST_SKIP() << "no AMX on this CPU";
+  struct Shape {
+    int64_t H, W, C;
+  };
+  for (const Shape& s : {Shape{16, 576, 512}, Shape{4, 80, 64}, Shape{8, 112, 96},
+                         Shape{20, 96, 64}, Shape{128, 576, 512}}) {
+    ASSERT_TRUE(AmxLatentAttentionSupported(s.H, s.W, s.C));
+    const int64_t Hp = (s.H + 15) / 16 * 16;
+    std::vector<uint16_t> tiles(AmxLatentQueryElements(s.H, s.W));
+    AlignedArray<uint8_t> scratch(static_cast<size_t>(AmxLatentScratchBytes(s.H, s.W, s.C)));
+    for (int64_t n : {1, 31, 33, 100, 300}) {
+      const std::vector<float> q = Random(s.H * s.W, 7 + n);
+      const std::vector<float> r = Random(n * s.W, 11 + n);
+      std::vector<uint16_t> rows(n * s.W);
+      for (size_t i = 0; i < rows.size(); ++i) rows[i] = F32ToBF16(r[i]);
+      const float scale = 0.1f;
+      AmxPrepareLatentQueries(q.data(), s.H, s.W, tiles.data());
+      for (int64_t split : {n, n / 2}) {
+        std::vector<float> m(Hp, -INFINITY), l(Hp, 0.0f), o(Hp * s.C, 0.0f);
+        AmxLatentAttention(tiles.data(), s.H, s.W, s.C, rows.data(), split, scale, m.data(),
+                           l.data(), o.data(), scratch.data());
+        if (split < n) {
+          AmxLatentAttention(tiles.data(), s.H, s.W, s.C, rows.data() + split * s.W, n - split,
+                             scale, m.data(), l.data(), o.data(), scratch.data());
+        }
+        for (int64_t h = 0; h < s.H; ++h) {
+          std::vector<double> p(n);
+          double mx = -INFINITY, sum = 0, ds = 0;
+          for (int64_t k = 0; k < n; ++k) {
+            double d = 0, a = 0;
+            for (int64_t i = 0; i < s.W; ++i) {
+              d += double{q[h * s.W + i]} * dsv3::BF16ToF32(rows[k * s.W + i]);
+              a += std::fabs(double{q[h * s.W + i]} * dsv3::BF16ToF32(rows[k * s.W + i]));
+            }
+            p[k] = d * scale;
+            mx = std::max(mx, p[k]);
+            ds = std::max(ds, std::ldexp(a * scale, -17));
+          }
+          for (double& v : p) sum += v = std::exp(v - mx);
+          ASSERT_NEAR(m[h], mx, ds + 1e-6 * (1 + std::fabs(mx))) << s.H << " " << s.W << " " << n;
+          ASSERT_NEAR(l[h], sum, (2 * ds + 1e-6) * sum) << s.H << " " << s.W << " " << n;
+          for (int64_t j = 0; j < s.C; ++j) {
+            double want = 0, mag = 0;
+            for (int64_t k = 0; k < n; ++k) {
+              want += p[k] * dsv3::BF16ToF32(rows[k * s.W + j]);
+              mag += p[k] * std::fabs(dsv3::BF16ToF32(rows[k * s.W + j]));
+            }
+            ASSERT_NEAR(o[h * s.C + j] / l[h], want / sum,
+                        (2 * ds + std::ldexp(1.0, -17) + 1e-6) * (1 + mag / sum))
+                << "H " << s.H << " W " << s.W << " n " << n << " split " << split << " head " << h
+                << " column " << j;
+          }
+        }
+      }
+    }
   }
 }
 
