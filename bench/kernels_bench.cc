@@ -132,14 +132,14 @@ void BM_AttentionBlockAmxBf16(benchmark::State& state) {
   std::vector<uint16_t> cache(S * CR), tiles(AmxLatentQueryElements(H, CR));
   for (size_t i = 0; i < cache.size(); ++i) cache[i] = F32ToBF16(rows[i]);
   AlignedArray<uint8_t> scratch(static_cast<size_t>(AmxLatentScratchBytes(H, CR, C)));
-  std::vector<float> o(Hp * C), m(Hp), l(Hp);
+  std::vector<float> o(Hp * (C + 16)), m(Hp), l(Hp);
   for (auto _ : state) {
     std::fill(m.begin(), m.end(), -INFINITY);
     std::fill(l.begin(), l.end(), 0.0f);
     std::fill(o.begin(), o.end(), 0.0f);
     AmxPrepareLatentQueries(q.data(), H, CR, tiles.data());
     AmxLatentAttention(tiles.data(), H, CR, C, cache.data(), S, 0.1f, m.data(), l.data(), o.data(),
-                       scratch.data());
+                       C + 16, scratch.data());
     benchmark::DoNotOptimize(o.data());
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * H * S * (CR + C) * 2);

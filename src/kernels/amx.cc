@@ -103,13 +103,13 @@ DSV3_AMX_TARGET inline __m512i Fp8ToBf16x32(const uint8_t* src) {
   return _mm512_or_si512(v, _mm512_slli_epi16(_mm512_and_si512(code, _mm512_set1_epi16(0x80)), 8));
 }
 
-// Weight rows r .. r + n - 1 (n <= 32) as BF16 into w[32][Kp], zero-padded in rows and columns.
-// Exact: E4M3 and BF16 values are all representable.
+// Weight rows r .. r + n - 1 (n <= 32) as BF16 into w[32][ld] (columns Kp .. ld unused),
+// zero-padded in rows and columns. Exact: E4M3 and BF16 values are all representable.
 DSV3_AMX_TARGET void ConvertRows(const WeightMatrix& m, int64_t r, int64_t n, int64_t Kp,
-                                 uint16_t* w) {
+                                 int64_t ld, uint16_t* w) {
   const int64_t K = m.cols, esize = static_cast<int64_t>(DTypeSize(m.dtype));
   for (int64_t i = 0; i < 2 * kTile; ++i) {
-    uint16_t* dst = w + i * Kp;
+    uint16_t* dst = w + i * ld;
     if (i >= n) {
       std::memset(dst, 0, static_cast<size_t>(Kp) * 2);
       continue;
@@ -228,6 +228,9 @@ DSV3_AMX_TARGET void Gemm(const WeightMatrix& m, int64_t r0, int64_t r1, const f
   Buffers& b = t_buf;
   ConfigureTiles();
   const int64_t K = m.cols, Kp = (K + kStep - 1) / kStep * kStep, KS = Kp / kStep;
+  // Row stride of the converted weights: one cache line more than Kp, so that the 16 rows of an A
+  // tile fall in different L1 sets (at 4 KiB strides they would all share one and miss).
+  const int64_t ld = Kp + kStep;
   const bool fp8 = m.dtype == DType::kF8E4M3;
   const int64_t block_steps = fp8 ? m.block_cols / kStep : KS;  // k-steps per scale block
   const int64_t chunk = K <= 4096 ? 64 : 32;                    // tokens per activation pass
@@ -239,18 +242,25 @@ DSV3_AMX_TARGET void Gemm(const WeightMatrix& m, int64_t r0, int64_t r1, const f
     const int64_t nt = chunk < T - c0 ? chunk : T - c0;
     const int64_t TT = ((nt + kTile - 1) / kTile + 1) / 2 * 2;  // token tiles, even
     uint16_t* xt = Grow(b.x, b.x_cap, static_cast<size_t>(kParts * TT * KS) * tile);
-    uint16_t* wt = Grow(b.w, b.w_cap, static_cast<size_t>(2 * kTile * Kp));
+    uint16_t* wt = Grow(b.w, b.w_cap, static_cast<size_t>(2 * kTile * ld));
     if (xt == nullptr || wt == nullptr) __builtin_trap();  // out of memory
     PrepareActivations(x + c0 * x_stride, x_stride, nt, K, TT, KS, xt);
     for (int64_t rb = r0; rb < r1; rb += 2 * kTile) {
       const int64_t nr = r1 - rb < 2 * kTile ? r1 - rb : 2 * kTile;
-      ConvertRows(m, rb, nr, Kp, wt);
+      ConvertRows(m, rb, nr, Kp, ld, wt);
       // Each row's block-scale row (FP8); padding rows reuse the last real row's.
       const float* scale_row[2 * kTile];
       for (int64_t i = 0; i < 2 * kTile && fp8; ++i) {
         const int64_t row = rb + (i < nr ? i : nr - 1);
         scale_row[i] = m.scale + (row / m.block_rows) * m.scale_cols;
       }
+      // The next rows' stored weights are fetched into L2 while these compute (their conversion
+      // would otherwise wait on memory with the tile units idle): a share per k-step below.
+      const int64_t esize = static_cast<int64_t>(DTypeSize(m.dtype));
+      const char* next = static_cast<const char*>(m.data) + (rb + 2 * kTile) * K * esize;
+      const int64_t next_rows = r1 - rb - 2 * kTile < 2 * kTile ? r1 - rb - 2 * kTile : 2 * kTile;
+      const int64_t next_lines = next_rows > 0 ? (next_rows * K * esize + 63) / 64 : 0;
+      const int64_t lines_per_step = (next_lines + KS - 1) / KS;
       for (int64_t tt = 0; tt < TT; tt += 2) {
         std::memset(acc, 0, sizeof(acc));
         for (int64_t kb = 0; kb < KS; kb += block_steps) {
@@ -259,8 +269,15 @@ DSV3_AMX_TARGET void Gemm(const WeightMatrix& m, int64_t r0, int64_t r1, const f
           _tile_zero(2);
           _tile_zero(3);
           for (int64_t ks = kb; ks < kb + block_steps && ks < KS; ++ks) {
-            _tile_loadd(4, wt + ks * kStep, Kp * 2);
-            _tile_loadd(5, wt + kTile * Kp + ks * kStep, Kp * 2);
+            if (tt == 0) {
+              const int64_t l0 = ks * lines_per_step;
+              const int64_t l1 =
+                  l0 + lines_per_step < next_lines ? l0 + lines_per_step : next_lines;
+              for (int64_t line = l0; line < l1; ++line)
+                _mm_prefetch(next + line * 64, _MM_HINT_T1);
+            }
+            _tile_loadd(4, wt + ks * kStep, ld * 2);
+            _tile_loadd(5, wt + kTile * ld + ks * kStep, ld * 2);
             for (int p = 0; p < kParts; ++p) {
               _tile_loadd(6, xt + ((p * TT + tt) * KS + ks) * tile, 64);
               _tile_loadd(7, xt + ((p * TT + tt + 1) * KS + ks) * tile, 64);
@@ -294,13 +311,19 @@ DSV3_AMX_TARGET void Gemm(const WeightMatrix& m, int64_t r0, int64_t r1, const f
             }
           }
         }
-        // acc[c][row i][token j] -> y[token][row].
+        // acc[c][row i][token j] -> y[token][row]: transposed in registers, one (masked) store of
+        // up to 16 rows per token.
         for (int c = 0; c < 4; ++c) {
           const int64_t row0 = (c >> 1) * kTile, tok0 = c0 + (tt + (c & 1)) * kTile;
-          for (int64_t i = 0; i < kTile && row0 + i < nr; ++i) {
-            for (int64_t j = 0; j < kTile && tok0 + j < c0 + nt; ++j) {
-              y[(tok0 + j) * y_stride + (rb - r0) + row0 + i] = acc[c][i][j];
-            }
+          if (row0 >= nr || tok0 >= c0 + nt) continue;
+          __m512i v[kTile];
+          for (int64_t i = 0; i < kTile; ++i) v[i] = _mm512_load_si512(acc[c][i]);
+          Transpose16x16(v);
+          const int64_t rows = nr - row0 < kTile ? nr - row0 : kTile;
+          const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
+          for (int64_t j = 0; j < kTile && tok0 + j < c0 + nt; ++j) {
+            _mm512_mask_storeu_ps(y + (tok0 + j) * y_stride + (rb - r0) + row0, mask,
+                                  _mm512_castsi512_ps(v[j]));
           }
         }
       }
@@ -338,7 +361,7 @@ constexpr int64_t kAttnRows = 64;  // cached rows per attention block
 // tile products overlap: scores C0..C3 / A4, A5 / B6, B7; PV A0..A3 / C4, C5 / B6, B7.
 DSV3_AMX_TARGET void LatentAttention(const uint16_t* qt, int64_t H, int64_t W, int64_t C,
                                      const uint16_t* rows, int64_t n, float scale, float* m,
-                                     float* l, float* o, uint8_t* scratch) {
+                                     float* l, float* o, int64_t ldo, uint8_t* scratch) {
   const int64_t HT = (H + kTile - 1) / kTile, KS = (W + kStep - 1) / kStep, Wp = KS * kStep;
   const int64_t CT = C / kTile;
   const int64_t tile = kTile * kStep;                                  // BF16 elements per tile
@@ -449,7 +472,7 @@ DSV3_AMX_TARGET void LatentAttention(const uint16_t* qt, int64_t H, int64_t W, i
         _mm512_store_ps(cv, corr);
         for (int64_t h = 0; h < kTile; ++h) {
           if (!(grew >> h & 1)) continue;
-          float* oh = o + (ht * kTile + h) * C;
+          float* oh = o + (ht * kTile + h) * ldo;
           const __m512 f = _mm512_set1_ps(cv[h]);
           for (int64_t j = 0; j < C; j += kTile)
             _mm512_storeu_ps(oh + j, _mm512_mul_ps(f, _mm512_loadu_ps(oh + j)));
@@ -469,10 +492,10 @@ DSV3_AMX_TARGET void LatentAttention(const uint16_t* qt, int64_t H, int64_t W, i
       _tile_loadd(2, pa + 2 * tile, 64);
       _tile_loadd(3, pa + 3 * tile, 64);
       for (int64_t dt = 0; dt < CT; dt += 2) {
-        float* oc = o + ht * kTile * C + dt * kTile;
+        float* oc = o + ht * kTile * ldo + dt * kTile;
         const uint16_t* v = vt + dt * 2 * tile;  // (dt, 0), (dt, 1), (dt + 1, 0), (dt + 1, 1)
-        _tile_loadd(4, oc, C * 4);
-        _tile_loadd(5, oc + kTile, C * 4);
+        _tile_loadd(4, oc, ldo * 4);
+        _tile_loadd(5, oc + kTile, ldo * 4);
         _tile_loadd(6, v, 64);
         _tile_loadd(7, v + 2 * tile, 64);
         _tile_dpbf16ps(4, 0, 6);
@@ -485,8 +508,8 @@ DSV3_AMX_TARGET void LatentAttention(const uint16_t* qt, int64_t H, int64_t W, i
         _tile_dpbf16ps(5, 2, 7);
         _tile_dpbf16ps(4, 3, 6);
         _tile_dpbf16ps(5, 3, 7);
-        _tile_stored(4, oc, C * 4);
-        _tile_stored(5, oc + kTile, C * 4);
+        _tile_stored(4, oc, ldo * 4);
+        _tile_stored(5, oc + kTile, ldo * 4);
       }
     }
   }
@@ -515,8 +538,9 @@ void AmxPrepareLatentQueries(const float* q, int64_t H, int64_t W, uint16_t* til
 
 void AmxLatentAttention(const uint16_t* q_tiles, int64_t H, int64_t W, int64_t C,
                         const uint16_t* rows, int64_t n, float scale, float* m, float* l, float* o,
-                        void* scratch) {
-  LatentAttention(q_tiles, H, W, C, rows, n, scale, m, l, o, static_cast<uint8_t*>(scratch));
+                        int64_t o_stride, void* scratch) {
+  LatentAttention(q_tiles, H, W, C, rows, n, scale, m, l, o, o_stride,
+                  static_cast<uint8_t*>(scratch));
 }
 
 bool AmxSupported() {

@@ -41,11 +41,12 @@ int64_t AmxLatentScratchBytes(int64_t H, int64_t W, int64_t C);
 void AmxPrepareLatentQueries(const float* q, int64_t H, int64_t W, uint16_t* tiles);
 // Runs the prepared queries over rows [n, W], updating the running softmax state of every head:
 // m [Hp] the largest scaled score seen (start at -inf), l [Hp] the sum of exp(score - m) (start at
-// 0), o [Hp, C] the exp(score - m)-weighted sum of the rows' first C values (start at 0); rows
-// seen earlier are rescaled when m grows. Rows of heads >= H are padding. scratch: 64-byte
-// aligned, AmxLatentScratchBytes(H, W, C) bytes.
+// 0), o [Hp, C] (rows o_stride floats apart; C + 16 keeps a tile's rows in distinct L1 sets) the
+// exp(score - m)-weighted sum of the rows' first C values (start at 0); rows seen earlier are
+// rescaled when m grows. Rows of heads >= H are padding. scratch: 64-byte aligned,
+// AmxLatentScratchBytes(H, W, C) bytes.
 void AmxLatentAttention(const uint16_t* q_tiles, int64_t H, int64_t W, int64_t C,
                         const uint16_t* rows, int64_t n, float scale, float* m, float* l, float* o,
-                        void* scratch);
+                        int64_t o_stride, void* scratch);
 
 }  // namespace dsv3::kernels

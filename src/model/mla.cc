@@ -23,6 +23,9 @@
 namespace dsv3 {
 namespace {
 int64_t Pad16(int64_t n) { return (n + 15) / 16 * 16; }
+// Row stride of a thread's absorbed outputs [Hp, C]: 16 floats more than C, so that the rows of an
+// AMX tile over them do not share an L1 set when C is a power of two.
+int64_t OStride(int64_t C) { return C + 16; }
 constexpr int64_t kKeyBlock = 256;  // cached tokens per attention block
 }  // namespace
 
@@ -41,7 +44,7 @@ Mla::Mla(const Config& c, const RopeTable& rope, int64_t max_batch, int64_t capa
   segments_.reserve(static_cast<size_t>(B));
   // Absorbed: scores [H, kKeyBlock], m and l [Hp], outputs [Hp, C] (Hp: H rounded up to 16, as
   // the AMX kernel wants).
-  const int64_t absorbed = Pad16(H * kKeyBlock) + 2 * Pad16(H) + Pad16(H) * C;
+  const int64_t absorbed = Pad16(H * kKeyBlock) + 2 * Pad16(H) + Pad16(H) * OStride(C);
   // Expanded: keys [kKeyBlock, N+R], values [kKeyBlock, V], scores [4, kKeyBlock], m and l [B],
   // outputs [B, V].
   const int64_t expanded = Pad16(kKeyBlock * NR) + Pad16(kKeyBlock * V) + Pad16(4 * kKeyBlock) +
@@ -192,19 +195,19 @@ void Mla::AttendAbsorbed(const MlaWeights& w, int64_t layer, const KvCache& cach
     float* scores = base;                      // [H, kKeyBlock]
     float* m = scores + Pad16(H * kKeyBlock);  // [H]
     float* l = m + Pad16(H);                   // [H]
-    float* o = l + Pad16(H);                   // [Hp, C]
+    float* o = l + Pad16(H);                   // [Hp, C], rows OStride(C) apart
     return std::make_tuple(scores, m, l, o);
   };
-  const int64_t Hp = Pad16(H);
+  const int64_t Hp = Pad16(H), os = OStride(C);
   ParallelFor(S, kKeyBlock, [&](int64_t s0, int64_t s1, int p) {
     auto [scores, m, l, o] = part(p);
     float* convert = thread_scratch_.data() + p * thread_stride_ + convert_offset_;
     std::fill(m, m + Hp, -INFINITY);
     std::fill(l, l + Hp, 0.0f);
-    std::fill(o, o + Hp * C, 0.0f);
+    std::fill(o, o + Hp * os, 0.0f);
     if (amx) {
       kernels::AmxLatentAttention(q_tiles_.data(), H, CR, C, cache.RowsBF16(layer, slot, s0),
-                                  s1 - s0, scale, m, l, o, convert);
+                                  s1 - s0, scale, m, l, o, os, convert);
       return;
     }
     for (int64_t b0 = s0; b0 < s1; b0 += kKeyBlock) {
@@ -213,9 +216,9 @@ void Mla::AttendAbsorbed(const MlaWeights& w, int64_t layer, const KvCache& cach
       kernels::QKScores(q_lat, CR, H, rows, CR, nb, CR, scale, scores);
       for (int64_t h = 0; h < H; ++h) {
         const float correction = kernels::OnlineSoftmax(scores + h * nb, nb, m[h], l[h]);
-        if (correction != 1.0f) kernels::Scale(correction, o + h * C, C);
+        if (correction != 1.0f) kernels::Scale(correction, o + h * os, C);
       }
-      kernels::PVAccumulate(scores, H, nb, rows, CR, C, o, C);  // values: the latents themselves
+      kernels::PVAccumulate(scores, H, nb, rows, CR, C, o, os);  // values: the latents themselves
     }
   });
 
@@ -226,7 +229,7 @@ void Mla::AttendAbsorbed(const MlaWeights& w, int64_t layer, const KvCache& cach
       float m = m0[h];
       for (int p = 1; p < parts; ++p) m = std::max(m, std::get<1>(part(p))[h]);
       float l = 0;
-      float* merged = o0 + h * C;
+      float* merged = o0 + h * os;
       for (int p = 0; p < parts; ++p) {
         auto [sp, mp, lp, op] = part(p);
         const float f = std::exp(mp[h] - m);
@@ -234,7 +237,7 @@ void Mla::AttendAbsorbed(const MlaWeights& w, int64_t layer, const KvCache& cach
         if (p == 0) {
           kernels::Scale(f, merged, C);
         } else {
-          kernels::Axpy(f, op + h * C, merged, C);
+          kernels::Axpy(f, op + h * os, merged, C);
         }
       }
       kernels::Scale(1.0f / l, merged, C);

@@ -62,6 +62,30 @@ TEST_F(SpeculativeTest, GreedyIsIdenticalToPlainDecoding) {
 
 // After speculative decoding, the MTP cache holds what a fresh MTP pass over the final sequence
 // computes: nothing of the rejected or chained drafts survives.
+// With a BF16 cache too: speculative greedy decoding gives exactly the tokens plain greedy
+// decoding with the same cache gives (the reference's greedy tokens need not hold: the cache
+// rounds).
+TEST_F(SpeculativeTest, GreedyIsIdenticalToPlainDecodingWithBf16Cache) {
+  const Json& seq = ref_->json()["sequences"][2];
+  const std::vector<int32_t> prompt = seq["tokens"].get<std::vector<int32_t>>();
+  const int64_t n = 24;
+  GenerateOptions g;
+  g.max_new_tokens = n;
+  g.stop_at_eos = false;
+  const ContextOptions plain{static_cast<int64_t>(prompt.size()) + n, 64, AttentionImpl::kAuto, 1,
+                             KvCacheType::kBF16};
+  Context alone(*model_, plain);
+  const std::vector<int32_t> want = Generate(alone, prompt, g, nullptr, {}, nullptr);
+  for (int64_t draft : {1, 3}) {
+    const ContextOptions o{static_cast<int64_t>(prompt.size()) + n + draft, 64,
+                           AttentionImpl::kAuto, 1, KvCacheType::kBF16};
+    Context ctx(*model_, o);
+    SpeculativeDecoder spec(*model_, o, draft);
+    EXPECT_EQ(Generate(ctx, prompt, g, nullptr, {}, &spec), want) << "draft " << draft;
+    EXPECT_TRUE(spec.InSync(ctx));
+  }
+}
+
 TEST_F(SpeculativeTest, MtpCacheMatchesAFreshPass) {
   const Json& seq = ref_->json()["sequences"][2];
   const std::vector<int32_t> prompt = seq["tokens"].get<std::vector<int32_t>>();

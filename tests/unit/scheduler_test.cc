@@ -42,6 +42,7 @@ class SchedulerTest : public ::testing::Test {
     ContextOptions o;
     o.capacity = 256;
     o.max_batch = std::min<int64_t>(static_cast<int64_t>(r.prompt.size()), 512);
+    o.kv_cache = kv_;
     Context ctx(*model_, o);
     return GenerateText(ctx, *tokenizer_, r.prompt, r.options, {}).tokens;
   }
@@ -53,12 +54,26 @@ class SchedulerTest : public ::testing::Test {
   }
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  KvCacheType kv_ = KvCacheType::kF32;  // of the slots and of the references
 };
 
-TEST_F(SchedulerTest, BatchedRequestsGiveWhatEachGivesAlone) {
+// The batching and prefix-reuse guarantees with either cache type.
+class SchedulerKvTest : public SchedulerTest, public ::testing::WithParamInterface<KvCacheType> {
+ protected:
+  void SetUp() override {
+    SchedulerTest::SetUp();
+    kv_ = GetParam();
+  }
+};
+INSTANTIATE_TEST_SUITE_P(KvCache, SchedulerKvTest,
+                         ::testing::Values(KvCacheType::kF32, KvCacheType::kBF16),
+                         [](const auto& info) { return std::string(KvCacheTypeName(info.param)); });
+
+TEST_P(SchedulerKvTest, BatchedRequestsGiveWhatEachGivesAlone) {
   SchedulerOptions o;
   o.parallel = 4;
   o.ctx_size = 256;
+  o.kv_cache = kv_;
   Scheduler sched(*model_, *tokenizer_, o);
   const int lengths[] = {3, 9, 1, 17, 40, 2, 8, 11};
   std::vector<ServeRequest> requests;
@@ -88,10 +103,11 @@ TEST_F(SchedulerTest, BatchedRequestsGiveWhatEachGivesAlone) {
   EXPECT_GT(s.decode_tokens, s.decode_steps);  // some steps decoded several requests
 }
 
-TEST_F(SchedulerTest, PrefixReuseAnswersLikeAFreshComputation) {
+TEST_P(SchedulerKvTest, PrefixReuseAnswersLikeAFreshComputation) {
   SchedulerOptions o;
   o.parallel = 2;
   o.ctx_size = 512;
+  o.kv_cache = kv_;
   Scheduler sched(*model_, *tokenizer_, o);
   const std::vector<int32_t> base = Prompt(5, 30);
   // (References are computed while no request runs: one thread at a time runs the model.)
