@@ -262,6 +262,8 @@ DSV3_AMX_TARGET void Gemm(const WeightMatrix& m, int64_t r0, int64_t r1, const f
       const int64_t next_lines = next_rows > 0 ? (next_rows * K * esize + 63) / 64 : 0;
       const int64_t lines_per_step = (next_lines + KS - 1) / KS;
       for (int64_t tt = 0; tt < TT; tt += 2) {
+        // An odd last token tile (48 tokens: three) runs alone: C1, C3 and B7 sit idle.
+        const bool pair = (tt + 1) * kTile < nt;
         std::memset(acc, 0, sizeof(acc));
         for (int64_t kb = 0; kb < KS; kb += block_steps) {
           _tile_zero(0);
@@ -280,15 +282,18 @@ DSV3_AMX_TARGET void Gemm(const WeightMatrix& m, int64_t r0, int64_t r1, const f
             _tile_loadd(5, wt + kTile * ld + ks * kStep, ld * 2);
             for (int p = 0; p < kParts; ++p) {
               _tile_loadd(6, xt + ((p * TT + tt) * KS + ks) * tile, 64);
-              _tile_loadd(7, xt + ((p * TT + tt + 1) * KS + ks) * tile, 64);
               _tile_dpbf16ps(0, 4, 6);
-              _tile_dpbf16ps(1, 4, 7);
               _tile_dpbf16ps(2, 5, 6);
-              _tile_dpbf16ps(3, 5, 7);
+              if (pair) {
+                _tile_loadd(7, xt + ((p * TT + tt + 1) * KS + ks) * tile, 64);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(3, 5, 7);
+              }
             }
           }
           // Fold this block's partial sums into the accumulators, times each row's block scale.
           for (int c = 0; c < 4; ++c) {
+            if ((c & 1) && !pair) continue;
             switch (c) {
               case 0:
                 _tile_stored(0, part, 64);
