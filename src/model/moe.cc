@@ -26,26 +26,47 @@ void MlpBatch::Add(const MlpWeights& w, const float* x, int64_t n, float* out) {
   hidden_used_ += n * 2 * w.gate.rows;
 }
 
-void MlpBatch::Run(kernels::MatMulPath path) {
-  // Phase 1: rows [0, 2I) of each job: gate rows, then up rows, into hidden [n, 2I].
+namespace {
+// The rows of all jobs laid end to end, job j's rows each costing cost(j) (its tokens plus a fixed
+// share for reading and converting the row), split into one contiguous range of nearly equal cost
+// per thread; f(job, r0, r1) gets the thread's rows of each job. Boundaries are rounded to 16 rows
+// (whole tiles); a row's result does not depend on where the split falls.
+template <typename Job, typename Rows, typename Cost, typename F>
+void ParallelRows(const std::vector<Job>& jobs, Rows rows, Cost cost, F&& f) {
   int64_t total = 0;
-  for (const Job& j : jobs_) total += 2 * j.w->gate.rows;
-  ParallelFor(total, 4, [&](int64_t b, int64_t e, int) {
+  for (const Job& j : jobs) total += rows(j) * cost(j);
+  ParallelFor(total, 1, [&](int64_t b, int64_t e, int) {
     int64_t base = 0;
-    for (const Job& j : jobs_) {
-      const int64_t I = j.w->gate.rows;
-      const int64_t r0 = std::max(b, base) - base, r1 = std::min(e, base + 2 * I) - base;
-      base += 2 * I;
-      if (r0 >= r1) continue;
-      if (r0 < I)
-        kernels::MatMulRows(j.w->gate, r0, std::min(r1, I), j.x, D_, j.n, j.hidden + r0, 2 * I,
-                            path);
-      if (r1 > I) {
-        const int64_t u0 = std::max(r0, I) - I;
-        kernels::MatMulRows(j.w->up, u0, r1 - I, j.x, D_, j.n, j.hidden + I + u0, 2 * I, path);
-      }
+    for (const Job& j : jobs) {
+      const int64_t R = rows(j), c = cost(j);
+      auto row_at = [&](int64_t pos) {  // the first row starting at or after cost `pos`
+        const int64_t r = std::clamp<int64_t>((pos - base + c - 1) / c, 0, R);
+        return std::min(R, (r + 15) / 16 * 16);
+      };
+      const int64_t r0 = row_at(b), r1 = row_at(e);
+      base += R * c;
+      if (r0 < r1) f(j, r0, r1);
     }
   });
+}
+constexpr int64_t kRowCost = 16;  // converting a weight row costs about as much as 16 tokens' FMAs
+}  // namespace
+
+void MlpBatch::Run(kernels::MatMulPath path) {
+  auto cost = [](const Job& j) { return j.n + kRowCost; };
+  // Phase 1: rows [0, 2I) of each job: gate rows, then up rows, into hidden [n, 2I].
+  ParallelRows(
+      jobs_, [](const Job& j) { return 2 * j.w->gate.rows; }, cost,
+      [&](const Job& j, int64_t r0, int64_t r1) {
+        const int64_t I = j.w->gate.rows;
+        if (r0 < I)
+          kernels::MatMulRows(j.w->gate, r0, std::min(r1, I), j.x, D_, j.n, j.hidden + r0, 2 * I,
+                              path);
+        if (r1 > I) {
+          const int64_t u0 = std::max(r0, I) - I;
+          kernels::MatMulRows(j.w->up, u0, r1 - I, j.x, D_, j.n, j.hidden + I + u0, 2 * I, path);
+        }
+      });
   for (const Job& j : jobs_) {
     const int64_t I = j.w->gate.rows;
     for (int64_t t = 0; t < j.n; ++t) {
@@ -54,18 +75,12 @@ void MlpBatch::Run(kernels::MatMulPath path) {
     }
   }
   // Phase 2: the D rows of each job's down projection.
-  total = static_cast<int64_t>(jobs_.size()) * D_;
-  ParallelFor(total, 4, [&](int64_t b, int64_t e, int) {
-    for (size_t k = 0; k < jobs_.size(); ++k) {
-      const Job& j = jobs_[k];
-      const int64_t base = static_cast<int64_t>(k) * D_;
-      const int64_t r0 = std::max(b, base) - base, r1 = std::min(e, base + D_) - base;
-      if (r0 < r1) {
+  ParallelRows(
+      jobs_, [&](const Job&) { return D_; }, cost,
+      [&](const Job& j, int64_t r0, int64_t r1) {
         kernels::MatMulRows(j.w->down, r0, r1, j.hidden, 2 * j.w->gate.rows, j.n, j.out + r0, D_,
                             path);
-      }
-    }
-  });
+      });
   jobs_.clear();
 }
 
