@@ -82,6 +82,21 @@ uint16_t* Grow(uint16_t*& p, size_t& cap, size_t n) {
   return p;
 }
 
+// The next block of input (weight rows, cached rows) is fetched into L2 while this one computes,
+// a share per k-step, so that reading it later does not stall with the tile units idle.
+struct SpreadPrefetch {
+  SpreadPrefetch(const void* p, int64_t bytes, int64_t steps)
+      : next(static_cast<const char*>(p)),
+        lines(bytes > 0 ? (bytes + 63) / 64 : 0),
+        per_step((lines + steps - 1) / steps) {}
+  void Step(int64_t step) const {
+    const int64_t l0 = step * per_step, l1 = l0 + per_step < lines ? l0 + per_step : lines;
+    for (int64_t line = l0; line < l1; ++line) _mm_prefetch(next + line * 64, _MM_HINT_T1);
+  }
+  const char* next;
+  int64_t lines, per_step;
+};
+
 // ---- AVX-512 helpers ------------------------------------------------------------------------
 
 // 32 E4M3 codes as BF16 bits, exactly: normal codes are the magnitude shifted into place plus
@@ -254,13 +269,11 @@ DSV3_AMX_TARGET void Gemm(const WeightMatrix& m, int64_t r0, int64_t r1, const f
         const int64_t row = rb + (i < nr ? i : nr - 1);
         scale_row[i] = m.scale + (row / m.block_rows) * m.scale_cols;
       }
-      // The next rows' stored weights are fetched into L2 while these compute (their conversion
-      // would otherwise wait on memory with the tile units idle): a share per k-step below.
+      // The next 32 rows as stored, for their conversion.
       const int64_t esize = static_cast<int64_t>(DTypeSize(m.dtype));
-      const char* next = static_cast<const char*>(m.data) + (rb + 2 * kTile) * K * esize;
       const int64_t next_rows = r1 - rb - 2 * kTile < 2 * kTile ? r1 - rb - 2 * kTile : 2 * kTile;
-      const int64_t next_lines = next_rows > 0 ? (next_rows * K * esize + 63) / 64 : 0;
-      const int64_t lines_per_step = (next_lines + KS - 1) / KS;
+      const SpreadPrefetch prefetch(static_cast<const char*>(m.data) + (rb + 2 * kTile) * K * esize,
+                                    next_rows * K * esize, KS);
       for (int64_t tt = 0; tt < TT; tt += 2) {
         // An odd last token tile (48 tokens: three) runs alone: C1, C3 and B7 sit idle.
         const bool pair = (tt + 1) * kTile < nt;
@@ -271,13 +284,7 @@ DSV3_AMX_TARGET void Gemm(const WeightMatrix& m, int64_t r0, int64_t r1, const f
           _tile_zero(2);
           _tile_zero(3);
           for (int64_t ks = kb; ks < kb + block_steps && ks < KS; ++ks) {
-            if (tt == 0) {
-              const int64_t l0 = ks * lines_per_step;
-              const int64_t l1 =
-                  l0 + lines_per_step < next_lines ? l0 + lines_per_step : next_lines;
-              for (int64_t line = l0; line < l1; ++line)
-                _mm_prefetch(next + line * 64, _MM_HINT_T1);
-            }
+            if (tt == 0) prefetch.Step(ks);
             _tile_loadd(4, wt + ks * kStep, ld * 2);
             _tile_loadd(5, wt + kTile * ld + ks * kStep, ld * 2);
             for (int p = 0; p < kParts; ++p) {
@@ -413,12 +420,9 @@ DSV3_AMX_TARGET void LatentAttention(const uint16_t* qt, int64_t H, int64_t W, i
       }
     }
     const int64_t stride = ld * 2;  // bytes
-    // The next block's rows are fetched into L2 while this one computes (the loads of step (1)
-    // would otherwise wait on memory with the tile units idle): a share per k-step below.
-    const char* next = reinterpret_cast<const char*>(rows + (b0 + kAttnRows) * W);
+    // The next block's rows, for step (1).
     const int64_t next_rows = n - b0 - kAttnRows < kAttnRows ? n - b0 - kAttnRows : kAttnRows;
-    const int64_t next_lines = next_rows > 0 ? (next_rows * W * 2 + 63) / 64 : 0;
-    const int64_t lines_per_step = (next_lines + KS - 1) / KS;
+    const SpreadPrefetch prefetch(rows + (b0 + kAttnRows) * W, next_rows * W * 2, KS);
     for (int64_t ht = 0; ht < HT; ++ht) {
       _tile_zero(0);  // (2)
       _tile_zero(1);
@@ -426,11 +430,7 @@ DSV3_AMX_TARGET void LatentAttention(const uint16_t* qt, int64_t H, int64_t W, i
       _tile_zero(3);
       for (int64_t ks = 0; ks < KS; ++ks) {
         const uint16_t* a = blk + ks * kStep;
-        if (ht == 0) {
-          const int64_t l0 = ks * lines_per_step;
-          const int64_t l1 = l0 + lines_per_step < next_lines ? l0 + lines_per_step : next_lines;
-          for (int64_t line = l0; line < l1; ++line) _mm_prefetch(next + line * 64, _MM_HINT_T1);
-        }
+        if (ht == 0) prefetch.Step(ks);
         _tile_loadd(6, qt + ((0 * HT + ht) * KS + ks) * tile, 64);
         _tile_loadd(7, qt + ((1 * HT + ht) * KS + ks) * tile, 64);
         _tile_loadd(4, a, stride);
@@ -530,8 +530,7 @@ int64_t AmxLatentQueryElements(int64_t H, int64_t W) {
   return kAttnParts * ((H + kTile - 1) / kTile) * ((W + kStep - 1) / kStep) * kTile * kStep;
 }
 
-int64_t AmxLatentScratchBytes(int64_t H, int64_t W, int64_t C) {
-  (void)H;
+int64_t AmxLatentScratchBytes(int64_t W, int64_t C) {
   const int64_t Wp = (W + kStep - 1) / kStep * kStep;
   return 4 * kAttnRows * kTile + 2 * (4 + 2 * C / kTile) * kTile * kStep + 2 * kAttnRows * Wp;
 }
