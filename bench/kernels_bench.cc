@@ -131,7 +131,7 @@ void BM_AttentionBlockAmxBf16(benchmark::State& state) {
   const std::vector<float> q = Activations(H * CR), rows = Activations(S * CR);
   std::vector<uint16_t> cache(S * CR), tiles(AmxLatentQueryElements(H, CR));
   for (size_t i = 0; i < cache.size(); ++i) cache[i] = F32ToBF16(rows[i]);
-  AlignedArray<uint8_t> scratch(static_cast<size_t>(AmxLatentScratchBytes(H, CR, C)));
+  AlignedArray<uint8_t> scratch(static_cast<size_t>(AmxLatentScratchBytes(CR, C)));
   std::vector<float> o(Hp * (C + 16)), m(Hp), l(Hp);
   for (auto _ : state) {
     std::fill(m.begin(), m.end(), -INFINITY);

@@ -36,7 +36,7 @@ bool AmxMatMulRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x
 bool AmxLatentAttentionSupported(int64_t H, int64_t W, int64_t C);
 // Size of the prepared queries (uint16 elements) and of the per-call scratch (bytes).
 int64_t AmxLatentQueryElements(int64_t H, int64_t W);
-int64_t AmxLatentScratchBytes(int64_t H, int64_t W, int64_t C);
+int64_t AmxLatentScratchBytes(int64_t W, int64_t C);
 // q [H, W] float32 -> tiles (AmxLatentQueryElements(H, W) elements), once per token.
 void AmxPrepareLatentQueries(const float* q, int64_t H, int64_t W, uint16_t* tiles);
 // Runs the prepared queries over rows [n, W], updating the running softmax state of every head:
@@ -44,7 +44,7 @@ void AmxPrepareLatentQueries(const float* q, int64_t H, int64_t W, uint16_t* til
 // 0), o [Hp, C] (rows o_stride floats apart; C + 16 keeps a tile's rows in distinct L1 sets) the
 // exp(score - m)-weighted sum of the rows' first C values (start at 0); rows seen earlier are
 // rescaled when m grows. Rows of heads >= H are padding. scratch: 64-byte aligned,
-// AmxLatentScratchBytes(H, W, C) bytes.
+// AmxLatentScratchBytes(W, C) bytes.
 void AmxLatentAttention(const uint16_t* q_tiles, int64_t H, int64_t W, int64_t C,
                         const uint16_t* rows, int64_t n, float scale, float* m, float* l, float* o,
                         int64_t o_stride, void* scratch);

@@ -56,7 +56,7 @@ Mla::Mla(const Config& c, const RopeTable& rope, int64_t max_batch, int64_t capa
     int64_t extra = Pad16(kKeyBlock * c.kv_width());
     if (kernels::AmxSupported()) {
       q_tiles_.Resize(static_cast<size_t>(kernels::AmxLatentQueryElements(H, c.kv_width())));
-      extra = std::max(extra, Pad16(kernels::AmxLatentScratchBytes(H, c.kv_width(), C) / 4 + 1));
+      extra = std::max(extra, Pad16((kernels::AmxLatentScratchBytes(c.kv_width(), C) + 3) / 4));
     }
     thread_stride_ += extra;
   }

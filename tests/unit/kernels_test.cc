@@ -261,7 +261,7 @@ TEST(Kernels, AmxLatentAttentionMatchesPlainSoftmax) {
     ASSERT_TRUE(AmxLatentAttentionSupported(s.H, s.W, s.C));
     const int64_t Hp = (s.H + 15) / 16 * 16;
     std::vector<uint16_t> tiles(AmxLatentQueryElements(s.H, s.W));
-    AlignedArray<uint8_t> scratch(static_cast<size_t>(AmxLatentScratchBytes(s.H, s.W, s.C)));
+    AlignedArray<uint8_t> scratch(static_cast<size_t>(AmxLatentScratchBytes(s.W, s.C)));
     for (int64_t n : {1, 31, 33, 100, 300}) {
       const std::vector<float> q = Random(s.H * s.W, 7 + n);
       const std::vector<float> r = Random(n * s.W, 11 + n);
