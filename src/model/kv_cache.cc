@@ -45,12 +45,14 @@ const float* KvCache::RowsF32(int64_t layer, int64_t slot, int64_t pos, int64_t 
 void KvCache::CopyPrefix(int64_t from, int64_t to, int64_t n) {
   if (from == to || n <= 0) return;
   const size_t bytes = static_cast<size_t>(n * width_ * ElementSize(type_));
-  for (int64_t l = 0; l < layers_; ++l) {
-    if (type_ == KvCacheType::kBF16) {
-      std::memcpy(bf16_.data() + Offset(l, to, 0), bf16_.data() + Offset(l, from, 0), bytes);
-    } else {
-      std::memcpy(f32_.data() + Offset(l, to, 0), f32_.data() + Offset(l, from, 0), bytes);
-    }
+  auto copy = [&](auto* data) {
+    for (int64_t l = 0; l < layers_; ++l)
+      std::memcpy(data + Offset(l, to, 0), data + Offset(l, from, 0), bytes);
+  };
+  if (type_ == KvCacheType::kBF16) {
+    copy(bf16_.data());
+  } else {
+    copy(f32_.data());
   }
 }
 
