@@ -60,8 +60,6 @@ TEST_F(SpeculativeTest, GreedyIsIdenticalToPlainDecoding) {
   }
 }
 
-// After speculative decoding, the MTP cache holds what a fresh MTP pass over the final sequence
-// computes: nothing of the rejected or chained drafts survives.
 // With a BF16 cache too: speculative greedy decoding gives exactly the tokens plain greedy
 // decoding with the same cache gives (the reference's greedy tokens need not hold: the cache
 // rounds).
@@ -86,6 +84,8 @@ TEST_F(SpeculativeTest, GreedyIsIdenticalToPlainDecodingWithBf16Cache) {
   }
 }
 
+// After speculative decoding, the MTP cache holds what a fresh MTP pass over the final sequence
+// computes: nothing of the rejected or chained drafts survives.
 TEST_F(SpeculativeTest, MtpCacheMatchesAFreshPass) {
   const Json& seq = ref_->json()["sequences"][2];
   const std::vector<int32_t> prompt = seq["tokens"].get<std::vector<int32_t>>();
