@@ -64,8 +64,9 @@ std::unique_ptr<Model> LoadModel(const std::string& dir, bool quiet) {
                  r.unused.size(), list.c_str());
   }
   if (!quiet) {
-    std::fprintf(stderr, "dsv3: loaded %s in %.2f s (%s kernels)\n", dir.c_str(), Seconds(t0),
-                 kernels::ActiveTarget().c_str());
+    const bool bf16 = kernels::GetMatMulPrecision() == kernels::MatMulPrecision::kBF16;
+    std::fprintf(stderr, "dsv3: loaded %s in %.2f s (%s kernels%s)\n", dir.c_str(), Seconds(t0),
+                 kernels::ActiveTarget().c_str(), bf16 ? ", bf16 matmul" : "");
   }
   return m;
 }
@@ -367,9 +368,10 @@ int RunBench(const BenchArgs& a) {
     return 0;
   }
   const BenchResult& first = results.front();
-  std::printf("model %s: %s per decoded token, KV cache %lld B/token (%s), %s kernels\n",
+  std::printf("model %s: %s per decoded token, KV cache %lld B/token (%s), %s kernels, %s matmul\n",
               a.model_dir.c_str(), Human(static_cast<double>(first.weight_bytes_per_token)).c_str(),
-              (long long)first.kv_bytes_per_token, first.kv_cache.c_str(), first.kernels.c_str());
+              (long long)first.kv_bytes_per_token, first.kv_cache.c_str(), first.kernels.c_str(),
+              first.matmul.c_str());
   std::printf("%7s %14s %13s %8s %11s %10s %6s %10s %10s\n", "threads", "prefill tok/s",
               "decode tok/s", "pre/dec", "weight GB/s", "read GB/s", "ratio", "peak RSS",
               "scratch");

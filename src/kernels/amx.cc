@@ -1,15 +1,17 @@
 // AMX matrix products (see amx.h). Tile roles: C = 16 weight rows x 16 tokens (FP32),
 // A = 16 weight rows x 32 k (BF16, row-major, straight from the converted weight rows),
 // B = 32 k x 16 tokens in the VNNI layout AMX wants (row j holds the pairs (2j, 2j+1) of the 16
-// tokens), prepared once per token chunk for each of the three BF16 parts of the activations.
-// Per k-step: two A tiles, and for each part two B tiles, feed four C tiles (32 rows x 32
-// tokens), so every loaded tile is used twice.
+// tokens), prepared once per token chunk for each BF16 part of the activations (three, or one
+// with MatMulPrecision::kBF16). Per k-step: two A tiles, and for each part two B tiles, feed four
+// C tiles (32 rows x 32 tokens), so every loaded tile is used twice.
 //
 // This file is compiled for the baseline ISA; only functions marked DSV3_AMX_TARGET use AVX-512
 // and AMX, and they run only after AmxSupported() said yes. No standard-library templates are
 // instantiated inside them (an instantiation compiled for AVX-512 could be shared with code that
 // runs anywhere).
 #include "kernels/amx.h"
+
+#include "kernels/targets.h"
 
 // GCC 12 warns inside its own AVX-512 headers ("__Y may be used uninitialized") when they inline.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -32,10 +34,13 @@ namespace {
 
 constexpr int64_t kTile = 16;  // rows (and tokens) per tile
 constexpr int64_t kStep = 32;  // k per tile (BF16 pairs x 16)
-constexpr int kParts = 3;      // BF16 parts of each activation
+constexpr int kParts = 3;      // BF16 parts of each activation (MatMulPrecision::kF32)
 // Attention over a BF16 cache splits queries and probabilities in two parts: 2^-17 relative, far
-// below the cache's own rounding (2^-9).
+// below the cache's own rounding (2^-9); one with MatMulPrecision::kBF16.
 constexpr int kAttnParts = 2;
+
+int GemmParts() { return GetMatMulPrecision() == MatMulPrecision::kBF16 ? 1 : kParts; }
+int AttnParts() { return GetMatMulPrecision() == MatMulPrecision::kBF16 ? 1 : kAttnParts; }
 
 // ---- support -----------------------------------------------------------------------------------
 
@@ -61,7 +66,7 @@ struct TileConfig {
 
 // Per-thread buffers, grown with plain allocation outside the AVX-512 code.
 struct Buffers {
-  uint16_t* x = nullptr;  // [kParts][token tiles][k steps][16 x 32] BF16
+  uint16_t* x = nullptr;  // [parts][token tiles][k steps][16 x 32] BF16
   size_t x_cap = 0;
   uint16_t* w = nullptr;  // [32 rows][Kp] BF16
   size_t w_cap = 0;
@@ -238,8 +243,9 @@ DSV3_AMX_TARGET void ConfigureTiles() {
 }
 
 // C tiles 0..3 = (row tile 0, token tile 0), (0, 1), (1, 0), (1, 1); A tiles 4, 5; B tiles 6, 7.
+// parts: BF16 parts per activation (1..3).
 DSV3_AMX_TARGET void Gemm(const WeightMatrix& m, int64_t r0, int64_t r1, const float* x,
-                          int64_t x_stride, int64_t T, float* y, int64_t y_stride) {
+                          int64_t x_stride, int64_t T, float* y, int64_t y_stride, int parts) {
   Buffers& b = t_buf;
   ConfigureTiles();
   const int64_t K = m.cols, Kp = (K + kStep - 1) / kStep * kStep, KS = Kp / kStep;
@@ -248,7 +254,9 @@ DSV3_AMX_TARGET void Gemm(const WeightMatrix& m, int64_t r0, int64_t r1, const f
   const int64_t ld = Kp + kStep;
   const bool fp8 = m.dtype == DType::kF8E4M3;
   const int64_t block_steps = fp8 ? m.block_cols / kStep : KS;  // k-steps per scale block
-  const int64_t chunk = K <= 4096 ? 64 : 32;                    // tokens per activation pass
+  // Tokens per activation pass: the prepared activations stay about the same size whatever the
+  // parts, so fewer parts convert each weight row block once for more tokens.
+  const int64_t chunk = (K <= 4096 ? 64 : 32) * (kParts / parts);
   const size_t tile = kTile * kStep;
   alignas(64) float acc[4][kTile][kTile];
   alignas(64) float part[kTile][kTile];
@@ -256,10 +264,10 @@ DSV3_AMX_TARGET void Gemm(const WeightMatrix& m, int64_t r0, int64_t r1, const f
   for (int64_t c0 = 0; c0 < T; c0 += chunk) {
     const int64_t nt = chunk < T - c0 ? chunk : T - c0;
     const int64_t TT = ((nt + kTile - 1) / kTile + 1) / 2 * 2;  // token tiles, even
-    uint16_t* xt = Grow(b.x, b.x_cap, static_cast<size_t>(kParts * TT * KS) * tile);
+    uint16_t* xt = Grow(b.x, b.x_cap, static_cast<size_t>(parts * TT * KS) * tile);
     uint16_t* wt = Grow(b.w, b.w_cap, static_cast<size_t>(2 * kTile * ld));
     if (xt == nullptr || wt == nullptr) __builtin_trap();  // out of memory
-    PrepareActivations(x + c0 * x_stride, x_stride, nt, K, TT, KS, xt);
+    PrepareActivations(x + c0 * x_stride, x_stride, nt, K, TT, KS, xt, parts);
     for (int64_t rb = r0; rb < r1; rb += 2 * kTile) {
       const int64_t nr = r1 - rb < 2 * kTile ? r1 - rb : 2 * kTile;
       ConvertRows(m, rb, nr, Kp, ld, wt);
@@ -287,7 +295,7 @@ DSV3_AMX_TARGET void Gemm(const WeightMatrix& m, int64_t r0, int64_t r1, const f
             if (tt == 0) prefetch.Step(ks);
             _tile_loadd(4, wt + ks * kStep, ld * 2);
             _tile_loadd(5, wt + kTile * ld + ks * kStep, ld * 2);
-            for (int p = 0; p < kParts; ++p) {
+            for (int p = 0; p < parts; ++p) {
               _tile_loadd(6, xt + ((p * TT + tt) * KS + ks) * tile, 64);
               _tile_dpbf16ps(0, 4, 6);
               _tile_dpbf16ps(2, 5, 6);
@@ -371,9 +379,11 @@ constexpr int64_t kAttnRows = 64;  // cached rows per attention block
 // [16 heads, 64 rows] in two BF16 parts (A tiles, 32 rows each), (5) o [16 heads, C] += P x
 // latents, two 16-column tiles at a time. Independent accumulators are interleaved so that the
 // tile products overlap: scores C0..C3 / A4, A5 / B6, B7; PV A0..A3 / C4, C5 / B6, B7.
+// parts: 2, or 1 to use only the first BF16 part of the queries and of the probabilities.
 DSV3_AMX_TARGET void LatentAttention(const uint16_t* qt, int64_t H, int64_t W, int64_t C,
                                      const uint16_t* rows, int64_t n, float scale, float* m,
-                                     float* l, float* o, int64_t ldo, uint8_t* scratch) {
+                                     float* l, float* o, int64_t ldo, uint8_t* scratch, int parts) {
+  const bool two = parts > 1;
   const int64_t HT = (H + kTile - 1) / kTile, KS = (W + kStep - 1) / kStep, Wp = KS * kStep;
   const int64_t CT = C / kTile;
   const int64_t tile = kTile * kStep;                                  // BF16 elements per tile
@@ -432,19 +442,23 @@ DSV3_AMX_TARGET void LatentAttention(const uint16_t* qt, int64_t H, int64_t W, i
         const uint16_t* a = blk + ks * kStep;
         if (ht == 0) prefetch.Step(ks);
         _tile_loadd(6, qt + ((0 * HT + ht) * KS + ks) * tile, 64);
-        _tile_loadd(7, qt + ((1 * HT + ht) * KS + ks) * tile, 64);
+        if (two) _tile_loadd(7, qt + ((1 * HT + ht) * KS + ks) * tile, 64);
         _tile_loadd(4, a, stride);
         _tile_loadd(5, a + kTile * ld, stride);
         _tile_dpbf16ps(0, 4, 6);
         _tile_dpbf16ps(1, 5, 6);
-        _tile_dpbf16ps(0, 4, 7);
-        _tile_dpbf16ps(1, 5, 7);
+        if (two) {
+          _tile_dpbf16ps(0, 4, 7);
+          _tile_dpbf16ps(1, 5, 7);
+        }
         _tile_loadd(4, a + 2 * kTile * ld, stride);
         _tile_loadd(5, a + 3 * kTile * ld, stride);
         _tile_dpbf16ps(2, 4, 6);
         _tile_dpbf16ps(3, 5, 6);
-        _tile_dpbf16ps(2, 4, 7);
-        _tile_dpbf16ps(3, 5, 7);
+        if (two) {
+          _tile_dpbf16ps(2, 4, 7);
+          _tile_dpbf16ps(3, 5, 7);
+        }
       }
       _tile_stored(0, sT, 64);
       _tile_stored(1, sT + kTile * kTile, 64);
@@ -488,14 +502,14 @@ DSV3_AMX_TARGET void LatentAttention(const uint16_t* qt, int64_t H, int64_t W, i
         for (int64_t h = 0; h < kTile; ++h) {
           __m512 lo = _mm512_castsi512_ps(pr[2 * kk * kTile + h]);
           __m512 hi = _mm512_castsi512_ps(pr[(2 * kk + 1) * kTile + h]);
-          for (int p = 0; p < kAttnParts; ++p)
+          for (int p = 0; p < parts; ++p)
             _mm512_store_si512(pa + (kk * 2 + p) * tile + h * kStep, NextPart(lo, hi));
         }
       }
       _tile_loadd(0, pa, 64);  // (5)
-      _tile_loadd(1, pa + tile, 64);
+      if (two) _tile_loadd(1, pa + tile, 64);
       _tile_loadd(2, pa + 2 * tile, 64);
-      _tile_loadd(3, pa + 3 * tile, 64);
+      if (two) _tile_loadd(3, pa + 3 * tile, 64);
       for (int64_t dt = 0; dt < CT; dt += 2) {
         float* oc = o + ht * kTile * ldo + dt * kTile;
         const uint16_t* v = vt + dt * 2 * tile;  // (dt, 0), (dt, 1), (dt + 1, 0), (dt + 1, 1)
@@ -505,14 +519,18 @@ DSV3_AMX_TARGET void LatentAttention(const uint16_t* qt, int64_t H, int64_t W, i
         _tile_loadd(7, v + 2 * tile, 64);
         _tile_dpbf16ps(4, 0, 6);
         _tile_dpbf16ps(5, 0, 7);
-        _tile_dpbf16ps(4, 1, 6);
-        _tile_dpbf16ps(5, 1, 7);
+        if (two) {
+          _tile_dpbf16ps(4, 1, 6);
+          _tile_dpbf16ps(5, 1, 7);
+        }
         _tile_loadd(6, v + tile, 64);
         _tile_loadd(7, v + 3 * tile, 64);
         _tile_dpbf16ps(4, 2, 6);
         _tile_dpbf16ps(5, 2, 7);
-        _tile_dpbf16ps(4, 3, 6);
-        _tile_dpbf16ps(5, 3, 7);
+        if (two) {
+          _tile_dpbf16ps(4, 3, 6);
+          _tile_dpbf16ps(5, 3, 7);
+        }
         _tile_stored(4, oc, ldo * 4);
         _tile_stored(5, oc + kTile, ldo * 4);
       }
@@ -544,7 +562,7 @@ void AmxLatentAttention(const uint16_t* q_tiles, int64_t H, int64_t W, int64_t C
                         const uint16_t* rows, int64_t n, float scale, float* m, float* l, float* o,
                         int64_t o_stride, void* scratch) {
   LatentAttention(q_tiles, H, W, C, rows, n, scale, m, l, o, o_stride,
-                  static_cast<uint8_t*>(scratch));
+                  static_cast<uint8_t*>(scratch), AttnParts());
 }
 
 bool AmxSupported() {
@@ -566,7 +584,7 @@ bool AmxMatMulRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x
   if (w.dtype == DType::kF8E4M3 && (w.block_cols % kStep != 0 || w.block_rows % kTile != 0)) {
     return false;
   }
-  Gemm(w, r0, r1, x, x_stride, T, y, y_stride);
+  Gemm(w, r0, r1, x, x_stride, T, y, y_stride, GemmParts());
   return true;
 }
 

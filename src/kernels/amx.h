@@ -4,7 +4,8 @@
 // AMX multiplies BF16 pairs into FP32 accumulators. Weights are exact in BF16 (FP8 E4M3 and BF16
 // as stored); activations are float32, so each is split into three BF16 parts (x = x1 + x2 + x3,
 // exact for normal floats) and multiplied in three passes: the products are exact and accumulate
-// in FP32, as float32 FMAs would. FP8 block scales multiply the per-block partial sums.
+// in FP32, as float32 FMAs would. With MatMulPrecision::kBF16 (targets.h) only x1, the activation
+// rounded to BF16, is used. FP8 block scales multiply the per-block partial sums.
 #pragma once
 
 #include <cstdint>
@@ -28,9 +29,10 @@ bool AmxMatMulRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x
 // ---- Absorbed MLA attention over a BF16 latent cache --------------------------------------------
 // One token's H absorbed queries q [H, W] (W = C + R: [W_uk^T q_nope | q_pe] per head) against n
 // cached BF16 rows [n, W], all heads at once: scores = scale * (q . row) as exact products of the
-// float32 query (three BF16 parts) and the BF16 row, accumulated in FP32; the probabilities enter
-// the latent-weighted sum in three BF16 parts likewise, so the result is float32 attention over
-// the cached values. Hp = H rounded up to 16.
+// float32 query (two BF16 parts, 2^-17 relative) and the BF16 row, accumulated in FP32; the
+// probabilities enter the latent-weighted sum in two BF16 parts likewise, so the result is
+// float32 attention over the cached values to far below the cache's own rounding. With
+// MatMulPrecision::kBF16 both take their first part only (2^-9). Hp = H rounded up to 16.
 
 // Whether AmxLatentAttention handles this shape (AMX enabled, W even, C a multiple of 32).
 bool AmxLatentAttentionSupported(int64_t H, int64_t W, int64_t C);

@@ -189,6 +189,7 @@ Json BenchResult::ToJson() const {
   Json j = {
       {"threads", threads},
       {"kernels", kernels},
+      {"matmul", matmul},
       {"prefault_seconds", prefault_seconds},
       {"prefill",
        {{"tokens", prompt_tokens},
@@ -218,6 +219,7 @@ BenchResult RunBench(const Model& model, const BenchOptions& o) {
   BenchResult r;
   r.threads = NumThreads();
   r.kernels = kernels::ActiveTarget();
+  r.matmul = kernels::MatMulPrecisionName(kernels::GetMatMulPrecision());
   r.prompt_tokens = o.prompt_tokens;
   r.weight_bytes_per_token = WeightBytesPerToken(c, model.weights());
   r.kv_bytes_per_token = KvBytesPerToken(c, KvCache::ElementSize(o.kv_cache));

@@ -57,6 +57,7 @@ struct MtpBench {
 struct BenchResult {
   int threads = 0;
   std::string kernels;
+  std::string matmul;           // kernels::MatMulPrecision: "f32" or "bf16"
   double prefault_seconds = 0;  // paging the weights in before measuring
   int64_t prompt_tokens = 0;
   double prefill_seconds = 0;

@@ -49,7 +49,10 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
     model_ = f.model.get();
     ref_ = f.ref.get();
   }
-  void TearDown() override { kernels::ForceTarget(""); }
+  void TearDown() override {
+    kernels::ForceTarget("");
+    kernels::SetMatMulPrecision(kernels::MatMulPrecision::kF32);
+  }
 
   const Json& Sequence(int64_t length) const {
     for (const Json& s : ref_->json()["sequences"]) {
@@ -203,6 +206,44 @@ TEST_P(GoldenTest, Bf16KvCache) {
     for (int64_t i = 0; i < 33; ++i)
       close += MaxAbsDiff(got.data() + i * V, expected.data() + i * V, V) <= 0.1f;
     EXPECT_GE(close, 30) << t;
+  }
+}
+
+// --matmul bf16: on AMX the prompt's products round activations to BF16 (2^-9) and the absorbed
+// attention over a BF16 cache takes one part of its queries and probabilities, so the logits move
+// like those of a BF16 cache; every other target computes in float32 and still meets kLogitTol.
+TEST_P(GoldenTest, Bf16MatMulPrecision) {
+  kernels::SetMatMulPrecision(kernels::MatMulPrecision::kBF16);
+  const Json& seq = Sequence(33);
+  const std::vector<int32_t> tokens = Tokens(seq);
+  const int64_t L = static_cast<int64_t>(tokens.size()), V = model_->config().vocab_size;
+  const std::vector<float> prefill_ref = ref_->F32(seq["prefill_logits"]);
+  const std::vector<float> decode_ref = ref_->F32(seq["decode_logits"]);
+  auto close_positions = [&](const std::vector<float>& got, const std::vector<float>& want) {
+    int close = 0;
+    for (int64_t i = 0; i < L; ++i)
+      close += MaxAbsDiff(got.data() + i * V, want.data() + i * V, V) <= 0.1f;
+    return close;
+  };
+  for (const std::string& t : kernels::AvailableTargets()) {
+    ASSERT_TRUE(kernels::ForceTarget(t));
+    Context ctx(*model_, {L, L, AttentionImpl::kAbsorbed});
+    std::vector<float> prefill(L * V);
+    ctx.Forward(tokens, prefill.data());
+    Context dec(*model_, {L, 1, AttentionImpl::kAbsorbed, 1, KvCacheType::kBF16});
+    std::vector<float> decode(L * V);
+    for (int64_t i = 0; i < L; ++i) {
+      dec.Forward(std::span<const int32_t>(&tokens[i], 1));
+      std::copy_n(dec.last_logits(), V, decode.begin() + i * V);
+    }
+    EXPECT_GE(close_positions(decode, decode_ref), 30) << t;
+    if (t == "AMX") {
+      const float d = MaxAbsDiff(prefill.data(), prefill_ref.data(), L * V);
+      EXPECT_GT(d, kLogitTol) << "BF16 activations should move the logits";
+      EXPECT_GE(close_positions(prefill, prefill_ref), 30);
+    } else {
+      EXPECT_LE(MaxAbsDiff(prefill.data(), prefill_ref.data(), L * V), kLogitTol) << t;
+    }
   }
 }
 

@@ -198,6 +198,25 @@ TEST(Cli, KvCacheTypeOption) {
   }
 }
 
+TEST(Cli, MatMulPrecisionOption) {
+  const std::string dir = TestData(kV3Tiny);
+  DSV3_REQUIRE_DATA(dir);
+  for (const char* precision : {"f32", "bf16"}) {
+    const RunResult b = RunCommand(Cmd("bench -m " + dir + " -p 20 -n 2 -t 1 --no-mtp --json" +
+                                       (precision == std::string("bf16") ? " --matmul bf16" : "")));
+    ASSERT_EQ(b.status, 0) << b.output();
+    EXPECT_EQ(Json::parse(b.out)["runs"][0]["matmul"], precision);
+  }
+  const RunResult g =
+      RunCommand(Cmd("generate -m " + dir + " --ids 5,6,7 -n 2 -t 1 --matmul bf16 --no-mtp"));
+  ASSERT_EQ(g.status, 0) << g.output();
+  EXPECT_THAT(g.output(), HasSubstr("bf16 matmul"));
+  for (const char* cmd : {"bench", "generate --ids 1", "logits --ids 1 -o /dev/null", "serve"}) {
+    ExpectCleanError(RunCommand(Cmd(std::string(cmd) + " -m " + dir + " --matmul f16")),
+                     "--matmul");
+  }
+}
+
 TEST(Cli, SynthWritesLoadableDeterministicCheckpoints) {
   TempDir tmp;
   auto synth = [&](const std::string& args, const std::string& out) {

@@ -77,6 +77,24 @@ float Magnitude(const WeightMatrix& w, int64_t r, const float* x) {
   return static_cast<float>(s);
 }
 
+// MatMul(w, x) for T tokens against the reference product of w and x_ref (x itself, or what the
+// kernel should have made of it), within float32 accumulation.
+void ExpectMatMulMatchesReference(const TestMatrix& m, const std::vector<float>& x,
+                                  const std::vector<float>& x_ref, int64_t T) {
+  const int64_t rows = m.w.rows, cols = m.w.cols;
+  std::vector<float> got(T * rows), want(T * rows);
+  MatMul(m.w, x.data(), cols, T, got.data(), rows);
+  reference::MatMul(m.w, x_ref.data(), cols, T, want.data(), rows);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float tol = kRelTol * Magnitude(m.w, r, x_ref.data() + t * cols) + 1e-30f;
+      ASSERT_NEAR(got[t * rows + r], want[t * rows + r], tol)
+          << DTypeName(m.w.dtype) << " " << rows << "x" << cols << " T=" << T << " t=" << t
+          << " r=" << r;
+    }
+  }
+}
+
 class KernelTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override { ASSERT_TRUE(ForceTarget(GetParam())); }
@@ -93,17 +111,7 @@ TEST_P(KernelTest, MatMulAllDtypesShapesAndBatches) {
       const TestMatrix m = MakeMatrix(dtype, rows, cols, 11);
       for (int64_t T : {1, 3, 40}) {
         const std::vector<float> x = Random(T * cols, 5);
-        std::vector<float> got(T * rows), want(T * rows);
-        MatMul(m.w, x.data(), cols, T, got.data(), rows);
-        reference::MatMul(m.w, x.data(), cols, T, want.data(), rows);
-        for (int64_t t = 0; t < T; ++t) {
-          for (int64_t r = 0; r < rows; ++r) {
-            const float tol = kRelTol * Magnitude(m.w, r, x.data() + t * cols) + 1e-30f;
-            ASSERT_NEAR(got[t * rows + r], want[t * rows + r], tol)
-                << DTypeName(dtype) << " " << rows << "x" << cols << " T=" << T << " t=" << t
-                << " r=" << r;
-          }
-        }
+        ExpectMatMulMatchesReference(m, x, x, T);
       }
     }
   }
@@ -251,64 +259,100 @@ TEST_P(KernelTest, VectorOps) {
 // Tolerance: queries and probabilities enter in two BF16 parts (relative error <= 2^-17), so a
 // score may be off by 2^-17 * scale * sum_i |q_i c_i| (ds below) and the output by that plus
 // 2^-17, relative to the magnitude of its terms; float32 accumulation adds ~1e-6.
+// With MatMulPrecision::kBF16 the AMX products take each activation rounded to BF16 (to nearest
+// even) once: against the reference on the rounded activations, within float32 accumulation (the
+// exact float32 product would be ~2^-9 away and fail). 200 tokens: two activation passes.
+TEST(Kernels, AmxBf16PrecisionRoundsActivationsOnce) {
+  if (!AmxSupported()) GTEST_SKIP() << "no AMX on this CPU";
+  ASSERT_TRUE(ForceTarget("AMX"));
+  SetMatMulPrecision(MatMulPrecision::kBF16);
+  for (DType dtype : {DType::kBF16, DType::kF8E4M3}) {
+    for (auto [rows, cols] :
+         {std::pair<int64_t, int64_t>{200, 300}, {64, 128}, {40, 2048}, {17, 4352}}) {
+      const TestMatrix m = MakeMatrix(dtype, rows, cols, 29);
+      for (int64_t T : {kGemmMinTokens, int64_t{40}, int64_t{200}}) {
+        const std::vector<float> x = Random(T * cols, 31);
+        std::vector<float> rounded(x.size());
+        for (size_t i = 0; i < x.size(); ++i) rounded[i] = dsv3::BF16ToF32(F32ToBF16(x[i]));
+        ExpectMatMulMatchesReference(m, x, rounded, T);
+      }
+    }
+  }
+  SetMatMulPrecision(MatMulPrecision::kF32);
+  ForceTarget("");
+}
+
+// Both precisions: two BF16 parts of the queries and probabilities (error ~2^-17 of the terms),
+// or one (MatMulPrecision::kBF16, ~2^-9; its error must then exceed what two parts allow).
 TEST(Kernels, AmxLatentAttentionMatchesPlainSoftmax) {
   if (!AmxSupported()) GTEST_SKIP() << "no AMX on this CPU";
   struct Shape {
     int64_t H, W, C;
   };
-  for (const Shape& s : {Shape{16, 576, 512}, Shape{4, 80, 64}, Shape{8, 112, 96},
-                         Shape{20, 96, 64}, Shape{128, 576, 512}}) {
-    ASSERT_TRUE(AmxLatentAttentionSupported(s.H, s.W, s.C));
-    const int64_t Hp = (s.H + 15) / 16 * 16;
-    std::vector<uint16_t> tiles(AmxLatentQueryElements(s.H, s.W));
-    AlignedArray<uint8_t> scratch(static_cast<size_t>(AmxLatentScratchBytes(s.W, s.C)));
-    for (int64_t n : {1, 31, 33, 100, 300}) {
-      const std::vector<float> q = Random(s.H * s.W, 7 + n);
-      const std::vector<float> r = Random(n * s.W, 11 + n);
-      std::vector<uint16_t> rows(n * s.W);
-      for (size_t i = 0; i < rows.size(); ++i) rows[i] = F32ToBF16(r[i]);
-      const float scale = 0.1f;
-      AmxPrepareLatentQueries(q.data(), s.H, s.W, tiles.data());
-      for (int64_t split : {n, n / 2}) {
-        const int64_t os = s.C + 16;
-        std::vector<float> m(Hp, -INFINITY), l(Hp, 0.0f), o(Hp * os, 0.0f);
-        AmxLatentAttention(tiles.data(), s.H, s.W, s.C, rows.data(), split, scale, m.data(),
-                           l.data(), o.data(), os, scratch.data());
-        if (split < n) {
-          AmxLatentAttention(tiles.data(), s.H, s.W, s.C, rows.data() + split * s.W, n - split,
-                             scale, m.data(), l.data(), o.data(), os, scratch.data());
-        }
-        for (int64_t h = 0; h < s.H; ++h) {
-          std::vector<double> p(n);
-          double mx = -INFINITY, sum = 0, ds = 0;
-          for (int64_t k = 0; k < n; ++k) {
-            double d = 0, a = 0;
-            for (int64_t i = 0; i < s.W; ++i) {
-              d += double{q[h * s.W + i]} * dsv3::BF16ToF32(rows[k * s.W + i]);
-              a += std::fabs(double{q[h * s.W + i]} * dsv3::BF16ToF32(rows[k * s.W + i]));
-            }
-            p[k] = d * scale;
-            mx = std::max(mx, p[k]);
-            ds = std::max(ds, std::ldexp(a * scale, -17));
+  for (const MatMulPrecision precision : {MatMulPrecision::kF32, MatMulPrecision::kBF16}) {
+    SetMatMulPrecision(precision);
+    const int e = precision == MatMulPrecision::kF32 ? -17 : -8;
+    for (const Shape& s : {Shape{16, 576, 512}, Shape{4, 80, 64}, Shape{8, 112, 96},
+                           Shape{20, 96, 64}, Shape{128, 576, 512}}) {
+      double worst_two_part = 0;  // largest output error / the two-part bound
+      ASSERT_TRUE(AmxLatentAttentionSupported(s.H, s.W, s.C));
+      const int64_t Hp = (s.H + 15) / 16 * 16;
+      std::vector<uint16_t> tiles(AmxLatentQueryElements(s.H, s.W));
+      AlignedArray<uint8_t> scratch(static_cast<size_t>(AmxLatentScratchBytes(s.W, s.C)));
+      for (int64_t n : {1, 31, 33, 100, 300}) {
+        const std::vector<float> q = Random(s.H * s.W, 7 + n);
+        const std::vector<float> r = Random(n * s.W, 11 + n);
+        std::vector<uint16_t> rows(n * s.W);
+        for (size_t i = 0; i < rows.size(); ++i) rows[i] = F32ToBF16(r[i]);
+        const float scale = 0.1f;
+        AmxPrepareLatentQueries(q.data(), s.H, s.W, tiles.data());
+        for (int64_t split : {n, n / 2}) {
+          const int64_t os = s.C + 16;
+          std::vector<float> m(Hp, -INFINITY), l(Hp, 0.0f), o(Hp * os, 0.0f);
+          AmxLatentAttention(tiles.data(), s.H, s.W, s.C, rows.data(), split, scale, m.data(),
+                             l.data(), o.data(), os, scratch.data());
+          if (split < n) {
+            AmxLatentAttention(tiles.data(), s.H, s.W, s.C, rows.data() + split * s.W, n - split,
+                               scale, m.data(), l.data(), o.data(), os, scratch.data());
           }
-          for (double& v : p) sum += v = std::exp(v - mx);
-          ASSERT_NEAR(m[h], mx, ds + 1e-6 * (1 + std::fabs(mx))) << s.H << " " << s.W << " " << n;
-          ASSERT_NEAR(l[h], sum, (2 * ds + 1e-6) * sum) << s.H << " " << s.W << " " << n;
-          for (int64_t j = 0; j < s.C; ++j) {
-            double want = 0, mag = 0;
+          for (int64_t h = 0; h < s.H; ++h) {
+            std::vector<double> p(n);
+            double mx = -INFINITY, sum = 0, ds = 0, ds2 = 0;
             for (int64_t k = 0; k < n; ++k) {
-              want += p[k] * dsv3::BF16ToF32(rows[k * s.W + j]);
-              mag += p[k] * std::fabs(dsv3::BF16ToF32(rows[k * s.W + j]));
+              double d = 0, a = 0;
+              for (int64_t i = 0; i < s.W; ++i) {
+                d += double{q[h * s.W + i]} * dsv3::BF16ToF32(rows[k * s.W + i]);
+                a += std::fabs(double{q[h * s.W + i]} * dsv3::BF16ToF32(rows[k * s.W + i]));
+              }
+              p[k] = d * scale;
+              mx = std::max(mx, p[k]);
+              ds = std::max(ds, std::ldexp(a * scale, e));
+              ds2 = std::max(ds2, std::ldexp(a * scale, -17));
             }
-            ASSERT_NEAR(o[h * os + j] / l[h], want / sum,
-                        (2 * ds + std::ldexp(1.0, -17) + 1e-6) * (1 + mag / sum))
-                << "H " << s.H << " W " << s.W << " n " << n << " split " << split << " head " << h
-                << " column " << j;
+            for (double& v : p) sum += v = std::exp(v - mx);
+            ASSERT_NEAR(m[h], mx, ds + 1e-6 * (1 + std::fabs(mx))) << s.H << " " << s.W << " " << n;
+            ASSERT_NEAR(l[h], sum, (2 * ds + 1e-6) * sum) << s.H << " " << s.W << " " << n;
+            for (int64_t j = 0; j < s.C; ++j) {
+              double want = 0, mag = 0;
+              for (int64_t k = 0; k < n; ++k) {
+                want += p[k] * dsv3::BF16ToF32(rows[k * s.W + j]);
+                mag += p[k] * std::fabs(dsv3::BF16ToF32(rows[k * s.W + j]));
+              }
+              const double err = std::fabs(o[h * os + j] / l[h] - want / sum);
+              ASSERT_LE(err, (2 * ds + std::ldexp(1.0, e) + 1e-6) * (1 + mag / sum))
+                  << MatMulPrecisionName(precision) << " H " << s.H << " W " << s.W << " n " << n
+                  << " split " << split << " head " << h << " column " << j;
+              worst_two_part =
+                  std::max(worst_two_part,
+                           err / ((2 * ds2 + std::ldexp(1.0, -17) + 1e-6) * (1 + mag / sum)));
+            }
           }
         }
       }
+      if (precision == MatMulPrecision::kBF16) EXPECT_GT(worst_two_part, 1) << s.H << " " << s.W;
     }
   }
+  SetMatMulPrecision(MatMulPrecision::kF32);
 }
 
 // Blocked attention: scores, online softmax over several blocks, weighted values, against a
