@@ -120,9 +120,11 @@ void BM_AttentionBlock(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * H * S * (CR + C) * 2);
 }
 
-// The same over a BF16 cache with the AMX tile kernel (one thread; skipped without AMX).
+// The same over a BF16 cache with the AMX tile kernel (one thread; skipped without AMX); the third
+// argument 1: MatMulPrecision::kBF16 (one BF16 part of queries and probabilities instead of two).
 void BM_AttentionBlockAmxBf16(benchmark::State& state) {
   const int64_t H = state.range(0), S = state.range(1), C = 512, R = 64, CR = C + R;
+  SetMatMulPrecision(state.range(2) ? MatMulPrecision::kBF16 : MatMulPrecision::kF32);
   const int64_t Hp = (H + 15) / 16 * 16;
   if (!AmxSupported()) {
     state.SkipWithError("no AMX on this CPU");
@@ -144,6 +146,7 @@ void BM_AttentionBlockAmxBf16(benchmark::State& state) {
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * H * S * (CR + C) * 2);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * S * CR * 2);
+  SetMatMulPrecision(MatMulPrecision::kF32);
 }
 
 void BM_RmsNorm(benchmark::State& state) {
@@ -181,7 +184,12 @@ BENCHMARK_CAPTURE(BM_MatMul, fp8_expert_T48, DType::kF8E4M3)->Args({1408, 2048, 
 BENCHMARK_CAPTURE(BM_MatMul, bf16_T64, DType::kBF16)->Args({2048, 2048, 64})->UseRealTime();
 BENCHMARK_CAPTURE(BM_MatMul, fp8_T4, DType::kF8E4M3)->Args({16384, 2048, 4})->UseRealTime();
 BENCHMARK(BM_AttentionBlock)->Args({16, 8192})->Args({128, 4096})->UseRealTime();
-BENCHMARK(BM_AttentionBlockAmxBf16)->Args({16, 8192})->Args({128, 4096})->UseRealTime();
+BENCHMARK(BM_AttentionBlockAmxBf16)
+    ->Args({16, 8192, 0})
+    ->Args({16, 8192, 1})
+    ->Args({128, 4096, 0})
+    ->Args({128, 4096, 1})
+    ->UseRealTime();
 BENCHMARK(BM_RmsNorm)->Arg(7168);
 BENCHMARK(BM_Softmax)->Arg(8192);
 

@@ -372,6 +372,21 @@ DSV3_AMX_TARGET inline __m512 ExpNonPositive(__m512 x) {
 
 constexpr int64_t kAttnRows = 64;  // cached rows per attention block
 
+// Columns [d0, d0 + 32) of the 64 rows of an attention block (ld elements apart) as four VNNI
+// pair tiles: out + kk * tile for columns d0.., out + (2 + kk) * tile for d0 + 16.., where row i
+// of tile kk interleaves rows 32kk + 2i and 32kk + 2i + 1.
+DSV3_AMX_TARGET inline void InterleavePairs(const uint16_t* blk, int64_t ld, int64_t d0,
+                                            __m512i idx_lo, __m512i idx_hi, uint16_t* out) {
+  const int64_t tile = kTile * kStep;
+  for (int64_t i = 0; i < kAttnRows / 2; ++i) {
+    const uint16_t* r0 = blk + 2 * i * ld + d0;
+    uint16_t* dst = out + (i / kTile) * tile + (i % kTile) * kStep;
+    const __m512i a = _mm512_loadu_si512(r0), b = _mm512_loadu_si512(r0 + ld);
+    _mm512_store_si512(dst, _mm512_permutex2var_epi16(a, idx_lo, b));
+    _mm512_store_si512(dst + 2 * tile, _mm512_permutex2var_epi16(a, idx_hi, b));
+  }
+}
+
 // Per block of 64 cached rows: (1) the rows' first C values as VNNI pair tiles (row i of tile
 // (dt, kk) interleaves rows 32kk + 2i and 32kk + 2i + 1 at columns 16dt ..); then per tile of 16
 // heads (2) scores^T [64 rows, 16 heads] = rows (A, straight from the cache) x queries (B,
@@ -419,16 +434,11 @@ DSV3_AMX_TARGET void LatentAttention(const uint16_t* qt, int64_t H, int64_t W, i
       blk = padded;
       ld = Wp;
     }
-    for (int64_t i = 0; i < kAttnRows / 2; ++i) {  // (1)
-      const uint16_t* r0 = blk + 2 * i * ld;
-      uint16_t* dst = vt + (i / kTile) * tile + (i % kTile) * kStep;
-      for (int64_t d0 = 0; d0 < C; d0 += 32) {
-        const __m512i a = _mm512_loadu_si512(r0 + d0), b = _mm512_loadu_si512(r0 + ld + d0);
-        _mm512_store_si512(dst + (d0 / kTile) * 2 * tile, _mm512_permutex2var_epi16(a, idx_lo, b));
-        _mm512_store_si512(dst + (d0 / kTile + 1) * 2 * tile,
-                           _mm512_permutex2var_epi16(a, idx_hi, b));
-      }
-    }
+    // (1) for every head tile at once; with one head tile each column pair is interleaved just
+    // before its products instead, so the 64 KiB of pair tiles never leave L1.
+    const bool fused = HT == 1;
+    for (int64_t d0 = 0; d0 < C && !fused; d0 += 2 * kTile)
+      InterleavePairs(blk, ld, d0, idx_lo, idx_hi, vt + d0 / kTile * 2 * tile);
     const int64_t stride = ld * 2;  // bytes
     // The next block's rows, for step (1).
     const int64_t next_rows = n - b0 - kAttnRows < kAttnRows ? n - b0 - kAttnRows : kAttnRows;
@@ -513,6 +523,10 @@ DSV3_AMX_TARGET void LatentAttention(const uint16_t* qt, int64_t H, int64_t W, i
       for (int64_t dt = 0; dt < CT; dt += 2) {
         float* oc = o + ht * kTile * ldo + dt * kTile;
         const uint16_t* v = vt + dt * 2 * tile;  // (dt, 0), (dt, 1), (dt + 1, 0), (dt + 1, 1)
+        if (fused) {
+          InterleavePairs(blk, ld, dt * kTile, idx_lo, idx_hi, vt);
+          v = vt;
+        }
         _tile_loadd(4, oc, ldo * 4);
         _tile_loadd(5, oc + kTile, ldo * 4);
         _tile_loadd(6, v, 64);

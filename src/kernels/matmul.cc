@@ -598,6 +598,56 @@ void ConvertRowT(const WeightMatrix& w, int64_t r, float a, float* y, bool accum
   }
 }
 
+// y += sum_r x[r - r0] W[r] over rows [r0, r1): four rows per pass over y, each segment of the
+// four dequantized first. The same operations in the same order as ConvertRowT row by row.
+template <DType kType>
+void TransposedRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, float* y) {
+  const hn::ScalableTag<float> df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  HWY_ALIGN float seg[4][kMaxSeg];
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    for (int64_t c0 = 0; c0 < w.cols;) {
+      const int64_t c1 = SegmentEnd(w, c0), len = c1 - c0;
+      float f[4];
+      for (int j = 0; j < 4; ++j) {
+        ToF32<kType>(RowPtr<kType>(w, r + j), c0, len, seg[j]);
+        f[j] = x[r + j - r0] * BlockScale(w, r + j, c0);
+      }
+      const auto f0 = hn::Set(df, f[0]), f1 = hn::Set(df, f[1]);
+      const auto f2 = hn::Set(df, f[2]), f3 = hn::Set(df, f[3]);
+      float* out = y + c0;
+      int64_t i = 0;
+      for (; i + N <= len; i += N) {
+        auto acc = hn::MulAdd(f0, hn::Load(df, seg[0] + i), hn::LoadU(df, out + i));
+        acc = hn::MulAdd(f1, hn::Load(df, seg[1] + i), acc);
+        acc = hn::MulAdd(f2, hn::Load(df, seg[2] + i), acc);
+        hn::StoreU(hn::MulAdd(f3, hn::Load(df, seg[3] + i), acc), df, out + i);
+      }
+      for (; i < len; ++i) {
+        for (int j = 0; j < 4; ++j) out[i] += f[j] * seg[j][i];
+      }
+      c0 = c1;
+    }
+  }
+  for (; r < r1; ++r) ConvertRowT<kType>(w, r, x[r - r0], y, true);
+}
+
+void TransposedRowsImpl(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, float* y) {
+  switch (w.dtype) {
+    case DType::kF32:
+      return TransposedRowsT<DType::kF32>(w, r0, r1, x, y);
+    case DType::kBF16:
+      return TransposedRowsT<DType::kBF16>(w, r0, r1, x, y);
+    case DType::kF16:
+      return TransposedRowsT<DType::kF16>(w, r0, r1, x, y);
+    case DType::kF8E4M3:
+      return TransposedRowsT<DType::kF8E4M3>(w, r0, r1, x, y);
+    default:
+      HWY_ABORT("MatVecTransposedRows: unsupported weight dtype %s", DTypeName(w.dtype));
+  }
+}
+
 void ConvertRowImpl(const WeightMatrix& w, int64_t r, float a, float* y, bool accumulate) {
   switch (w.dtype) {
     case DType::kF32:
@@ -624,6 +674,7 @@ namespace dsv3::kernels {
 
 HWY_EXPORT(MatMulRowsImpl);
 HWY_EXPORT(ConvertRowImpl);
+HWY_EXPORT(TransposedRowsImpl);
 HWY_EXPORT(TargetNameImpl);
 
 uint64_t WeightMatrix::bytes() const {
@@ -648,7 +699,7 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t T, 
 }
 
 void MatVecTransposedRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, float* y) {
-  for (int64_t r = r0; r < r1; ++r) HWY_DYNAMIC_DISPATCH(ConvertRowImpl)(w, r, x[r - r0], y, true);
+  HWY_DYNAMIC_DISPATCH(TransposedRowsImpl)(w, r0, r1, x, y);
 }
 
 void DequantRow(const WeightMatrix& w, int64_t r, float* out) {
