@@ -1,6 +1,7 @@
 // Google Benchmark microbenchmarks of the kernel families: weight-times-activation products per
 // dtype (decode: bytes/s; prefill: FLOP/s), attention blocks, vector ops. Threads: --threads=N
-// (dsv3's pool; default all CPUs). SIMD target: DSV3_BENCH_SIMD=AVX2 etc.
+// (dsv3's pool; default all CPUs). SIMD target: DSV3_BENCH_SIMD=AVX2 etc. --matmul=bf16: BF16
+// activations in the AMX products (as `dsv3 --matmul bf16`).
 #include <benchmark/benchmark.h>
 
 #include <cstdlib>
@@ -201,6 +202,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::string(argv[i]).rfind("--threads=", 0) == 0)
       dsv3::SetNumThreads(std::atoi(argv[i] + 10));
+    if (std::string(argv[i]) == "--matmul=bf16")
+      dsv3::kernels::SetMatMulPrecision(dsv3::kernels::MatMulPrecision::kBF16);
   }
   if (const char* simd = std::getenv("DSV3_BENCH_SIMD")) dsv3::kernels::ForceTarget(simd);
   benchmark::RunSpecifiedBenchmarks();

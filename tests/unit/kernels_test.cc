@@ -282,6 +282,29 @@ TEST(Kernels, AmxBf16PrecisionRoundsActivationsOnce) {
   ForceTarget("");
 }
 
+// The AMX conversion of FP8 rows: a fast path for blocks of 64 codes that are all normal, the
+// exact general one otherwise. Rows of only normal codes (each of the 238 in turn) and rows of
+// every finite code, against the reference: a wrong code would be far outside the tolerance.
+TEST(Kernels, AmxFp8EveryCodeExact) {
+  if (!AmxSupported()) GTEST_SKIP() << "no AMX on this CPU";
+  ASSERT_TRUE(ForceTarget("AMX"));
+  const int64_t rows = 64, cols = 448, T = 20;
+  std::vector<uint8_t> normal, finite;
+  for (int code = 0; code < 256; ++code) {
+    if ((code & 0x7F) == 0x7F) continue;
+    finite.push_back(static_cast<uint8_t>(code));
+    if ((code & 0x7F) >= 8) normal.push_back(static_cast<uint8_t>(code));
+  }
+  TestMatrix m = MakeMatrix(DType::kF8E4M3, rows, cols, 3);
+  for (int64_t r = 0; r < rows; ++r) {
+    const std::vector<uint8_t>& pool = r < rows / 2 ? normal : finite;
+    for (int64_t c = 0; c < cols; ++c) m.data[r * cols + c] = pool[(c + 41 * r) % pool.size()];
+  }
+  const std::vector<float> x = Random(T * cols, 9);
+  ExpectMatMulMatchesReference(m, x, x, T);
+  ForceTarget("");
+}
+
 // Both precisions: two BF16 parts of the queries and probabilities (error ~2^-17 of the terms),
 // or one (MatMulPrecision::kBF16, ~2^-9; its error must then exceed what two parts allow).
 TEST(Kernels, AmxLatentAttentionMatchesPlainSoftmax) {
