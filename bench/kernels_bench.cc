@@ -182,6 +182,7 @@ BENCHMARK_CAPTURE(BM_MatMul, fp8_T64, DType::kF8E4M3)->Args({2048, 2048, 64})->U
 BENCHMARK_CAPTURE(BM_MatMul, fp8_T512, DType::kF8E4M3)->Args({2048, 2048, 512})->UseRealTime();
 // A DeepSeek-V2-Lite expert's gate projection with the ~48 tokens a 512-token prompt routes to it.
 BENCHMARK_CAPTURE(BM_MatMul, fp8_expert_T48, DType::kF8E4M3)->Args({1408, 2048, 48})->UseRealTime();
+BENCHMARK_CAPTURE(BM_MatMul, fp8_dram_T48, DType::kF8E4M3)->Args({131072, 2048, 48})->UseRealTime();
 BENCHMARK_CAPTURE(BM_MatMul, bf16_T64, DType::kBF16)->Args({2048, 2048, 64})->UseRealTime();
 BENCHMARK_CAPTURE(BM_MatMul, fp8_T4, DType::kF8E4M3)->Args({16384, 2048, 4})->UseRealTime();
 BENCHMARK(BM_AttentionBlock)->Args({16, 8192})->Args({128, 4096})->UseRealTime();
