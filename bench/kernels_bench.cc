@@ -180,6 +180,7 @@ BENCHMARK_CAPTURE(BM_MatVec, fp8_cache, DType::kF8E4M3)->Args({4096, 2048})->Use
 BENCHMARK_CAPTURE(BM_MatVec, bf16_cache, DType::kBF16)->Args({2048, 2048})->UseRealTime();
 BENCHMARK_CAPTURE(BM_MatMul, fp8_T64, DType::kF8E4M3)->Args({2048, 2048, 64})->UseRealTime();
 BENCHMARK_CAPTURE(BM_MatMul, fp8_T512, DType::kF8E4M3)->Args({2048, 2048, 512})->UseRealTime();
+BENCHMARK_CAPTURE(BM_MatMul, fp8_kva_T512, DType::kF8E4M3)->Args({576, 2048, 512})->UseRealTime();
 // A DeepSeek-V2-Lite expert's gate projection with the ~48 tokens a 512-token prompt routes to it.
 BENCHMARK_CAPTURE(BM_MatMul, fp8_expert_T48, DType::kF8E4M3)->Args({1408, 2048, 48})->UseRealTime();
 BENCHMARK_CAPTURE(BM_MatMul, fp8_dram_T48, DType::kF8E4M3)->Args({131072, 2048, 48})->UseRealTime();

@@ -20,6 +20,10 @@ bool AmxSupported();
 bool AmxEnabled();
 void SetAmxEnabled(bool enabled);
 
+// MatMul splits products of at least 2 * kAmxTokenGrain tokens among threads by tokens, in
+// multiples of this, when AMX is enabled.
+inline constexpr int64_t kAmxTokenGrain = 64;
+
 // The blocked product of MatMulRows on AMX: Y[t][r - r0] for rows [r0, r1) and T tokens. Returns
 // false, computing nothing, when the matrix is not one AMX handles (dtype F32/F16, FP8 blocks
 // not multiples of 32 columns / 16 rows); the caller then uses the SIMD path.

@@ -692,6 +692,16 @@ void MatMulRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, i
 
 void MatMul(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
             int64_t y_stride, MatMulPath path) {
+  // On AMX a thread prepares the activations of all its tokens (and converts its rows once per
+  // 64 of them): with a prompt's worth of tokens, threads take token ranges over all rows, so
+  // that no two prepare the same activations (split by rows, each would prepare all of them).
+  if (path == MatMulPath::kAuto && T >= 2 * kAmxTokenGrain && AmxEnabled()) {
+    ParallelFor(T, kAmxTokenGrain, [&](int64_t t0, int64_t t1, int) {
+      HWY_DYNAMIC_DISPATCH(MatMulRowsImpl)
+      (w, 0, w.rows, x + t0 * x_stride, x_stride, t1 - t0, y + t0 * y_stride, y_stride, false);
+    });
+    return;
+  }
   ParallelFor(w.rows, /*grain=*/4, [&](int64_t r0, int64_t r1, int) {
     HWY_DYNAMIC_DISPATCH(MatMulRowsImpl)
     (w, r0, r1, x, x_stride, T, y + r0, y_stride, path == MatMulPath::kPerToken);
