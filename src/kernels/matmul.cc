@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "core/parallel.h"
@@ -549,20 +550,29 @@ void MatMulRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, 
   }
 }
 
-void MatMulRowsImpl(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
-                    int64_t T, float* y, int64_t y_stride, bool per_token) {
+// f(std::integral_constant<DType, d>()) for w's dtype d: the kernel templates' instantiation per
+// weight dtype, in one place. `what` names the caller in the error for other dtypes.
+template <typename F>
+HWY_INLINE void ForWeightType(const WeightMatrix& w, const char* what, F&& f) {
   switch (w.dtype) {
     case DType::kF32:
-      return MatMulRowsT<DType::kF32>(w, r0, r1, x, x_stride, T, y, y_stride, per_token);
+      return f(std::integral_constant<DType, DType::kF32>());
     case DType::kBF16:
-      return MatMulRowsT<DType::kBF16>(w, r0, r1, x, x_stride, T, y, y_stride, per_token);
+      return f(std::integral_constant<DType, DType::kBF16>());
     case DType::kF16:
-      return MatMulRowsT<DType::kF16>(w, r0, r1, x, x_stride, T, y, y_stride, per_token);
+      return f(std::integral_constant<DType, DType::kF16>());
     case DType::kF8E4M3:
-      return MatMulRowsT<DType::kF8E4M3>(w, r0, r1, x, x_stride, T, y, y_stride, per_token);
+      return f(std::integral_constant<DType, DType::kF8E4M3>());
     default:
-      HWY_ABORT("MatMul: unsupported weight dtype %s", DTypeName(w.dtype));
+      HWY_ABORT("%s: unsupported weight dtype %s", what, DTypeName(w.dtype));
   }
+}
+
+void MatMulRowsImpl(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
+                    int64_t T, float* y, int64_t y_stride, bool per_token) {
+  ForWeightType(w, "MatMul", [&](auto type) {
+    MatMulRowsT<decltype(type)::value>(w, r0, r1, x, x_stride, T, y, y_stride, per_token);
+  });
 }
 
 // End of the column segment starting at c0: at most kMaxSeg wide, never crossing a scale block.
@@ -634,33 +644,13 @@ void TransposedRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float*
 }
 
 void TransposedRowsImpl(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, float* y) {
-  switch (w.dtype) {
-    case DType::kF32:
-      return TransposedRowsT<DType::kF32>(w, r0, r1, x, y);
-    case DType::kBF16:
-      return TransposedRowsT<DType::kBF16>(w, r0, r1, x, y);
-    case DType::kF16:
-      return TransposedRowsT<DType::kF16>(w, r0, r1, x, y);
-    case DType::kF8E4M3:
-      return TransposedRowsT<DType::kF8E4M3>(w, r0, r1, x, y);
-    default:
-      HWY_ABORT("MatVecTransposedRows: unsupported weight dtype %s", DTypeName(w.dtype));
-  }
+  ForWeightType(w, "MatVecTransposedRows",
+                [&](auto type) { TransposedRowsT<decltype(type)::value>(w, r0, r1, x, y); });
 }
 
 void ConvertRowImpl(const WeightMatrix& w, int64_t r, float a, float* y, bool accumulate) {
-  switch (w.dtype) {
-    case DType::kF32:
-      return ConvertRowT<DType::kF32>(w, r, a, y, accumulate);
-    case DType::kBF16:
-      return ConvertRowT<DType::kBF16>(w, r, a, y, accumulate);
-    case DType::kF16:
-      return ConvertRowT<DType::kF16>(w, r, a, y, accumulate);
-    case DType::kF8E4M3:
-      return ConvertRowT<DType::kF8E4M3>(w, r, a, y, accumulate);
-    default:
-      HWY_ABORT("ConvertRow: unsupported weight dtype %s", DTypeName(w.dtype));
-  }
+  ForWeightType(w, "ConvertRow",
+                [&](auto type) { ConvertRowT<decltype(type)::value>(w, r, a, y, accumulate); });
 }
 
 const char* TargetNameImpl() { return hwy::TargetName(HWY_TARGET); }
