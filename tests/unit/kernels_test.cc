@@ -372,7 +372,9 @@ TEST(Kernels, AmxLatentAttentionMatchesPlainSoftmax) {
           }
         }
       }
-      if (precision == MatMulPrecision::kBF16) EXPECT_GT(worst_two_part, 1) << s.H << " " << s.W;
+      if (precision == MatMulPrecision::kBF16) {
+        EXPECT_GT(worst_two_part, 1) << s.H << " " << s.W;
+      }
     }
   }
   SetMatMulPrecision(MatMulPrecision::kF32);
