@@ -463,7 +463,7 @@ DSV3_AMX_TARGET void LatentAttention(const uint16_t* qt, int64_t H, int64_t W, i
     for (int64_t d0 = 0; d0 < C && !fused; d0 += 2 * kTile)
       InterleavePairs(blk, ld, d0, idx_lo, idx_hi, vt + d0 / kTile * 2 * tile);
     const int64_t stride = ld * 2;  // bytes
-    // The next block's rows, for step (1).
+    // The next block's rows, for its steps (1) and (2).
     const int64_t next_rows = n - b0 - kAttnRows < kAttnRows ? n - b0 - kAttnRows : kAttnRows;
     const SpreadPrefetch prefetch(rows + (b0 + kAttnRows) * W, next_rows * W * 2, KS);
     for (int64_t ht = 0; ht < HT; ++ht) {
@@ -614,13 +614,15 @@ bool AmxEnabled() {
 
 void SetAmxEnabled(bool enabled) { g_enabled.store(enabled ? 1 : 0); }
 
+bool AmxHandles(const WeightMatrix& w) {
+  if (!AmxEnabled()) return false;
+  if (w.dtype == DType::kBF16) return true;
+  return w.dtype == DType::kF8E4M3 && w.block_cols % kStep == 0 && w.block_rows % kTile == 0;
+}
+
 bool AmxMatMulRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
                    int64_t T, float* y, int64_t y_stride) {
-  if (!AmxEnabled()) return false;
-  if (w.dtype != DType::kBF16 && w.dtype != DType::kF8E4M3) return false;
-  if (w.dtype == DType::kF8E4M3 && (w.block_cols % kStep != 0 || w.block_rows % kTile != 0)) {
-    return false;
-  }
+  if (!AmxHandles(w)) return false;
   Gemm(w, r0, r1, x, x_stride, T, y, y_stride, GemmParts());
   return true;
 }

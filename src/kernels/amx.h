@@ -20,13 +20,16 @@ bool AmxSupported();
 bool AmxEnabled();
 void SetAmxEnabled(bool enabled);
 
-// MatMul splits products of at least 2 * kAmxTokenGrain tokens among threads by tokens, in
-// multiples of this, when AMX is enabled.
+// MatMul splits products of at least 2 * kAmxTokenGrain tokens of a matrix AmxHandles() among
+// threads by tokens, in multiples of this.
 inline constexpr int64_t kAmxTokenGrain = 64;
 
+// Whether the blocked product of w runs on AMX: AMX enabled, and w BF16 or FP8 with blocks that
+// are multiples of 32 columns / 16 rows (F32 and F16 use the SIMD path).
+bool AmxHandles(const WeightMatrix& w);
+
 // The blocked product of MatMulRows on AMX: Y[t][r - r0] for rows [r0, r1) and T tokens. Returns
-// false, computing nothing, when the matrix is not one AMX handles (dtype F32/F16, FP8 blocks
-// not multiples of 32 columns / 16 rows); the caller then uses the SIMD path.
+// false, computing nothing, when !AmxHandles(w); the caller then uses the SIMD path.
 bool AmxMatMulRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
                    int64_t T, float* y, int64_t y_stride);
 

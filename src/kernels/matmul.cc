@@ -685,7 +685,7 @@ void MatMul(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t T, 
   // On AMX a thread prepares the activations of all its tokens (and converts its rows once per
   // 64 of them): with a prompt's worth of tokens, threads take token ranges over all rows, so
   // that no two prepare the same activations (split by rows, each would prepare all of them).
-  if (path == MatMulPath::kAuto && T >= 2 * kAmxTokenGrain && AmxEnabled()) {
+  if (path == MatMulPath::kAuto && T >= 2 * kAmxTokenGrain && AmxHandles(w)) {
     ParallelFor(T, kAmxTokenGrain, [&](int64_t t0, int64_t t1, int) {
       HWY_DYNAMIC_DISPATCH(MatMulRowsImpl)
       (w, 0, w.rows, x + t0 * x_stride, x_stride, t1 - t0, y + t0 * y_stride, y_stride, false);
