@@ -2,6 +2,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <optional>
 #include <string>
 
 #include "kernels/targets.h"
@@ -9,31 +10,34 @@
 
 namespace dsv3::cli {
 
-// --kv-cache f32|bf16: the element type of the latent KV cache, stored in *out.
-inline void AddKvCacheOption(CLI::App* cmd, KvCacheType* out) {
+// An option whose value is f32 or bf16, parsed by from_name (KvCacheTypeFromName, ...) into *out;
+// anything else is a validation error naming the option.
+template <typename T, typename FromName>
+void AddF32Bf16Option(CLI::App* cmd, const std::string& flag, T* out, FromName from_name,
+                      const std::string& help) {
   cmd->add_option_function<std::string>(
-      "--kv-cache",
-      [out](const std::string& name) {
-        const std::optional<KvCacheType> t = KvCacheTypeFromName(name);
-        if (!t) throw CLI::ValidationError("--kv-cache", "must be f32 or bf16, got '" + name + "'");
-        *out = *t;
+      flag,
+      [flag, out, from_name](const std::string& name) {
+        const std::optional<T> v = from_name(name);
+        if (!v) throw CLI::ValidationError(flag, "must be f32 or bf16, got '" + name + "'");
+        *out = *v;
       },
-      "latent KV cache type: f32 (default; matches a float32 reference) or bf16 (half the "
-      "memory; on AMX CPUs faster attention at long context)");
+      help);
 }
 
-// --matmul f32|bf16: the activations' precision in the AMX matrix products, stored in *out.
+// --kv-cache f32|bf16: the element type of the latent KV cache.
+inline void AddKvCacheOption(CLI::App* cmd, KvCacheType* out) {
+  AddF32Bf16Option(cmd, "--kv-cache", out, KvCacheTypeFromName,
+                   "latent KV cache type: f32 (default; matches a float32 reference) or bf16 (half "
+                   "the memory; on AMX CPUs faster attention at long context)");
+}
+
+// --matmul f32|bf16: the activations' precision in the AMX matrix products.
 inline void AddMatMulOption(CLI::App* cmd, kernels::MatMulPrecision* out) {
-  cmd->add_option_function<std::string>(
-      "--matmul",
-      [out](const std::string& name) {
-        const std::optional<kernels::MatMulPrecision> p = kernels::MatMulPrecisionFromName(name);
-        if (!p) throw CLI::ValidationError("--matmul", "must be f32 or bf16, got '" + name + "'");
-        *out = *p;
-      },
-      "activations in prompt-sized products on AMX CPUs: f32 (default; matches a float32 "
-      "reference) or bf16 (rounded to BF16 as BF16 inference does: about 2x faster prefill, "
-      "and faster attention over a bf16 KV cache)");
+  AddF32Bf16Option(cmd, "--matmul", out, kernels::MatMulPrecisionFromName,
+                   "activations in prompt-sized products on AMX CPUs: f32 (default; matches a "
+                   "float32 reference) or bf16 (rounded to BF16 as BF16 inference does: about 2x "
+                   "faster prefill, and faster attention over a bf16 KV cache)");
 }
 
 }  // namespace dsv3::cli
