@@ -125,12 +125,13 @@ void BM_AttentionBlock(benchmark::State& state) {
 // argument 1: MatMulPrecision::kBF16 (one BF16 part of queries and probabilities instead of two).
 void BM_AttentionBlockAmxBf16(benchmark::State& state) {
   const int64_t H = state.range(0), S = state.range(1), C = 512, R = 64, CR = C + R;
-  SetMatMulPrecision(state.range(2) ? MatMulPrecision::kBF16 : MatMulPrecision::kF32);
   const int64_t Hp = (H + 15) / 16 * 16;
   if (!AmxSupported()) {
     state.SkipWithError("no AMX on this CPU");
     return;
   }
+  const MatMulPrecision before = GetMatMulPrecision();  // --matmul, restored for what follows
+  SetMatMulPrecision(state.range(2) ? MatMulPrecision::kBF16 : MatMulPrecision::kF32);
   const std::vector<float> q = Activations(H * CR), rows = Activations(S * CR);
   std::vector<uint16_t> cache(S * CR), tiles(AmxLatentQueryElements(H, CR));
   for (size_t i = 0; i < cache.size(); ++i) cache[i] = F32ToBF16(rows[i]);
@@ -147,7 +148,7 @@ void BM_AttentionBlockAmxBf16(benchmark::State& state) {
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * H * S * (CR + C) * 2);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * S * CR * 2);
-  SetMatMulPrecision(MatMulPrecision::kF32);
+  SetMatMulPrecision(before);
 }
 
 void BM_RmsNorm(benchmark::State& state) {
