@@ -18,6 +18,9 @@
 #include "kernels/targets.h"
 
 namespace dsv3::kernels {
+// --matmul=bf16: the precision of the blocked products benchmarked below (a benchmark setting,
+// passed to each call).
+MatMulPrecision g_matmul = MatMulPrecision::kF32;
 namespace {
 
 struct Matrix {
@@ -90,7 +93,7 @@ void BM_MatMul(benchmark::State& state, DType dtype) {
   const std::vector<float> x = Activations(T * cols);
   std::vector<float> y(T * rows);
   for (auto _ : state) {
-    MatMul(m.w, x.data(), cols, T, y.data(), rows);
+    MatMul(m.w, x.data(), cols, T, y.data(), rows, {.precision = g_matmul});
     benchmark::DoNotOptimize(y.data());
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * 2 * rows * cols * T);
@@ -130,8 +133,7 @@ void BM_AttentionBlockAmxBf16(benchmark::State& state) {
     state.SkipWithError("no AMX on this CPU");
     return;
   }
-  const MatMulPrecision before = GetMatMulPrecision();  // --matmul, restored for what follows
-  SetMatMulPrecision(state.range(2) ? MatMulPrecision::kBF16 : MatMulPrecision::kF32);
+  const MatMulPrecision precision = state.range(2) ? MatMulPrecision::kBF16 : MatMulPrecision::kF32;
   const std::vector<float> q = Activations(H * CR), rows = Activations(S * CR);
   std::vector<uint16_t> cache(S * CR), tiles(AmxLatentQueryElements(H, CR));
   for (size_t i = 0; i < cache.size(); ++i) cache[i] = F32ToBF16(rows[i]);
@@ -143,12 +145,11 @@ void BM_AttentionBlockAmxBf16(benchmark::State& state) {
     std::fill(o.begin(), o.end(), 0.0f);
     AmxPrepareLatentQueries(q.data(), H, CR, tiles.data());
     AmxLatentAttention(tiles.data(), H, CR, C, cache.data(), S, 0.1f, m.data(), l.data(), o.data(),
-                       C + 16, scratch.data());
+                       C + 16, scratch.data(), precision);
     benchmark::DoNotOptimize(o.data());
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * H * S * (CR + C) * 2);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * S * CR * 2);
-  SetMatMulPrecision(before);
 }
 
 void BM_RmsNorm(benchmark::State& state) {
@@ -206,7 +207,7 @@ int main(int argc, char** argv) {
     if (std::string(argv[i]).rfind("--threads=", 0) == 0)
       dsv3::SetNumThreads(std::atoi(argv[i] + 10));
     if (std::string(argv[i]) == "--matmul=bf16")
-      dsv3::kernels::SetMatMulPrecision(dsv3::kernels::MatMulPrecision::kBF16);
+      dsv3::kernels::g_matmul = dsv3::kernels::MatMulPrecision::kBF16;
   }
   if (const char* simd = std::getenv("DSV3_BENCH_SIMD")) dsv3::kernels::ForceTarget(simd);
   benchmark::RunSpecifiedBenchmarks();

@@ -52,7 +52,8 @@ double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
 }
 
-std::unique_ptr<Model> LoadModel(const std::string& dir, bool quiet) {
+std::unique_ptr<Model> LoadModel(const std::string& dir, bool quiet,
+                                 kernels::MatMulPrecision matmul) {
   const auto t0 = Clock::now();
   std::unique_ptr<Model> m = Model::Load(dir);
   const LoadReport& r = m->report();
@@ -64,7 +65,7 @@ std::unique_ptr<Model> LoadModel(const std::string& dir, bool quiet) {
                  r.unused.size(), list.c_str());
   }
   if (!quiet) {
-    const bool bf16 = kernels::GetMatMulPrecision() == kernels::MatMulPrecision::kBF16;
+    const bool bf16 = matmul == kernels::MatMulPrecision::kBF16;
     std::fprintf(stderr, "dsv3: loaded %s in %.2f s (%s kernels%s)\n", dir.c_str(), Seconds(t0),
                  kernels::ActiveTarget().c_str(), bf16 ? ", bf16 matmul" : "");
   }
@@ -221,7 +222,7 @@ int RunInfo(const InfoArgs& a) {
 
 int RunLogits(const LogitsArgs& a) {
   const std::vector<int32_t> ids = ParseIds(a.ids);
-  std::unique_ptr<Model> m = LoadModel(a.model_dir);
+  std::unique_ptr<Model> m = LoadModel(a.model_dir, /*quiet=*/false, a.matmul);
   const Config& c = m->config();
   const int64_t n = static_cast<int64_t>(ids.size());
   if (n > c.max_position_embeddings) {
@@ -232,6 +233,7 @@ int RunLogits(const LogitsArgs& a) {
   opts.max_batch = a.decode ? 1 : n;
   opts.attention = a.attention;
   opts.kv_cache = a.kv_cache;
+  opts.matmul = a.matmul;
   Context ctx(*m, opts);
   std::vector<float> logits(static_cast<size_t>(n * c.vocab_size));
   const auto t0 = Clock::now();
@@ -239,18 +241,18 @@ int RunLogits(const LogitsArgs& a) {
     // Slot i: main hidden state at i and token i+1 (the main model's greedy token after the last).
     if (m->mtp().empty()) Fail("{}: the checkpoint has no MTP module (--mtp)", a.model_dir);
     std::vector<float> hidden(static_cast<size_t>(n * c.hidden_size));
-    ctx.Forward(ids, nullptr, nullptr, hidden.data());
+    ctx.Forward(ids, {.hidden = hidden});
     std::vector<int32_t> next(ids.begin() + 1, ids.end());
     next.push_back(Argmax(ctx.last_logits(), c.vocab_size));
     MtpContext mtp(*m, 0, opts);
-    mtp.Forward(hidden.data(), c.hidden_size, next, logits.data());
+    mtp.Forward(hidden.data(), c.hidden_size, next, {.logits = logits});
   } else if (a.decode) {
     for (int64_t i = 0; i < n; ++i) {
       ctx.Forward(std::span<const int32_t>(&ids[i], 1));
       std::copy_n(ctx.last_logits(), c.vocab_size, logits.begin() + i * c.vocab_size);
     }
   } else {
-    ctx.Forward(ids, logits.data());
+    ctx.Forward(ids, {.logits = logits});
   }
   const double secs = Seconds(t0);
   WriteBinaryAtomic(a.output, logits.data(), logits.size());
@@ -267,7 +269,7 @@ int RunGenerate(const GenerateArgs& a) {
   if (a.text) return RunGenerateText(a);
   if (!a.stop.empty()) Fail("--stop works on text: give the prompt with -p");
   const std::vector<int32_t> prompt = ParseIds(a.ids);
-  std::unique_ptr<Model> m = LoadModel(a.model_dir);
+  std::unique_ptr<Model> m = LoadModel(a.model_dir, /*quiet=*/false, a.matmul);
   Generation gen = SetUpGeneration(*m, a, prompt.size());
   GenerateOptions g;
   g.max_new_tokens = a.n;
@@ -307,6 +309,7 @@ Generation SetUpGeneration(const Model& m, const GenerateArgs& a, size_t prompt_
                       : std::min(needed + (mtp ? a.draft : 0), c.max_position_embeddings);
   opts.max_batch = std::min<int64_t>(static_cast<int64_t>(prompt_tokens), 512);
   opts.kv_cache = a.kv_cache;
+  opts.matmul = a.matmul;
   Generation g;
   g.context = std::make_unique<Context>(m, opts);
   if (mtp) g.speculative = std::make_unique<SpeculativeDecoder>(m, opts, a.draft);
@@ -348,7 +351,7 @@ int RunBench(const BenchArgs& a) {
   if (a.draft < 1 || a.draft > kMaxDraft) {
     Fail("--draft must be between 1 and {}, got {}", kMaxDraft, a.draft);
   }
-  std::unique_ptr<Model> m = LoadModel(a.model_dir, a.json);
+  std::unique_ptr<Model> m = LoadModel(a.model_dir, a.json, a.options.matmul);
   std::fflush(stdout);
   BenchOptions options = a.options;
   options.draft = UseMtp(*m, a.no_mtp) ? a.draft : 0;

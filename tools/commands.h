@@ -28,6 +28,7 @@ struct LogitsArgs {
   bool mtp = false;  // write the MTP module's logits instead
   AttentionImpl attention = AttentionImpl::kAuto;
   KvCacheType kv_cache = KvCacheType::kF32;
+  kernels::MatMulPrecision matmul = kernels::MatMulPrecision::kF32;
 };
 struct GenerateArgs {
   std::string model_dir, ids;
@@ -44,6 +45,7 @@ struct GenerateArgs {
   bool no_mtp = false;  // plain decoding even when the checkpoint has an MTP module
   int64_t draft = 1;    // MTP draft tokens per step
   KvCacheType kv_cache = KvCacheType::kF32;
+  kernels::MatMulPrecision matmul = kernels::MatMulPrecision::kF32;
 };
 
 struct BenchArgs {
@@ -63,6 +65,7 @@ struct ChatArgs {
   bool no_mtp = false;
   int64_t draft = 1;
   KvCacheType kv_cache = KvCacheType::kF32;
+  kernels::MatMulPrecision matmul = kernels::MatMulPrecision::kF32;
 };
 struct TokenizeArgs {
   std::string tokenizer;
@@ -101,7 +104,9 @@ std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& tokenizer, const std
 // Fails unless every id of the tokenizer is below the model's vocab_size.
 void CheckVocab(const Tokenizer& tok, const Config& c);
 // Loads a model, printing load time and unused-tensor warnings on stderr.
-std::unique_ptr<Model> LoadModel(const std::string& dir, bool quiet = false);
+// `matmul` is only reported (the contexts built later run at it).
+std::unique_ptr<Model> LoadModel(const std::string& dir, bool quiet = false,
+                                 kernels::MatMulPrecision matmul = kernels::MatMulPrecision::kF32);
 double Seconds(std::chrono::steady_clock::time_point since);
 // A context for `a.n` new tokens after `prompt_tokens` (checks max_position_embeddings; the
 // cache holds a.ctx_size tokens, or what generation needs), and the MTP speculative decoder when

@@ -19,7 +19,6 @@ namespace {
 struct Common {
   int threads = 0;
   std::string simd;
-  dsv3::kernels::MatMulPrecision matmul = dsv3::kernels::MatMulPrecision::kF32;
 };
 
 void AddCommon(CLI::App* cmd, Common& common, bool threads = true) {
@@ -28,15 +27,8 @@ void AddCommon(CLI::App* cmd, Common& common, bool threads = true) {
                   "force a SIMD target (AVX3, AVX2, SSE4, SSSE3, EMU128, ...; default: best)");
 }
 
-// The commands that run a model also take --matmul.
-void AddCompute(CLI::App* cmd, Common& common, bool threads = true) {
-  AddCommon(cmd, common, threads);
-  dsv3::cli::AddMatMulOption(cmd, &common.matmul);
-}
-
 void ApplyCommon(const Common& common) {
   dsv3::SetNumThreads(common.threads);
-  dsv3::kernels::SetMatMulPrecision(common.matmul);
   if (!common.simd.empty() && !dsv3::kernels::ForceTarget(common.simd)) {
     std::string list;
     for (const std::string& t : dsv3::kernels::AvailableTargets()) list += " " + t;
@@ -90,7 +82,8 @@ int main(int argc, char** argv) {
       ->add_option("--attn", attention, "attention form: auto (default), absorbed or expanded")
       ->check(CLI::IsMember({"auto", "absorbed", "expanded"}));
   dsv3::cli::AddKvCacheOption(logits_cmd, &logits.kv_cache);
-  AddCompute(logits_cmd, common);
+  dsv3::cli::AddMatMulOption(logits_cmd, &logits.matmul);
+  AddCommon(logits_cmd, common);
 
   dsv3::cli::GenerateArgs gen;
   CLI::App* gen_cmd = app.add_subcommand(
@@ -120,7 +113,8 @@ int main(int argc, char** argv) {
   gen_cmd->add_option("--draft", gen.draft, "MTP draft tokens per step, 1-6 (default 1)")
       ->check(CLI::Range(1, 6));
   dsv3::cli::AddKvCacheOption(gen_cmd, &gen.kv_cache);
-  AddCompute(gen_cmd, common);
+  dsv3::cli::AddMatMulOption(gen_cmd, &gen.matmul);
+  AddCommon(gen_cmd, common);
 
   dsv3::cli::BenchArgs bench;
   CLI::App* bench_cmd = app.add_subcommand("bench", "measure prefill, decode and memory bandwidth");
@@ -139,7 +133,8 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--no-mtp", bench.no_mtp, "skip the speculative (MTP) run");
   bench_cmd->add_flag("--json", bench.json, "print JSON");
   dsv3::cli::AddKvCacheOption(bench_cmd, &bench.options.kv_cache);
-  AddCompute(bench_cmd, common, /*threads=*/false);
+  dsv3::cli::AddMatMulOption(bench_cmd, &bench.options.matmul);
+  AddCommon(bench_cmd, common, /*threads=*/false);
 
   dsv3::cli::ChatArgs chat;
   CLI::App* chat_cmd = app.add_subcommand(
@@ -161,7 +156,8 @@ int main(int argc, char** argv) {
   chat_cmd->add_option("--draft", chat.draft, "MTP draft tokens per step, 1-6 (default 1)")
       ->check(CLI::Range(1, 6));
   dsv3::cli::AddKvCacheOption(chat_cmd, &chat.kv_cache);
-  AddCompute(chat_cmd, common);
+  dsv3::cli::AddMatMulOption(chat_cmd, &chat.matmul);
+  AddCommon(chat_cmd, common);
 
   dsv3::cli::TokenizeArgs tokenize;
   CLI::App* tokenize_cmd = app.add_subcommand("tokenize", "text to token ids");
@@ -233,8 +229,8 @@ int main(int argc, char** argv) {
 
   dsv3::cli::AnalyzeCommand analyze(app);
   dsv3::cli::ServeCommands serve(app);
-  AddCompute(serve.serve(), common);
-  AddCompute(serve.bench(), common);
+  AddCommon(serve.serve(), common);
+  AddCommon(serve.bench(), common);
 
   try {
     app.parse(argc, argv);

@@ -51,6 +51,7 @@ ServeCommands::ServeCommands(CLI::App& app) : args_(std::make_unique<Args>()) {
                      "KV cache positions per slot (default: max_position_embeddings, at most "
                      "4096)");
   AddKvCacheOption(serve_, &a.server.scheduler.kv_cache);
+  AddMatMulOption(serve_, &a.server.scheduler.matmul);
   serve_
       ->add_option("--queue", a.server.scheduler.queue,
                    "requests that may wait for a slot; more get HTTP 503 (default 64)")
@@ -74,6 +75,7 @@ ServeCommands::ServeCommands(CLI::App& app) : args_(std::make_unique<Args>()) {
       ->check(CLI::Range(2, 1 << 20));
   bench_->add_option("--seed", a.seed, "seed of the random prompts");
   AddKvCacheOption(bench_, &a.server.scheduler.kv_cache);
+  AddMatMulOption(bench_, &a.server.scheduler.matmul);
   bench_->add_flag("--json", a.json, "print JSON");
 }
 
@@ -88,10 +90,11 @@ struct Loaded {
   std::unique_ptr<Model> model;
 };
 
-Loaded Load(const std::string& model_dir, const std::string& tokenizer, int64_t* ctx_size) {
+Loaded Load(const std::string& model_dir, const std::string& tokenizer, int64_t* ctx_size,
+            kernels::MatMulPrecision matmul) {
   Loaded l;
   l.tokenizer = LoadTokenizer(tokenizer, model_dir);
-  l.model = LoadModel(model_dir);
+  l.model = LoadModel(model_dir, /*quiet=*/false, matmul);
   const Config& c = l.model->config();
   CheckVocab(*l.tokenizer, c);
   if (*ctx_size <= 0) *ctx_size = std::min<int64_t>(c.max_position_embeddings, 4096);
@@ -106,7 +109,7 @@ Loaded Load(const std::string& model_dir, const std::string& tokenizer, int64_t*
 
 int ServeCommands::RunServe() const {
   server::ServerOptions o = args_->server;
-  Loaded l = Load(args_->model_dir, args_->tokenizer, &o.scheduler.ctx_size);
+  Loaded l = Load(args_->model_dir, args_->tokenizer, &o.scheduler.ctx_size, o.scheduler.matmul);
   if (o.model_name.empty()) {
     o.model_name = std::filesystem::path(args_->model_dir).lexically_normal().filename().string();
     if (o.model_name.empty()) {
@@ -148,7 +151,7 @@ int ServeCommands::RunServe() const {
 
 int ServeCommands::RunBench() const {
   int64_t ctx_size = args_->prompt_tokens + args_->new_tokens;
-  Loaded l = Load(args_->model_dir, args_->tokenizer, &ctx_size);
+  Loaded l = Load(args_->model_dir, args_->tokenizer, &ctx_size, args_->server.scheduler.matmul);
   const Config& c = l.model->config();
   std::vector<int64_t> counts;
   for (int32_t n : ParseIds(args_->concurrency)) {
@@ -163,6 +166,7 @@ int ServeCommands::RunBench() const {
     so.ctx_size = ctx_size;
     so.queue = n;
     so.kv_cache = args_->server.scheduler.kv_cache;
+    so.matmul = args_->server.scheduler.matmul;
     Scheduler sched(*l.model, *l.tokenizer, so);
     std::mt19937_64 rng(args_->seed);
     std::vector<std::shared_ptr<Job>> jobs;

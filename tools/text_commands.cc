@@ -187,7 +187,7 @@ int RunGenerateText(const GenerateArgs& a) {
     prompt = tok->Encode(tmpl.Apply(messages, /*add_generation_prompt=*/true));
   }
   if (prompt.empty()) Fail("the prompt encodes to no tokens");
-  std::unique_ptr<Model> m = LoadModel(a.model_dir);
+  std::unique_ptr<Model> m = LoadModel(a.model_dir, /*quiet=*/false, a.matmul);
   CheckVocab(*tok, m->config());
   Generation gen = SetUpGeneration(*m, a, prompt.size());
   Context& ctx = *gen.context;
@@ -206,12 +206,13 @@ int RunChat(const ChatArgs& a) {
   if (a.n <= 0) Fail("-n must be positive, got {}", a.n);
   const std::unique_ptr<Tokenizer> tok = LoadTokenizer(a.tokenizer, a.model_dir);
   const ChatTemplate tmpl(tok->config());
-  std::unique_ptr<Model> m = LoadModel(a.model_dir);
+  std::unique_ptr<Model> m = LoadModel(a.model_dir, /*quiet=*/false, a.matmul);
   const Config& c = m->config();
   CheckVocab(*tok, c);
   ContextOptions opts;
   opts.capacity = a.ctx_size > 0 ? a.ctx_size : std::min<int64_t>(c.max_position_embeddings, 8192);
   opts.kv_cache = a.kv_cache;
+  opts.matmul = a.matmul;
   if (opts.capacity > c.max_position_embeddings) {
     Fail("--ctx-size {} exceeds max_position_embeddings ({})", opts.capacity,
          c.max_position_embeddings);

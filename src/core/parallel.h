@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace dsv3 {
 
@@ -32,7 +33,7 @@ void ParallelFor(int64_t n, int64_t grain, F&& f) {
     return;
   }
   struct Job {
-    F* f;
+    std::remove_reference_t<F>* f;
     int64_t n, grain, tiles;
     int nt;
   } job{&f, n, grain, tiles, nt};

@@ -11,8 +11,6 @@
 // runs anywhere).
 #include "kernels/amx.h"
 
-#include "kernels/targets.h"
-
 // GCC 12 warns inside its own AVX-512 headers ("__Y may be used uninitialized") when they inline.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -39,8 +37,8 @@ constexpr int kParts = 3;      // BF16 parts of each activation (MatMulPrecision
 // below the cache's own rounding (2^-9); one with MatMulPrecision::kBF16.
 constexpr int kAttnParts = 2;
 
-int GemmParts() { return GetMatMulPrecision() == MatMulPrecision::kBF16 ? 1 : kParts; }
-int AttnParts() { return GetMatMulPrecision() == MatMulPrecision::kBF16 ? 1 : kAttnParts; }
+int GemmParts(MatMulPrecision p) { return p == MatMulPrecision::kBF16 ? 1 : kParts; }
+int AttnParts(MatMulPrecision p) { return p == MatMulPrecision::kBF16 ? 1 : kAttnParts; }
 
 // ---- support -----------------------------------------------------------------------------------
 
@@ -597,9 +595,9 @@ void AmxPrepareLatentQueries(const float* q, int64_t H, int64_t W, uint16_t* til
 
 void AmxLatentAttention(const uint16_t* q_tiles, int64_t H, int64_t W, int64_t C,
                         const uint16_t* rows, int64_t n, float scale, float* m, float* l, float* o,
-                        int64_t o_stride, void* scratch) {
+                        int64_t o_stride, void* scratch, MatMulPrecision precision) {
   LatentAttention(q_tiles, H, W, C, rows, n, scale, m, l, o, o_stride,
-                  static_cast<uint8_t*>(scratch), AttnParts());
+                  static_cast<uint8_t*>(scratch), AttnParts(precision));
 }
 
 bool AmxSupported() {
@@ -621,9 +619,9 @@ bool AmxHandles(const WeightMatrix& w) {
 }
 
 bool AmxMatMulRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
-                   int64_t T, float* y, int64_t y_stride) {
+                   int64_t T, float* y, int64_t y_stride, MatMulPrecision precision) {
   if (!AmxHandles(w)) return false;
-  Gemm(w, r0, r1, x, x_stride, T, y, y_stride, GemmParts());
+  Gemm(w, r0, r1, x, x_stride, T, y, y_stride, GemmParts(precision));
   return true;
 }
 

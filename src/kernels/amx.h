@@ -4,7 +4,7 @@
 // AMX multiplies BF16 pairs into FP32 accumulators. Weights are exact in BF16 (FP8 E4M3 and BF16
 // as stored); activations are float32, so each is split into three BF16 parts (x = x1 + x2 + x3,
 // exact for normal floats) and multiplied in three passes: the products are exact and accumulate
-// in FP32, as float32 FMAs would. With MatMulPrecision::kBF16 (targets.h) only x1, the activation
+// in FP32, as float32 FMAs would. With MatMulPrecision::kBF16 (matmul.h) only x1, the activation
 // rounded to BF16, is used. FP8 block scales multiply the per-block partial sums.
 #pragma once
 
@@ -31,7 +31,7 @@ bool AmxHandles(const WeightMatrix& w);
 // The blocked product of MatMulRows on AMX: Y[t][r - r0] for rows [r0, r1) and T tokens. Returns
 // false, computing nothing, when !AmxHandles(w); the caller then uses the SIMD path.
 bool AmxMatMulRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
-                   int64_t T, float* y, int64_t y_stride);
+                   int64_t T, float* y, int64_t y_stride, MatMulPrecision precision);
 
 // ---- Absorbed MLA attention over a BF16 latent cache --------------------------------------------
 // One token's H absorbed queries q [H, W] (W = C + R: [W_uk^T q_nope | q_pe] per head) against n
@@ -56,6 +56,6 @@ void AmxPrepareLatentQueries(const float* q, int64_t H, int64_t W, uint16_t* til
 // AmxLatentScratchBytes(W, C) bytes.
 void AmxLatentAttention(const uint16_t* q_tiles, int64_t H, int64_t W, int64_t C,
                         const uint16_t* rows, int64_t n, float scale, float* m, float* l, float* o,
-                        int64_t o_stride, void* scratch);
+                        int64_t o_stride, void* scratch, MatMulPrecision precision);
 
 }  // namespace dsv3::kernels

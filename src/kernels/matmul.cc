@@ -535,15 +535,16 @@ void GemmRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, in
 
 template <DType kType>
 void MatMulRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
-                 int64_t T, float* y, int64_t y_stride, bool per_token) {
-  if (per_token) {
+                 int64_t T, float* y, int64_t y_stride, MatMulOptions options) {
+  if (options.path == MatMulPath::kPerToken) {
     for (int64_t t = 0; t < T; t += kMaxDecodeTokens) {
       MatVecRowsT<kType>(w, r0, r1, x + t * x_stride, x_stride, std::min(kMaxDecodeTokens, T - t),
                          y + t * y_stride, y_stride);
     }
   } else if (T < kGemmMinTokens) {
     MatVecRowsT<kType>(w, r0, r1, x, x_stride, T, y, y_stride);
-  } else if (HWY_TARGET == HWY_AVX3 && AmxMatMulRows(w, r0, r1, x, x_stride, T, y, y_stride)) {
+  } else if (HWY_TARGET == HWY_AVX3 &&
+             AmxMatMulRows(w, r0, r1, x, x_stride, T, y, y_stride, options.precision)) {
     // done on AMX tiles
   } else {
     GemmRowsT<kType>(w, r0, r1, x, x_stride, T, y, y_stride);
@@ -569,9 +570,9 @@ HWY_INLINE void ForWeightType(const WeightMatrix& w, const char* what, F&& f) {
 }
 
 void MatMulRowsImpl(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
-                    int64_t T, float* y, int64_t y_stride, bool per_token) {
+                    int64_t T, float* y, int64_t y_stride, MatMulOptions options) {
   ForWeightType(w, "MatMul", [&](auto type) {
-    MatMulRowsT<decltype(type)::value>(w, r0, r1, x, x_stride, T, y, y_stride, per_token);
+    MatMulRowsT<decltype(type)::value>(w, r0, r1, x, x_stride, T, y, y_stride, options);
   });
 }
 
@@ -675,26 +676,25 @@ uint64_t WeightMatrix::bytes() const {
 }
 
 void MatMulRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
-                int64_t T, float* y, int64_t y_stride, MatMulPath path) {
-  HWY_DYNAMIC_DISPATCH(MatMulRowsImpl)
-  (w, r0, r1, x, x_stride, T, y, y_stride, path == MatMulPath::kPerToken);
+                int64_t T, float* y, int64_t y_stride, const MatMulOptions& options) {
+  HWY_DYNAMIC_DISPATCH(MatMulRowsImpl)(w, r0, r1, x, x_stride, T, y, y_stride, options);
 }
 
 void MatMul(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
-            int64_t y_stride, MatMulPath path) {
+            int64_t y_stride, const MatMulOptions& options) {
   // On AMX a thread prepares the activations of all its tokens (and converts its rows once per
   // 64 of them): with a prompt's worth of tokens, threads take token ranges over all rows, so
   // that no two prepare the same activations (split by rows, each would prepare all of them).
-  if (path == MatMulPath::kAuto && T >= 2 * kAmxTokenGrain && AmxHandles(w)) {
+  if (options.path == MatMulPath::kAuto && T >= 2 * kAmxTokenGrain && AmxHandles(w)) {
     ParallelFor(T, kAmxTokenGrain, [&](int64_t t0, int64_t t1, int) {
       HWY_DYNAMIC_DISPATCH(MatMulRowsImpl)
-      (w, 0, w.rows, x + t0 * x_stride, x_stride, t1 - t0, y + t0 * y_stride, y_stride, false);
+      (w, 0, w.rows, x + t0 * x_stride, x_stride, t1 - t0, y + t0 * y_stride, y_stride, options);
     });
     return;
   }
   ParallelFor(w.rows, /*grain=*/4, [&](int64_t r0, int64_t r1, int) {
     HWY_DYNAMIC_DISPATCH(MatMulRowsImpl)
-    (w, r0, r1, x, x_stride, T, y + r0, y_stride, path == MatMulPath::kPerToken);
+    (w, r0, r1, x, x_stride, T, y + r0, y_stride, options);
   });
 }
 
@@ -707,6 +707,16 @@ void DequantRow(const WeightMatrix& w, int64_t r, float* out) {
 }
 
 const char* DispatchedTargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameImpl)(); }
+
+const char* MatMulPrecisionName(MatMulPrecision precision) {
+  return precision == MatMulPrecision::kBF16 ? "bf16" : "f32";
+}
+
+std::optional<MatMulPrecision> MatMulPrecisionFromName(std::string_view name) {
+  if (name == "f32") return MatMulPrecision::kF32;
+  if (name == "bf16") return MatMulPrecision::kBF16;
+  return std::nullopt;
+}
 
 }  // namespace dsv3::kernels
 #endif  // HWY_ONCE

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
+#include <string_view>
 
 #include "core/dtype.h"
 
@@ -33,15 +35,36 @@ inline constexpr int64_t kGemmMinTokens = 8;
 // answer exactly as each sequence alone would.
 enum class MatMulPath { kAuto, kPerToken };
 
+// Precision of the activations in the products that run on AMX tiles (`--matmul`). The SIMD
+// targets compute in float32 either way.
+enum class MatMulPrecision {
+  // Float32 products (default): each activation enters the tiles as three BF16 parts, so the
+  // products are exact and only the float32 accumulation rounds.
+  kF32,
+  // Activations rounded to BF16 once (relative error <= 2^-9, as BF16 inference computes): a
+  // third of the tile work in prompt-sized products. The absorbed attention over a BF16 cache
+  // likewise takes queries and probabilities in one BF16 part instead of two.
+  kBF16,
+};
+const char* MatMulPrecisionName(MatMulPrecision precision);  // "f32", "bf16"
+std::optional<MatMulPrecision> MatMulPrecisionFromName(std::string_view name);
+
+// How a product runs: a value passed with every call (no process-wide state), so contexts with
+// different settings can share a process.
+struct MatMulOptions {
+  MatMulPath path = MatMulPath::kAuto;
+  MatMulPrecision precision = MatMulPrecision::kF32;
+};
+
 // Y[t][r] = sum_c W[r][c] * X[t][c], t < T, all rows; threads split the rows.
 // X: [T, x_stride], Y: [T, y_stride].
 void MatMul(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t T, float* y,
-            int64_t y_stride, MatMulPath path = MatMulPath::kAuto);
+            int64_t y_stride, const MatMulOptions& options = {});
 
 // The same for rows [r0, r1) only, on the calling thread: Y[t][r - r0] is written to
 // y[t * y_stride + r - r0].
 void MatMulRows(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
-                int64_t T, float* y, int64_t y_stride, MatMulPath path = MatMulPath::kAuto);
+                int64_t T, float* y, int64_t y_stride, const MatMulOptions& options = {});
 
 // y[c] += sum_{r in [r0, r1)} x[r - r0] * W[r][c] for all c < cols: a product with the transpose of
 // a row slice (the absorbed MLA query, q_nope^T W_uk). Calling thread only.

@@ -1,7 +1,5 @@
 #include "kernels/targets.h"
 
-#include <atomic>
-
 #include "hwy/highway.h"
 #include "kernels/amx.h"
 
@@ -12,7 +10,6 @@ const char* DispatchedTargetName();  // matmul.cc
 namespace {
 constexpr char kAmx[] = "AMX";  // AVX3 plus AMX tiles for prompt-sized products
 int64_t g_forced = 0;           // 0: best available
-std::atomic<MatMulPrecision> g_precision{MatMulPrecision::kF32};
 
 std::vector<int64_t> CpuTargets() {
   hwy::SetSupportedTargetsForTest(0);
@@ -57,20 +54,6 @@ bool ForceTarget(const std::string& name) {
     }
   }
   return false;
-}
-
-void SetMatMulPrecision(MatMulPrecision precision) { g_precision.store(precision); }
-
-MatMulPrecision GetMatMulPrecision() { return g_precision.load(std::memory_order_relaxed); }
-
-const char* MatMulPrecisionName(MatMulPrecision precision) {
-  return precision == MatMulPrecision::kBF16 ? "bf16" : "f32";
-}
-
-std::optional<MatMulPrecision> MatMulPrecisionFromName(std::string_view name) {
-  if (name == "f32") return MatMulPrecision::kF32;
-  if (name == "bf16") return MatMulPrecision::kBF16;
-  return std::nullopt;
 }
 
 }  // namespace dsv3::kernels

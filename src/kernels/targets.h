@@ -1,9 +1,7 @@
 // Which SIMD targets this build carries, which one runs, and forcing one (tests, `--simd`).
 #pragma once
 
-#include <optional>
 #include <string>
-#include <string_view>
 #include <vector>
 
 namespace dsv3::kernels {
@@ -17,21 +15,5 @@ std::string ActiveTarget();
 // Restricts dispatch to the named target; returns false if it is not available. "" restores the
 // default (best available).
 bool ForceTarget(const std::string& name);
-
-// Precision of the activations in the AMX products (`--matmul`; process-wide). The SIMD targets
-// compute in float32 either way.
-enum class MatMulPrecision {
-  // Float32 products (default): each activation enters the tiles as three BF16 parts, so the
-  // products are exact and only the float32 accumulation rounds.
-  kF32,
-  // Activations rounded to BF16 once (relative error <= 2^-9, as BF16 inference computes): a
-  // third of the tile work in prompt-sized products. The absorbed attention over a BF16 cache
-  // likewise takes queries and probabilities in one BF16 part instead of two.
-  kBF16,
-};
-void SetMatMulPrecision(MatMulPrecision precision);
-MatMulPrecision GetMatMulPrecision();
-const char* MatMulPrecisionName(MatMulPrecision precision);  // "f32", "bf16"
-std::optional<MatMulPrecision> MatMulPrecisionFromName(std::string_view name);
 
 }  // namespace dsv3::kernels

@@ -24,9 +24,10 @@ size_t DecoderLayer::scratch_bytes() const {
          sizeof(float) * (xn_.size() + y_.size());
 }
 
-void DecoderLayer::Forward(const LayerWeights& w, int64_t layer, int64_t cache_layer,
-                           KvCache& cache, float* x, ForwardTrace* trace, const std::string& name) {
-  const int64_t T = T_, D = c_.hidden_size;
+void DecoderLayer::Forward(const ForwardStep& step, const LayerWeights& w, int64_t layer,
+                           int64_t cache_layer, KvCache& cache, float* x, const std::string& name) {
+  const int64_t T = step.T, D = c_.hidden_size;
+  ForwardTrace* trace = step.trace;
   const float eps = static_cast<float>(c_.rms_norm_eps);
   float* xn = xn_.data();  // [T, D]
   float* y = y_.data();    // [T, D]
@@ -35,16 +36,16 @@ void DecoderLayer::Forward(const LayerWeights& w, int64_t layer, int64_t cache_l
   };
   for (int64_t t = 0; t < T; ++t)
     kernels::RmsNorm(x + t * D, w.attn_norm.data(), eps, D, xn + t * D);
-  mla_.Forward(w.attn, cache_layer, xn, cache, y, trace, name, path_);  // y = MLA(norm(x))
+  mla_.Forward(step, w.attn, cache_layer, xn, cache, y, name);  // y = MLA(norm(x))
   emit("attn_out", y);
   kernels::Add(y, x, T * D);  // x += y
   for (int64_t t = 0; t < T; ++t)
     kernels::RmsNorm(x + t * D, w.ffn_norm.data(), eps, D, xn + t * D);
   if (w.is_moe) {
-    moe_.Forward(w.moe, layer, xn, T, y, trace, path_);  // y = MoE(norm(x))
+    moe_.Forward(step, w.moe, layer, xn, y);  // y = MoE(norm(x))
   } else {
     PhaseTimer timer(profile_, Phase::kDenseMlp);
-    mlp_.Forward(w.mlp, xn, T, y, path_);  // y = MLP(norm(x))
+    mlp_.Forward(w.mlp, xn, T, y, step.matmul);  // y = MLP(norm(x))
   }
   emit("ffn_out", y);
   kernels::Add(y, x, T * D);  // x += y

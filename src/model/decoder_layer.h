@@ -12,7 +12,7 @@
 #include "model/moe.h"
 #include "model/profile.h"
 #include "model/rope.h"
-#include "model/trace.h"
+#include "model/step.h"
 #include "model/weights.h"
 
 namespace dsv3 {
@@ -22,18 +22,11 @@ class DecoderLayer {
   DecoderLayer(const Config& c, const RopeTable& rope, int64_t max_batch, int64_t capacity,
                AttentionImpl attention, KvCacheType kv);
 
-  // The tokens of the following Forward calls: positions and cache slots (see Mla::SetTokens),
-  // and how the products run (kPerToken: every token exactly as alone; see MatMulPath).
-  void SetTokens(const int64_t* positions, const int32_t* slots, int64_t T,
-                 kernels::MatMulPath path = kernels::MatMulPath::kAuto) {
-    T_ = T;
-    path_ = path;
-    mla_.SetTokens(positions, slots, T);
-  }
-  // x [T, D] in place. The layer's latent rows go to `cache` layer `cache_layer`; `layer` is the
-  // layer's index in the checkpoint (routing traces) and `name` prefixes traced tensors.
-  void Forward(const LayerWeights& w, int64_t layer, int64_t cache_layer, KvCache& cache, float* x,
-               ForwardTrace* trace, const std::string& name);
+  // x [T, D] in place for the step's tokens. The layer's latent rows go to `cache` layer
+  // `cache_layer`; `layer` is the layer's index in the checkpoint (routing traces) and `name`
+  // prefixes traced tensors.
+  void Forward(const ForwardStep& step, const LayerWeights& w, int64_t layer, int64_t cache_layer,
+               KvCache& cache, float* x, const std::string& name);
 
   void set_profile(ForwardProfile* profile);
   size_t scratch_bytes() const;
@@ -41,8 +34,6 @@ class DecoderLayer {
  private:
   const Config& c_;
   ForwardProfile* profile_ = nullptr;
-  int64_t T_ = 0;
-  kernels::MatMulPath path_ = kernels::MatMulPath::kAuto;
   Mla mla_;
   MlpBatch mlp_;  // dense layers
   Moe moe_;

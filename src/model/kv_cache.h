@@ -13,6 +13,7 @@
 #include <string_view>
 
 #include "core/aligned.h"
+#include "kernels/latent_attention.h"
 #include "model/config.h"
 
 namespace dsv3 {
@@ -35,6 +36,12 @@ class KvCache {
   // The stored rows of a BF16 cache, [capacity - pos, C + R] from `pos` on (consecutive).
   const uint16_t* RowsBF16(int64_t layer, int64_t slot, int64_t pos) const {
     return bf16_.data() + Offset(layer, slot, pos);
+  }
+
+  // Rows 0 .. n - 1 of one slot as stored, for kernels::LatentAttention.
+  kernels::LatentRows Rows(int64_t layer, int64_t slot, int64_t n) const {
+    if (type_ == KvCacheType::kBF16) return {DType::kBF16, RowsBF16(layer, slot, 0), n};
+    return {DType::kF32, f32_.data() + Offset(layer, slot, 0), n};
   }
 
   int64_t capacity() const { return capacity_; }  // positions per slot

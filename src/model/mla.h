@@ -10,7 +10,7 @@
 #include "model/kv_cache.h"
 #include "model/profile.h"
 #include "model/rope.h"
-#include "model/trace.h"
+#include "model/step.h"
 #include "model/weights.h"
 
 namespace dsv3 {
@@ -28,25 +28,20 @@ class Mla {
   Mla(const Config& c, const RopeTable& rope, int64_t max_batch, int64_t capacity,
       AttentionImpl impl, KvCacheType kv);
 
-  // The tokens of the following Forward calls: token t is at position positions[t] of cache slot
-  // slots[t] (the arrays must outlive those calls). Consecutive tokens of one slot at consecutive
-  // positions form a segment that attends as a block; cos/sin are computed here, once.
-  void SetTokens(const int64_t* positions, const int32_t* slots, int64_t T);
-  // out [T, D] = MLA(xn [T, D]); writes the tokens' rows of cache layer `layer` first. `name`
-  // prefixes traced tensors ("layer0" -> "layer0.mla.q").
-  void Forward(const MlaWeights& w, int64_t layer, const float* xn, KvCache& cache, float* out,
-               ForwardTrace* trace, const std::string& name,
-               kernels::MatMulPath path = kernels::MatMulPath::kAuto);
+  // out [T, D] = MLA(xn [T, D]) for the step's tokens; writes their rows of cache layer `layer`
+  // first. `name` prefixes traced tensors ("layer0" -> "layer0.mla.q").
+  void Forward(const ForwardStep& step, const MlaWeights& w, int64_t layer, const float* xn,
+               KvCache& cache, float* out, const std::string& name);
   void set_profile(ForwardProfile* profile) { profile_ = profile; }
   size_t scratch_bytes() const;
 
  private:
-  struct Segment {
-    int64_t first, count;  // tokens [first, first + count)
-  };
-  bool UseAbsorbed(const Segment& s) const;
-  void AttendAbsorbed(const MlaWeights& w, int64_t layer, const KvCache& cache, int64_t t);
-  void AttendExpanded(const MlaWeights& w, int64_t layer, const KvCache& cache, const Segment& s);
+  bool UseAbsorbed(const ForwardStep& step, const StepSegment& s) const;
+  void AttendAbsorbed(const ForwardStep& step, const MlaWeights& w, int64_t layer,
+                      const KvCache& cache, int64_t t);
+  void AttendExpanded(const ForwardStep& step, const MlaWeights& w, int64_t layer,
+                      const KvCache& cache, const StepSegment& s);
+  void EnsureThreadScratch();
 
   const Config& c_;
   const RopeTable& rope_;
@@ -54,21 +49,17 @@ class Mla {
   const KvCacheType kv_;
   ForwardProfile* profile_ = nullptr;
   const int64_t max_batch_, capacity_;
-  int64_t T_ = 0;
-  const int64_t* positions_ = nullptr;
-  const int32_t* slots_ = nullptr;
-  std::vector<Segment> segments_;   // reserved for max_batch
-  AlignedArray<float> cos_, sin_;   // [B, R/2]
-  AlignedArray<float> q_a_;         // [B, q_lora]
-  AlignedArray<float> q_;           // [B, H, N+R]
-  AlignedArray<float> kv_a_;        // [B, C+R]
-  AlignedArray<float> heads_;       // [B, H*V]  attention output per head, o_proj input
-  AlignedArray<float> q_lat_;       // [H, C+R]  absorbed queries of one token
-  AlignedArray<uint16_t> q_tiles_;  // q_lat_ prepared for the AMX kernel (BF16 cache)
-  // Per-thread scratch (see Mla::Mla): a key block's scores, running softmax state and outputs,
-  // and for a BF16 cache the block converted to float32 or the AMX kernel's scratch.
-  int64_t thread_stride_ = 0, threads_ = 0, convert_offset_ = 0;
-  AlignedArray<float> thread_scratch_;
+  AlignedArray<float> q_a_;    // [B, q_lora]
+  AlignedArray<float> q_;      // [B, H, N+R]
+  AlignedArray<float> kv_a_;   // [B, C+R]
+  AlignedArray<float> heads_;  // [B, H*V]  attention output per head, o_proj input
+  AlignedArray<float> q_lat_;  // [H, C+R]  absorbed queries of one token
+  AlignedArray<float> o_lat_;  // [H, C]    their attention over the cached latents
+  // Per-thread scratch of the expanded form (a key block's keys, values, scores, running softmax
+  // state and outputs, and a BF16 block converted to float32), and the absorbed form's
+  // kernels::LatentAttention scratch: one buffer, sized for the larger.
+  int64_t thread_stride_ = 0, convert_offset_ = 0, threads_ = 0;
+  AlignedArray<float> scratch_;
 };
 
 }  // namespace dsv3

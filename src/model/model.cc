@@ -32,17 +32,16 @@ Context::Context(const Model& model, const ContextOptions& o)
     : model_(model),
       c_(model.config()),
       max_batch_(std::max<int64_t>(1, o.max_batch)),
+      matmul_(o.matmul),
       n_past_(static_cast<size_t>(std::max<int64_t>(o.slots, 1)), 0),
       cache_(c_, c_.num_hidden_layers, std::max<int64_t>(o.slots, 1),
              CheckedCapacity(c_, o.capacity), o.kv_cache),
+      step_(c_, model.rope(), max_batch_),
       layer_(c_, model.rope(), max_batch_, o.capacity, o.attention, o.kv_cache),
+      head_(c_, max_batch_),
       tokens_(static_cast<size_t>(max_batch_)),
-      token_slots_(static_cast<size_t>(max_batch_)),
-      positions_(static_cast<size_t>(max_batch_)),
       logit_rows_(static_cast<size_t>(max_batch_)),
       x_(max_batch_ * c_.hidden_size),
-      xn_(max_batch_ * c_.hidden_size),
-      rows_(max_batch_ * c_.hidden_size),
       last_logits_(c_.vocab_size) {}
 
 void Context::set_profile(ForwardProfile* profile) {
@@ -51,8 +50,8 @@ void Context::set_profile(ForwardProfile* profile) {
 }
 
 size_t Context::scratch_bytes() const {
-  return layer_.scratch_bytes() +
-         sizeof(float) * (x_.size() + xn_.size() + rows_.size() + last_logits_.size());
+  return layer_.scratch_bytes() + step_.scratch_bytes() + head_.scratch_bytes() +
+         sizeof(float) * (x_.size() + last_logits_.size());
 }
 
 void Context::FillRandomHistory(int64_t n, uint64_t seed) {
@@ -79,35 +78,26 @@ void Context::CopyPrefix(int32_t from, int32_t to, int64_t n) {
   n_past_[to] = n;
 }
 
-void Context::CheckTokens(std::span<const int32_t> tokens, int32_t slot) const {
+void Context::CheckSlotTokens(std::span<const int32_t> tokens, int32_t slot) const {
   if (slot < 0 || slot >= slots())
     Fail("sequence slot {} does not exist ({} slots)", slot, slots());
-  const int64_t T = static_cast<int64_t>(tokens.size()), past = n_past_[slot];
-  for (int64_t i = 0; i < T; ++i) {
-    if (tokens[i] < 0 || tokens[i] >= c_.vocab_size) {
-      Fail("token id {} at position {} is out of range: vocab_size is {}", tokens[i], past + i,
-           c_.vocab_size);
-    }
-  }
-  if (past + T > c_.max_position_embeddings) {
-    Fail("{} tokens exceed max_position_embeddings ({})", past + T, c_.max_position_embeddings);
-  }
-  if (past + T > capacity()) {
-    Fail("{} tokens exceed the context size of {} (raise --ctx-size)", past + T, capacity());
-  }
+  CheckTokens(c_, tokens, n_past_[slot], capacity());
 }
 
-void Context::Forward(std::span<const int32_t> tokens, float* all_logits, ForwardTrace* trace,
-                      float* all_hidden) {
+void Context::Forward(std::span<const int32_t> tokens, const ForwardOutputs& out,
+                      ForwardTrace* trace) {
   const int64_t T = static_cast<int64_t>(tokens.size()), V = c_.vocab_size, D = c_.hidden_size;
   if (T == 0) return;
-  CheckTokens(tokens, 0);
+  CheckSlotTokens(tokens, 0);
+  CheckOutputs(c_, out, T);
+  float* all_logits = out.logits.empty() ? nullptr : out.logits.data();
+  float* all_hidden = out.hidden.empty() ? nullptr : out.hidden.data();
   for (int64_t i = 0; i < T; i += max_batch_) {
     const int64_t n = std::min(max_batch_, T - i);
     for (int64_t t = 0; t < n; ++t) {
       tokens_[t] = tokens[i + t];
-      token_slots_[t] = 0;
-      positions_[t] = n_past_[0] + t;
+      step_.slots()[t] = 0;
+      step_.positions()[t] = n_past_[0] + t;
     }
     int64_t n_rows = 1;
     if (all_logits) {
@@ -126,7 +116,7 @@ void Context::Forward(std::span<const int32_t> tokens, float* all_logits, Forwar
 void Context::ForwardBatch(std::span<const Step> steps, float* logits, bool exact) {
   int64_t T = 0;
   for (size_t i = 0; i < steps.size(); ++i) {
-    CheckTokens(steps[i].tokens, steps[i].slot);
+    CheckSlotTokens(steps[i].tokens, steps[i].slot);
     if (steps[i].tokens.empty()) Fail("batch step {} (slot {}) has no tokens", i, steps[i].slot);
     for (size_t j = 0; j < i; ++j) {
       if (steps[j].slot == steps[i].slot) Fail("slot {} appears twice in one batch", steps[i].slot);
@@ -140,8 +130,8 @@ void Context::ForwardBatch(std::span<const Step> steps, float* logits, bool exac
     const int32_t slot = steps[i].slot;
     for (size_t k = 0; k < steps[i].tokens.size(); ++k, ++t) {
       tokens_[t] = steps[i].tokens[k];
-      token_slots_[t] = slot;
-      positions_[t] = n_past_[slot] + static_cast<int64_t>(k);
+      step_.slots()[t] = slot;
+      step_.positions()[t] = n_past_[slot] + static_cast<int64_t>(k);
     }
     logit_rows_[i] = t - 1;
   }
@@ -154,41 +144,27 @@ void Context::Run(int64_t T, int64_t n_logit_rows, float* logits, ForwardTrace* 
                   float* hidden, kernels::MatMulPath path) {
   const Weights& w = model_.weights();
   const int64_t D = c_.hidden_size;
-  float* x = x_.data();    // [T, D]
-  float* xn = xn_.data();  // [T, D]
+  float* x = x_.data();  // [T, D]
   {
     PhaseTimer timer(profile_, Phase::kEmbed);
     for (int64_t t = 0; t < T; ++t) kernels::DequantRow(w.embed, tokens_[t], x + t * D);
   }
   if (trace) trace->Emit("embed", x, T, D, D);
-  layer_.SetTokens(positions_.data(), token_slots_.data(), T, path);
+  const ForwardStep& step = step_.Build(T, {.path = path, .precision = matmul_}, trace);
   for (int64_t l = 0; l < c_.num_hidden_layers; ++l) {
-    layer_.Forward(w.layers[l], l, l, cache_, x, trace, trace ? "layer" + std::to_string(l) : "");
+    layer_.Forward(step, w.layers[l], l, l, cache_, x, trace ? "layer" + std::to_string(l) : "");
   }
 
   // Final norm, then lm_head on the rows that need logits.
   PhaseTimer timer(profile_, Phase::kLmHead);
-  const float eps = static_cast<float>(c_.rms_norm_eps);
-  for (int64_t t = 0; t < T; ++t) {
-    kernels::RmsNorm(x + t * D, w.final_norm.data(), eps, D, xn + t * D);
-  }
+  const float* xn =
+      head_.Forward(step, w.final_norm, w.lm_head, x,
+                    std::span<const int64_t>(logit_rows_.data(), n_logit_rows), logits);
   if (trace) {
     trace->Emit("final_hidden_pre_norm", x, T, D, D);
     trace->Emit("final_hidden_post_norm", xn, T, D, D);
   }
   if (hidden) std::copy_n(xn, T * D, hidden);
-  const float* rows = xn;
-  bool contiguous = true;
-  for (int64_t i = 0; i < n_logit_rows; ++i) contiguous &= logit_rows_[i] == logit_rows_[0] + i;
-  if (contiguous) {
-    rows = xn + logit_rows_[0] * D;
-  } else {
-    for (int64_t i = 0; i < n_logit_rows; ++i) {
-      std::copy_n(xn + logit_rows_[i] * D, D, rows_.data() + i * D);
-    }
-    rows = rows_.data();
-  }
-  kernels::MatMul(w.lm_head, rows, D, n_logit_rows, logits, c_.vocab_size, path);
 }
 
 }  // namespace dsv3

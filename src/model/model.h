@@ -12,6 +12,7 @@
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/decoder_layer.h"
+#include "model/head.h"
 #include "model/kv_cache.h"
 #include "model/mla.h"
 #include "model/rope.h"
@@ -51,6 +52,9 @@ struct ContextOptions {
   AttentionImpl attention = AttentionImpl::kAuto;
   int64_t slots = 1;  // sequences the cache holds (ForwardBatch); slot 0 is the single-sequence API
   KvCacheType kv_cache = KvCacheType::kF32;  // element type of the latent cache (see kv_cache.h)
+  // Precision of the activations in the tile products (see kernels/matmul.h); each context runs
+  // at its own.
+  kernels::MatMulPrecision matmul = kernels::MatMulPrecision::kF32;
 };
 
 // The latent KV cache of one or more sequences plus the scratch for running tokens through the
@@ -60,12 +64,12 @@ class Context {
   Context(const Model& model, const ContextOptions& options);
 
   // Runs `tokens` at positions n_past() .. n_past() + T - 1 and appends them to the cache.
-  // all_logits, if given, receives [T, vocab]; last_logits() always holds the last row.
-  // all_hidden, if given, receives the final hidden states [T, D] (after model.norm: the lm_head
-  // input, which the MTP layer reads). Bad ids or a full context are reported (dsv3::Error)
-  // before any work is done.
-  void Forward(std::span<const int32_t> tokens, float* all_logits = nullptr,
-               ForwardTrace* trace = nullptr, float* all_hidden = nullptr);
+  // out.logits, if given, receives [T, vocab]; last_logits() always holds the last row.
+  // out.hidden, if given, receives the final hidden states [T, D] (after model.norm: the lm_head
+  // input, which the MTP layer reads). Bad ids, a full context or too small outputs are reported
+  // (dsv3::Error) before any work is done.
+  void Forward(std::span<const int32_t> tokens, const ForwardOutputs& out = {},
+               ForwardTrace* trace = nullptr);
   const float* last_logits() const { return last_logits_.data(); }  // [vocab]
 
   int64_t n_past() const { return n_past_[0]; }
@@ -98,27 +102,29 @@ class Context {
   // long history without computing it.
   void FillRandomHistory(int64_t n, uint64_t seed);
   const Model& model() const { return model_; }
+  kernels::MatMulPrecision matmul_precision() const { return matmul_; }
 
  private:
-  void CheckTokens(std::span<const int32_t> tokens, int32_t slot) const;
-  // The decoder stack for the T <= max_batch tokens in tokens_ / positions_ / token_slots_.
-  // Logits for rows logit_rows_[0 .. n_logit_rows) go to `logits` ([n, vocab]).
+  void CheckSlotTokens(std::span<const int32_t> tokens, int32_t slot) const;
+  // The decoder stack for the T <= max_batch tokens in tokens_ and the step builder's positions
+  // and slots. Logits for rows logit_rows_[0 .. n_logit_rows) go to `logits` ([n, vocab]).
   void Run(int64_t T, int64_t n_logit_rows, float* logits, ForwardTrace* trace, float* hidden,
            kernels::MatMulPath path);
 
   const Model& model_;
   const Config& c_;
   const int64_t max_batch_;
+  const kernels::MatMulPrecision matmul_;
   ForwardProfile* profile_ = nullptr;
   std::vector<int64_t> n_past_;  // [slots]
   KvCache cache_;
+  StepBuilder step_;
   DecoderLayer layer_;
-  std::vector<int32_t> tokens_, token_slots_;    // [B]
-  std::vector<int64_t> positions_, logit_rows_;  // [B]
-  AlignedArray<float> x_;                        // [B, D] residual stream
-  AlignedArray<float> xn_;                       // [B, D] final hidden state (after model.norm)
-  AlignedArray<float> rows_;                     // [B, D] the final hidden states that need logits
-  AlignedArray<float> last_logits_;              // [vocab]
+  OutputHead head_;
+  std::vector<int32_t> tokens_;      // [B]
+  std::vector<int64_t> logit_rows_;  // [B]
+  AlignedArray<float> x_;            // [B, D] residual stream
+  AlignedArray<float> last_logits_;  // [vocab]
 };
 
 }  // namespace dsv3

@@ -52,7 +52,7 @@ void ParallelRows(const std::vector<Job>& jobs, Rows rows, Cost cost, F&& f) {
 constexpr int64_t kRowCost = 16;  // converting a weight row costs about as much as 16 tokens' FMAs
 }  // namespace
 
-void MlpBatch::Run(kernels::MatMulPath path) {
+void MlpBatch::Run(const kernels::MatMulOptions& mm) {
   auto cost = [](const Job& j) { return j.n + kRowCost; };
   // Phase 1: rows [0, 2I) of each job: gate rows, then up rows, into hidden [n, 2I].
   ParallelRows(
@@ -61,10 +61,10 @@ void MlpBatch::Run(kernels::MatMulPath path) {
         const int64_t I = j.w->gate.rows;
         if (r0 < I)
           kernels::MatMulRows(j.w->gate, r0, std::min(r1, I), j.x, D_, j.n, j.hidden + r0, 2 * I,
-                              path);
+                              mm);
         if (r1 > I) {
           const int64_t u0 = std::max(r0, I) - I;
-          kernels::MatMulRows(j.w->up, u0, r1 - I, j.x, D_, j.n, j.hidden + I + u0, 2 * I, path);
+          kernels::MatMulRows(j.w->up, u0, r1 - I, j.x, D_, j.n, j.hidden + I + u0, 2 * I, mm);
         }
       });
   for (const Job& j : jobs_) {
@@ -79,7 +79,7 @@ void MlpBatch::Run(kernels::MatMulPath path) {
       jobs_, [&](const Job&) { return D_; }, cost,
       [&](const Job& j, int64_t r0, int64_t r1) {
         kernels::MatMulRows(j.w->down, r0, r1, j.hidden, 2 * j.w->gate.rows, j.n, j.out + r0, D_,
-                            path);
+                            mm);
       });
   jobs_.clear();
 }
@@ -160,19 +160,19 @@ size_t Moe::scratch_bytes() const {
          sizeof(int32_t) * (indices_.size() + count_.size() + first_.size() + slot_token_.size());
 }
 
-void Moe::Forward(const MoeWeights& w, int64_t layer, const float* xn, int64_t T, float* out,
-                  ForwardTrace* trace, kernels::MatMulPath path) {
-  const int64_t D = c_.hidden_size, E = c_.n_routed_experts, K = c_.num_experts_per_tok;
+void Moe::Forward(const ForwardStep& step, const MoeWeights& w, int64_t layer, const float* xn,
+                  float* out) {
+  const int64_t T = step.T, D = c_.hidden_size, E = c_.n_routed_experts, K = c_.num_experts_per_tok;
   std::optional<PhaseTimer> timer(std::in_place, profile_, Phase::kRouter);
   // Router in float32: [T, E].
-  kernels::MatMul(w.router, xn, D, T, logits_.data(), E, path);
+  kernels::MatMul(w.router, xn, D, T, logits_.data(), E, step.matmul);
   const float* bias = w.correction_bias.empty() ? nullptr : w.correction_bias.data();
   for (int64_t t = 0; t < T; ++t) {
     RouteToken(c_, logits_.data() + t * E, bias, router_scratch_, indices_.data() + t * K,
                weights_.data() + t * K);
   }
-  if (trace) {
-    ForwardTrace::Routing& r = trace->RoutingFor(layer);
+  if (step.trace) {
+    ForwardTrace::Routing& r = step.trace->RoutingFor(layer);
     r.indices.insert(r.indices.end(), indices_.begin(), indices_.begin() + T * K);
     r.weights.insert(r.weights.end(), weights_.begin(), weights_.begin() + T * K);
   }
@@ -205,7 +205,7 @@ void Moe::Forward(const MoeWeights& w, int64_t layer, const float* xn, int64_t T
               expert_out_.data() + first_[e] * D);
   }
   if (c_.n_shared_experts > 0) mlps_.Add(w.shared, xn, T, shared_out_.data());
-  mlps_.Run(path);
+  mlps_.Run(step.matmul);
 
   // out[t] = sum over t's slots of weight * expert output (experts in index order), + shared.
   std::fill(out, out + T * D, 0.0f);

@@ -9,7 +9,7 @@
 #include "kernels/matmul.h"
 #include "model/config.h"
 #include "model/profile.h"
-#include "model/trace.h"
+#include "model/step.h"
 #include "model/weights.h"
 
 namespace dsv3 {
@@ -25,12 +25,12 @@ class MlpBatch {
   void Clear() { jobs_.clear(); }
   // out [n, D] = down(silu(gate(x)) * up(x)) for x [n, D] (rows D floats apart), run by Run().
   void Add(const MlpWeights& w, const float* x, int64_t n, float* out);
-  void Run(kernels::MatMulPath path = kernels::MatMulPath::kAuto);
+  void Run(const kernels::MatMulOptions& options = {});
   // One MLP on its own: Add + Run.
   void Forward(const MlpWeights& w, const float* x, int64_t n, float* out,
-               kernels::MatMulPath path = kernels::MatMulPath::kAuto) {
+               const kernels::MatMulOptions& options = {}) {
     Add(w, x, n, out);
-    Run(path);
+    Run(options);
   }
   size_t scratch_bytes() const { return sizeof(float) * hidden_.size(); }
 
@@ -64,9 +64,10 @@ void RouteToken(const Config& c, const float* logits, const float* bias, RouterS
 class Moe {
  public:
   Moe(const Config& c, int64_t max_batch);
-  // out [T, D] = sum_k w_k Expert_k(xn) + Shared(xn), xn [T, D].
-  void Forward(const MoeWeights& w, int64_t layer, const float* xn, int64_t T, float* out,
-               ForwardTrace* trace, kernels::MatMulPath path = kernels::MatMulPath::kAuto);
+  // out [T, D] = sum_k w_k Expert_k(xn) + Shared(xn), xn [T, D] for the step's T tokens; the
+  // routing of checkpoint layer `layer` goes to the step's trace.
+  void Forward(const ForwardStep& step, const MoeWeights& w, int64_t layer, const float* xn,
+               float* out);
   void set_profile(ForwardProfile* profile) { profile_ = profile; }
   size_t scratch_bytes() const;
 

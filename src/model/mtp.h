@@ -23,13 +23,12 @@ class MtpContext {
   MtpContext(const Model& model, int64_t k, const ContextOptions& options);
 
   // Slots n_past() .. n_past() + T - 1: hidden [T, D] rows `hidden_stride` floats apart (the main
-  // model's final hidden states, or a previous call's out_hidden when drafting further ahead) and
-  // the tokens that follow each slot. last_logits() gets the last slot's logits; all_logits, if
-  // given, [T, vocab]; out_hidden, if given, the module's outputs y [T, D] (before
+  // model's final hidden states, or a previous call's out.hidden when drafting further ahead) and
+  // the tokens that follow each slot. last_logits() gets the last slot's logits; out.logits, if
+  // given, [T, vocab]; out.hidden, if given, the module's outputs y [T, D] (before
   // shared_head.norm). T <= max_batch.
   void Forward(const float* hidden, int64_t hidden_stride, std::span<const int32_t> next_tokens,
-               float* all_logits = nullptr, float* out_hidden = nullptr,
-               ForwardTrace* trace = nullptr);
+               const ForwardOutputs& out = {}, ForwardTrace* trace = nullptr);
   const float* last_logits() const { return last_logits_.data(); }
 
   int64_t n_past() const { return n_past_; }
@@ -43,15 +42,16 @@ class MtpContext {
   const Config& c_;
   const MtpWeights& w_;
   const int64_t k_, max_batch_;
+  const kernels::MatMulPrecision matmul_;
   int64_t n_past_ = 0;
   KvCache cache_;  // one layer
+  StepBuilder step_;
   DecoderLayer layer_;
+  OutputHead head_;
   AlignedArray<float> cat_;          // [B, 2D] normalized embedding | normalized hidden
   AlignedArray<float> x_;            // [B, D]
-  AlignedArray<float> xn_;           // [B, D]
   AlignedArray<float> last_logits_;  // [vocab]
-  std::vector<int64_t> positions_;   // [B]
-  std::vector<int32_t> slots_;       // [B]
+  std::vector<int64_t> rows_;        // [B] 0 .. B - 1, the rows that get logits
 };
 
 }  // namespace dsv3

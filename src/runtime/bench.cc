@@ -77,7 +77,8 @@ double TimePass(Context& ctx, std::span<const int32_t> pool, int64_t m, int reps
   for (int i = 0; i <= reps; ++i) {  // pass 0 warms up
     const auto tokens = pool.subspan((static_cast<size_t>(i) * 7) % (pool.size() - m + 1), m);
     const auto t0 = Clock::now();
-    ctx.Forward(tokens, logits.data(), nullptr, hidden.data());
+    ctx.Forward(tokens, {.logits = std::span<float>(logits.data(), logits.size()),
+                         .hidden = std::span<float>(hidden.data(), hidden.size())});
     if (i > 0) seconds += Since(t0);
     ctx.Truncate(n);
   }
@@ -119,8 +120,12 @@ MtpBench BenchMtp(const Model& model, const BenchOptions& o, std::span<const int
   MtpBench b;
   b.draft = k;
   b.plain_tokens_per_second = plain.tokens_per_second();
-  const ContextOptions options{P + o.decode_tokens + k + 1, std::max(P, k + 1),
-                               AttentionImpl::kAuto, 1, o.kv_cache};
+  const ContextOptions options{P + o.decode_tokens + k + 1,
+                               std::max(P, k + 1),
+                               AttentionImpl::kAuto,
+                               1,
+                               o.kv_cache,
+                               o.matmul};
   Context ctx(model, options);
   SpeculativeDecoder decoder(model, options, k);
   GenerateOptions g;
@@ -219,7 +224,7 @@ BenchResult RunBench(const Model& model, const BenchOptions& o) {
   BenchResult r;
   r.threads = NumThreads();
   r.kernels = kernels::ActiveTarget();
-  r.matmul = kernels::MatMulPrecisionName(kernels::GetMatMulPrecision());
+  r.matmul = kernels::MatMulPrecisionName(o.matmul);
   r.prompt_tokens = o.prompt_tokens;
   r.weight_bytes_per_token = WeightBytesPerToken(c, model.weights());
   r.kv_bytes_per_token = KvBytesPerToken(c, KvCache::ElementSize(o.kv_cache));
@@ -246,7 +251,7 @@ BenchResult RunBench(const Model& model, const BenchOptions& o) {
       Fail("-p + -n = {} exceeds max_position_embeddings ({})", capacity,
            c.max_position_embeddings);
     }
-    Context ctx(model, {capacity, o.prompt_tokens, AttentionImpl::kAuto, 1, o.kv_cache});
+    Context ctx(model, {capacity, o.prompt_tokens, AttentionImpl::kAuto, 1, o.kv_cache, o.matmul});
     r.scratch_bytes = ctx.scratch_bytes();
     ctx.set_profile(&r.prefill_profile);
     const auto t0 = Clock::now();
@@ -262,7 +267,7 @@ BenchResult RunBench(const Model& model, const BenchOptions& o) {
       Fail("--context + -n = {} exceeds max_position_embeddings ({})", capacity,
            c.max_position_embeddings);
     }
-    Context ctx(model, {capacity, 1, AttentionImpl::kAuto, 1, o.kv_cache});
+    Context ctx(model, {capacity, 1, AttentionImpl::kAuto, 1, o.kv_cache, o.matmul});
     ctx.FillRandomHistory(o.context, o.seed);
     r.long_decode = Decode(ctx, prompt[0], o.decode_tokens);
   }

@@ -21,6 +21,7 @@ struct BenchOptions {
   int64_t draft = 0;  // > 0 and the model has MTP: a speculative run with this many drafts
   size_t bandwidth_bytes = size_t{1} << 30;  // STREAM buffer
   KvCacheType kv_cache = KvCacheType::kF32;
+  kernels::MatMulPrecision matmul = kernels::MatMulPrecision::kF32;
 };
 
 struct DecodeRun {

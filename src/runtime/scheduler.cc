@@ -62,6 +62,7 @@ ContextOptions SlotOptions(const SchedulerOptions& o) {
   c.slots = o.parallel;
   c.max_batch = std::max(o.prefill_chunk, o.parallel);
   c.kv_cache = o.kv_cache;
+  c.matmul = o.matmul;
   return c;
 }
 }  // namespace

@@ -30,6 +30,7 @@ struct SchedulerOptions {
   int64_t queue = 64;           // requests that may wait for a slot; Submit refuses beyond
   int64_t prefill_chunk = 512;  // prompt tokens per forward pass (as generate -p)
   KvCacheType kv_cache = KvCacheType::kF32;
+  kernels::MatMulPrecision matmul = kernels::MatMulPrecision::kF32;
 };
 
 enum class FinishReason { kNone, kStop, kLength, kCancelled };

@@ -48,7 +48,7 @@ void SpeculativeDecoder::RunSlots(int64_t until) {
   while (mtp_.n_past() < until) {
     const int64_t i = mtp_.n_past(), n = std::min(max_batch_, until - i);
     mtp_.Forward(hidden_.data() + i * D, D, std::span<const int32_t>(tokens_.data() + i + 1, n),
-                 nullptr, slot_out_.data());
+                 {.hidden = std::span<float>(slot_out_.data(), n * D)});
     std::memcpy(y_.data(), slot_out_.data() + (n - 1) * D, D * sizeof(float));
   }
 }
@@ -82,7 +82,8 @@ std::vector<int32_t> SpeculativeDecoder::Generate(Context& ctx, std::span<const 
   for (int64_t i = 0; i < P; i += max_batch_) {
     const int64_t nb = std::min(max_batch_, P - i), at = ctx.n_past();
     std::copy_n(prompt.data() + i, nb, tokens_.begin() + at);
-    ctx.Forward(prompt.subspan(i, nb), nullptr, nullptr, hidden_.data() + at * D);
+    ctx.Forward(prompt.subspan(i, nb),
+                {.hidden = std::span<float>(hidden_.data() + at * D, nb * D)});
     known_ = ctx.n_past();
     RunSlots(ctx.n_past() - 1);
   }
@@ -109,7 +110,8 @@ std::vector<int32_t> SpeculativeDecoder::Generate(Context& ctx, std::span<const 
         std::max<int64_t>(0, std::min({draft_, remaining - 1, ctx.capacity() - n - 1}));
     for (int64_t j = 0; j < k; ++j) {
       if (j > 0) {
-        mtp_.Forward(y_.data(), D, std::span<const int32_t>(&drafts[j - 1], 1), nullptr, y_.data());
+        mtp_.Forward(y_.data(), D, std::span<const int32_t>(&drafts[j - 1], 1),
+                     {.hidden = std::span<float>(y_.data(), D)});
       }
       if (sampler.greedy()) {
         drafts[j] = Argmax(mtp_.last_logits(), V);
@@ -125,8 +127,9 @@ std::vector<int32_t> SpeculativeDecoder::Generate(Context& ctx, std::span<const 
     // each position computes exactly as it would alone).
     fed[0] = token;
     std::copy_n(drafts, k, fed + 1);
-    ctx.Forward(std::span<const int32_t>(fed, k + 1), verify_logits_.data(), nullptr,
-                hidden_.data() + n * D);
+    ctx.Forward(std::span<const int32_t>(fed, k + 1),
+                {.logits = std::span<float>(verify_logits_.data(), (k + 1) * V),
+                 .hidden = std::span<float>(hidden_.data() + n * D, (k + 1) * D)});
     ++s.decode_steps;
     int64_t accepted = 0;
     int32_t next = -1;

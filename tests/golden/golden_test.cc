@@ -49,10 +49,7 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
     model_ = f.model.get();
     ref_ = f.ref.get();
   }
-  void TearDown() override {
-    kernels::ForceTarget("");
-    kernels::SetMatMulPrecision(kernels::MatMulPrecision::kF32);
-  }
+  void TearDown() override { kernels::ForceTarget(""); }
 
   const Json& Sequence(int64_t length) const {
     for (const Json& s : ref_->json()["sequences"]) {
@@ -71,7 +68,7 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
     Context ctx(*model_, {L, max_batch, attention});
     std::vector<float> logits(L * V);
     ForwardTrace trace;
-    ctx.Forward(tokens, logits.data(), &trace);
+    ctx.Forward(tokens, {.logits = logits}, &trace);
     const std::vector<float> expected = ref_->F32(seq["prefill_logits"]);
     EXPECT_LE(MaxAbsDiff(logits.data(), expected.data(), L * V), kLogitTol)
         << seq["name"] << " prefill, max_batch " << max_batch << ", " << kernels::ActiveTarget();
@@ -139,7 +136,7 @@ TEST_P(GoldenTest, LongSequenceFormsAgree) {
   for (int64_t i = 0; i < L; ++i) tokens[i] = static_cast<int32_t>((i * 7919 + 13) % V);
   std::vector<float> expanded(L * V), absorbed(L * V);
   Context e(*model_, {L, L, AttentionImpl::kExpanded});
-  e.Forward(tokens, expanded.data());
+  e.Forward(tokens, {.logits = expanded});
   Context a(*model_, {L, 1, AttentionImpl::kAbsorbed});
   for (int64_t i = 0; i < L; ++i) {
     a.Forward(std::span<const int32_t>(&tokens[i], 1));
@@ -148,7 +145,7 @@ TEST_P(GoldenTest, LongSequenceFormsAgree) {
   EXPECT_LE(MaxAbsDiff(expanded.data(), absorbed.data(), L * V), kLogitTol);
   Context chunked(*model_, {L, 96, AttentionImpl::kAuto});  // chunks at non-zero start positions
   std::vector<float> auto_logits(L * V);
-  chunked.Forward(tokens, auto_logits.data());
+  chunked.Forward(tokens, {.logits = auto_logits});
   EXPECT_LE(MaxAbsDiff(expanded.data(), auto_logits.data(), L * V), kLogitTol);
 }
 
@@ -190,7 +187,7 @@ TEST_P(GoldenTest, Bf16KvCache) {
   }
   std::vector<float> expanded(L * V);
   Context e(*model_, {L, L, AttentionImpl::kExpanded, 1, KvCacheType::kBF16});
-  e.Forward(tokens, expanded.data());
+  e.Forward(tokens, {.logits = expanded});
   EXPECT_LE(MaxAbsDiff(expanded.data(), absorbed.data(), L * V), kRoundingTol);
 
   const Json& seq = Sequence(33);
@@ -213,7 +210,7 @@ TEST_P(GoldenTest, Bf16KvCache) {
 // attention over a BF16 cache takes one part of its queries and probabilities, so the logits move
 // like those of a BF16 cache; every other target computes in float32 and still meets kLogitTol.
 TEST_P(GoldenTest, Bf16MatMulPrecision) {
-  kernels::SetMatMulPrecision(kernels::MatMulPrecision::kBF16);
+  const kernels::MatMulPrecision bf16 = kernels::MatMulPrecision::kBF16;
   const Json& seq = Sequence(33);
   const std::vector<int32_t> tokens = Tokens(seq);
   const int64_t L = static_cast<int64_t>(tokens.size()), V = model_->config().vocab_size;
@@ -227,10 +224,10 @@ TEST_P(GoldenTest, Bf16MatMulPrecision) {
   };
   for (const std::string& t : kernels::AvailableTargets()) {
     ASSERT_TRUE(kernels::ForceTarget(t));
-    Context ctx(*model_, {L, L, AttentionImpl::kAbsorbed});
+    Context ctx(*model_, {L, L, AttentionImpl::kAbsorbed, 1, KvCacheType::kF32, bf16});
     std::vector<float> prefill(L * V);
-    ctx.Forward(tokens, prefill.data());
-    Context dec(*model_, {L, 1, AttentionImpl::kAbsorbed, 1, KvCacheType::kBF16});
+    ctx.Forward(tokens, {.logits = prefill});
+    Context dec(*model_, {L, 1, AttentionImpl::kAbsorbed, 1, KvCacheType::kBF16, bf16});
     std::vector<float> decode(L * V);
     for (int64_t i = 0; i < L; ++i) {
       dec.Forward(std::span<const int32_t>(&tokens[i], 1));
@@ -243,6 +240,42 @@ TEST_P(GoldenTest, Bf16MatMulPrecision) {
       EXPECT_GE(close_positions(prefill, prefill_ref), 30);
     } else {
       EXPECT_LE(MaxAbsDiff(prefill.data(), prefill_ref.data(), L * V), kLogitTol) << t;
+    }
+  }
+}
+
+// Precision is a per-context value, not process state: an exact context and a BF16 one (BF16
+// cache, BF16 activations) in one process, their prompt chunks interleaved, each give what it
+// gives alone; the exact one meets the reference's tolerance and, on AMX, the BF16 one does not.
+TEST_P(GoldenTest, ContextsInOneProcessKeepTheirOwnPrecision) {
+  const Json& seq = Sequence(33);
+  const std::vector<int32_t> tokens = Tokens(seq);
+  const int64_t L = static_cast<int64_t>(tokens.size()), V = model_->config().vocab_size;
+  const std::vector<float> want = ref_->F32(seq["prefill_logits"]);
+  const ContextOptions exact_opts{L, L, AttentionImpl::kAbsorbed};
+  const ContextOptions bf16_opts{
+      L, L, AttentionImpl::kAbsorbed, 1, KvCacheType::kBF16, kernels::MatMulPrecision::kBF16};
+  const std::span<const int32_t> all(tokens);
+  const int64_t half = 16;  // prompt chunks of 16 and 17 tokens: the blocked (AMX) products
+  for (const std::string& t : kernels::AvailableTargets()) {
+    ASSERT_TRUE(kernels::ForceTarget(t));
+    Context exact(*model_, exact_opts), bf16(*model_, bf16_opts);
+    std::vector<float> exact_logits(L * V), bf16_logits(L * V);
+    auto rows = [&](std::vector<float>& v, int64_t from, int64_t n) {
+      return std::span<float>(v.data() + from * V, n * V);
+    };
+    exact.Forward(all.first(half), {.logits = rows(exact_logits, 0, half)});
+    bf16.Forward(all.first(half), {.logits = rows(bf16_logits, 0, half)});
+    exact.Forward(all.subspan(half), {.logits = rows(exact_logits, half, L - half)});
+    bf16.Forward(all.subspan(half), {.logits = rows(bf16_logits, half, L - half)});
+    Context alone(*model_, bf16_opts);
+    std::vector<float> alone_logits(L * V);
+    alone.Forward(all.first(half), {.logits = rows(alone_logits, 0, half)});
+    alone.Forward(all.subspan(half), {.logits = rows(alone_logits, half, L - half)});
+    EXPECT_LE(MaxAbsDiff(exact_logits.data(), want.data(), L * V), kLogitTol) << t;
+    EXPECT_EQ(MaxAbsDiff(bf16_logits.data(), alone_logits.data(), L * V), 0.0f) << t;
+    if (t == "AMX") {
+      EXPECT_GT(MaxAbsDiff(bf16_logits.data(), want.data(), L * V), kLogitTol) << t;
     }
   }
 }
@@ -265,8 +298,8 @@ TEST_P(GoldenTest, ExpandedAttentionAgreesWithAbsorbed) {
     std::vector<float> absorbed(L * V), expanded(L * V);
     Context a(*model_, {L, L, AttentionImpl::kAbsorbed});
     Context e(*model_, {L, L, AttentionImpl::kExpanded});
-    a.Forward(tokens, absorbed.data());
-    e.Forward(tokens, expanded.data());
+    a.Forward(tokens, {.logits = absorbed});
+    e.Forward(tokens, {.logits = expanded});
     EXPECT_LE(MaxAbsDiff(absorbed.data(), expanded.data(), L * V), 2e-5f) << "length " << L;
   }
 }
@@ -306,7 +339,7 @@ TEST_P(GoldenTest, Intermediates) {
     cols[name] = c;
   };
   Context ctx(*model_, {33, 33, AttentionImpl::kAbsorbed});
-  ctx.Forward(tokens, nullptr, &trace);
+  ctx.Forward(tokens, {}, &trace);
   int checked = 0;
   for (const auto& [name, entry] : seq["intermediates"].items()) {
     ASSERT_TRUE(got.count(name)) << "no intermediate named " << name;
@@ -337,7 +370,7 @@ TEST_P(GoldenTest, MtpLogits) {
     const int64_t L = static_cast<int64_t>(tokens.size());
     Context main(*model_, {L, L, AttentionImpl::kAuto});
     std::vector<float> hidden(L * D);
-    main.Forward(tokens, nullptr, nullptr, hidden.data());
+    main.Forward(tokens, {.hidden = hidden});
     std::vector<int32_t> next(tokens.begin() + 1, tokens.end());
     next.push_back(Argmax(main.last_logits(), V));
     ASSERT_EQ(next, seq["mtp"]["input_tokens"].get<std::vector<int32_t>>());
@@ -350,7 +383,7 @@ TEST_P(GoldenTest, MtpLogits) {
       for (int64_t r = 0; r < rows; ++r)
         got[name].insert(got[name].end(), data + r * stride, data + r * stride + c);
     };
-    mtp.Forward(hidden.data(), D, next, logits.data(), nullptr, &trace);
+    mtp.Forward(hidden.data(), D, next, {.logits = logits}, &trace);
     const std::vector<float> want = ref_->F32(seq["mtp"]["logits"]);
     EXPECT_LE(MaxAbsDiff(logits.data(), want.data(), L * V), kLogitTol) << seq["name"];
     EXPECT_EQ(Argmax(logits.data() + (L - 1) * V, V), seq["mtp"]["argmax"].back().get<int32_t>());

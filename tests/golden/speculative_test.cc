@@ -104,7 +104,7 @@ TEST_F(SpeculativeTest, MtpCacheMatchesAFreshPass) {
   const int64_t L = static_cast<int64_t>(all.size()) - 1;
   Context fresh(*model_, {L + 1, 64, AttentionImpl::kAuto});
   std::vector<float> hidden(L * D);
-  fresh.Forward(std::span<const int32_t>(all.data(), L), nullptr, nullptr, hidden.data());
+  fresh.Forward(std::span<const int32_t>(all.data(), L), {.hidden = hidden});
   MtpContext mtp(*model_, 0, {L + 1, 64, AttentionImpl::kAuto});
   for (int64_t i = 0; i + 1 < L; i += 64) {
     const int64_t nb = std::min<int64_t>(64, L - 1 - i);

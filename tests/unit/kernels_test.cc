@@ -80,10 +80,11 @@ float Magnitude(const WeightMatrix& w, int64_t r, const float* x) {
 // MatMul(w, x) for T tokens against the reference product of w and x_ref (x itself, or what the
 // kernel should have made of it), within float32 accumulation.
 void ExpectMatMulMatchesReference(const TestMatrix& m, const std::vector<float>& x,
-                                  const std::vector<float>& x_ref, int64_t T) {
+                                  const std::vector<float>& x_ref, int64_t T,
+                                  const MatMulOptions& options = {}) {
   const int64_t rows = m.w.rows, cols = m.w.cols;
   std::vector<float> got(T * rows), want(T * rows);
-  MatMul(m.w, x.data(), cols, T, got.data(), rows);
+  MatMul(m.w, x.data(), cols, T, got.data(), rows, options);
   reference::MatMul(m.w, x_ref.data(), cols, T, want.data(), rows);
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t r = 0; r < rows; ++r) {
@@ -265,7 +266,6 @@ TEST_P(KernelTest, VectorOps) {
 TEST(Kernels, AmxBf16PrecisionRoundsActivationsOnce) {
   if (!AmxSupported()) GTEST_SKIP() << "no AMX on this CPU";
   ASSERT_TRUE(ForceTarget("AMX"));
-  SetMatMulPrecision(MatMulPrecision::kBF16);
   for (DType dtype : {DType::kBF16, DType::kF8E4M3}) {
     for (auto [rows, cols] :
          {std::pair<int64_t, int64_t>{200, 300}, {64, 128}, {40, 2048}, {17, 4352}}) {
@@ -274,11 +274,10 @@ TEST(Kernels, AmxBf16PrecisionRoundsActivationsOnce) {
         const std::vector<float> x = Random(T * cols, 31);
         std::vector<float> rounded(x.size());
         for (size_t i = 0; i < x.size(); ++i) rounded[i] = dsv3::BF16ToF32(F32ToBF16(x[i]));
-        ExpectMatMulMatchesReference(m, x, rounded, T);
+        ExpectMatMulMatchesReference(m, x, rounded, T, {.precision = MatMulPrecision::kBF16});
       }
     }
   }
-  SetMatMulPrecision(MatMulPrecision::kF32);
   ForceTarget("");
 }
 
@@ -313,7 +312,6 @@ TEST(Kernels, AmxLatentAttentionMatchesPlainSoftmax) {
     int64_t H, W, C;
   };
   for (const MatMulPrecision precision : {MatMulPrecision::kF32, MatMulPrecision::kBF16}) {
-    SetMatMulPrecision(precision);
     const int e = precision == MatMulPrecision::kF32 ? -17 : -8;
     for (const Shape& s : {Shape{16, 576, 512}, Shape{4, 80, 64}, Shape{8, 112, 96},
                            Shape{20, 96, 64}, Shape{128, 576, 512}}) {
@@ -333,10 +331,10 @@ TEST(Kernels, AmxLatentAttentionMatchesPlainSoftmax) {
           const int64_t os = s.C + 16;
           std::vector<float> m(Hp, -INFINITY), l(Hp, 0.0f), o(Hp * os, 0.0f);
           AmxLatentAttention(tiles.data(), s.H, s.W, s.C, rows.data(), split, scale, m.data(),
-                             l.data(), o.data(), os, scratch.data());
+                             l.data(), o.data(), os, scratch.data(), precision);
           if (split < n) {
             AmxLatentAttention(tiles.data(), s.H, s.W, s.C, rows.data() + split * s.W, n - split,
-                               scale, m.data(), l.data(), o.data(), os, scratch.data());
+                               scale, m.data(), l.data(), o.data(), os, scratch.data(), precision);
           }
           for (int64_t h = 0; h < s.H; ++h) {
             std::vector<double> p(n);
@@ -377,7 +375,6 @@ TEST(Kernels, AmxLatentAttentionMatchesPlainSoftmax) {
       }
     }
   }
-  SetMatMulPrecision(MatMulPrecision::kF32);
 }
 
 // Blocked attention: scores, online softmax over several blocks, weighted values, against a
