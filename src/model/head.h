@@ -17,8 +17,8 @@ namespace dsv3 {
 // Optional outputs of a forward pass, each filled when not empty (and then at least as large as
 // stated; a smaller span is an error).
 struct ForwardOutputs {
-  std::span<float> logits;  // [T, vocab]: the logits at every position
-  std::span<float> hidden;  // [T, D]: the hidden states (see each Forward for which)
+  std::span<float> logits = {};  // [T, vocab]: the logits at every position
+  std::span<float> hidden = {};  // [T, D]: the hidden states (see each Forward for which)
 };
 
 // Fails (dsv3::Error) unless every id is in the vocabulary and positions past .. past + T - 1

@@ -46,6 +46,29 @@ struct GenerateStats {
 
 class SpeculativeDecoder;
 
+// What the plain and the speculative decoding loops share: the request checked against the
+// context before any work (dsv3::Error for an empty prompt, or a prompt plus new tokens beyond
+// the context), the sampler, the output and the statistics, and the emission of each new token.
+class GenerationState {
+ public:
+  GenerationState(const Context& ctx, std::span<const int32_t> prompt,
+                  const GenerateOptions& options, const std::function<bool(int32_t)>& on_token);
+  // Appends `token`; true when generation stops after it: on_token declined it, it is an EOS
+  // token (unless ignored), or max_new_tokens are out.
+  bool Emit(int32_t token);
+  // The statistics, with new_tokens filled in.
+  const GenerateStats& Finish();
+
+  Sampler sampler;
+  std::vector<int32_t> out;
+  GenerateStats stats;
+
+ private:
+  const Config& c_;
+  const GenerateOptions& options_;
+  const std::function<bool(int32_t)>& on_token_;
+};
+
 // Appends the prompt to `ctx` and generates after it. `on_token` sees each new token as it is
 // chosen and may return false to stop. Returns the new tokens. With `speculative` (built for the
 // same model and context size), decoding drafts tokens with the MTP module and verifies them in

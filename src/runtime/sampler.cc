@@ -83,6 +83,25 @@ int32_t Sampler::Draw(const float* weights) {
   return last;
 }
 
+int32_t Sampler::Draft(const float* draft_logits, float* q) {
+  if (greedy()) return Argmax(draft_logits, vocab_);
+  Probabilities(draft_logits, q);
+  return Draw(q);
+}
+
+bool Sampler::Verify(const float* logits, int32_t draft, const float* q, int32_t* next) {
+  if (greedy()) {
+    *next = Argmax(logits, vocab_);
+    return *next == draft;
+  }
+  float* p = probs_.data();
+  Probabilities(logits, p);
+  if (Uniform() * q[draft] < p[draft]) return true;  // probability min(1, p/q)
+  for (int64_t v = 0; v < vocab_; ++v) p[v] = std::max(0.0f, p[v] - q[v]);  // the residual
+  *next = Draw(p);
+  return false;
+}
+
 int32_t Sampler::Sample(const float* logits) {
   if (greedy()) return Argmax(logits, vocab_);
   Probabilities(logits, probs_.data());

@@ -28,6 +28,16 @@ class Sampler {
   int32_t Draw(const float* weights);
   // Uniform in [0, 1) from the same generator.
   double Uniform();
+
+  // Speculative sampling, one draft position at a time. Draft: the token proposed from the draft
+  // model's logits (greedy: its argmax; sampling: a draw, with q [vocab] receiving the
+  // distribution it was drawn from). Verify: whether the target model's logits accept it (greedy:
+  // when it is the target's own argmax; sampling: with probability min(1, p[d] / q[d]) for p the
+  // target's distribution). On rejection *next is the token to emit instead: the target's argmax,
+  // or a draw from the residual max(0, p - q), so that emitted tokens follow exactly the plain
+  // sampler's distribution.
+  int32_t Draft(const float* draft_logits, float* q);
+  bool Verify(const float* logits, int32_t draft, const float* q, int32_t* next);
   const SamplingParams& params() const { return params_; }
 
  private:

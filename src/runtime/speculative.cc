@@ -25,8 +25,7 @@ SpeculativeDecoder::SpeculativeDecoder(const Model& model, const ContextOptions&
       y_(model.config().hidden_size),
       slot_out_(max_batch_ * model.config().hidden_size),
       verify_logits_((draft + 1) * model.config().vocab_size),
-      draft_probs_(std::max<int64_t>(draft, 1) * model.config().vocab_size),
-      target_probs_(model.config().vocab_size) {
+      draft_probs_(std::max<int64_t>(draft, 1) * model.config().vocab_size) {
   if (model.mtp().empty()) Fail("this checkpoint has no MTP module to draft with");
   if (draft < 1 || draft > kMaxDraft) {
     Fail("--draft must be between 1 and {}, got {}", kMaxDraft, draft);
@@ -57,28 +56,35 @@ std::vector<int32_t> SpeculativeDecoder::Generate(Context& ctx, std::span<const 
                                                   const GenerateOptions& options,
                                                   GenerateStats* stats,
                                                   const std::function<bool(int32_t)>& on_token) {
-  const int64_t D = c_.hidden_size, V = c_.vocab_size, P = static_cast<int64_t>(prompt.size());
-  if (P == 0) Fail("the prompt is empty: give at least one token");
-  const int64_t n_new = options.max_new_tokens;
-  if (ctx.n_past() + P + std::max<int64_t>(n_new - 1, 0) > ctx.capacity()) {
-    Fail("prompt ({} tokens) plus {} new tokens exceed the context size of {} (raise --ctx-size)",
-         P, n_new, ctx.capacity());
-  }
-  Sampler sampler(options.sampling, V);
-  GenerateStats s;
-  s.prompt_tokens = P;
+  GenerationState g(ctx, prompt, options, on_token);
+  GenerateStats& s = g.stats;
   s.drafts_checked.assign(static_cast<size_t>(draft_), 0);
   s.drafts_accepted.assign(static_cast<size_t>(draft_), 0);
-  std::vector<int32_t> out;
-  out.reserve(static_cast<size_t>(std::max<int64_t>(n_new, 0)));
-  auto is_eos = [&](int32_t t) {
-    return options.stop_at_eos &&
-           std::find(c_.eos_token_ids.begin(), c_.eos_token_ids.end(), t) != c_.eos_token_ids.end();
-  };
+  const int64_t n_new = options.max_new_tokens;
 
-  // The prompt, chunk by chunk as the main context would take it, keeping each position's
-  // hidden state; MTP slots run once their next token is known.
   auto t0 = Clock::now();
+  Prefill(ctx, prompt);
+  s.prefill_seconds = Since(t0);
+
+  t0 = Clock::now();
+  int32_t token = -1;  // the newest token, not yet fed to the main model
+  bool stop = n_new <= 0 || g.Emit(token = g.sampler.Sample(ctx.last_logits()));
+  while (!stop) {
+    const int64_t n = ctx.n_past(), remaining = n_new - static_cast<int64_t>(g.out.size());
+    const int64_t k =
+        std::max<int64_t>(0, std::min({draft_, remaining - 1, ctx.capacity() - n - 1}));
+    Draft(ctx, token, k, g.sampler);
+    int32_t next = -1;
+    const int64_t accepted = Verify(ctx, token, k, g.sampler, s, &next);
+    stop = Emit(ctx, n, accepted, next, g, &token);
+  }
+  s.decode_seconds = Since(t0);
+  if (stats) *stats = g.Finish();
+  return std::move(g.out);
+}
+
+void SpeculativeDecoder::Prefill(Context& ctx, std::span<const int32_t> prompt) {
+  const int64_t D = c_.hidden_size, P = static_cast<int64_t>(prompt.size());
   for (int64_t i = 0; i < P; i += max_batch_) {
     const int64_t nb = std::min(max_batch_, P - i), at = ctx.n_past();
     std::copy_n(prompt.data() + i, nb, tokens_.begin() + at);
@@ -87,97 +93,58 @@ std::vector<int32_t> SpeculativeDecoder::Generate(Context& ctx, std::span<const 
     known_ = ctx.n_past();
     RunSlots(ctx.n_past() - 1);
   }
-  s.prefill_seconds = Since(t0);
+}
 
-  t0 = Clock::now();
-  bool stop = n_new <= 0;
-  int32_t token = -1;  // the newest token, not yet fed to the main model
-  if (!stop) {
-    token = sampler.Sample(ctx.last_logits());
-    out.push_back(token);
-    stop = (on_token && !on_token(token)) || is_eos(token) || n_new == 1;
+void SpeculativeDecoder::Draft(const Context& ctx, int32_t token, int64_t k, Sampler& sampler) {
+  const int64_t D = c_.hidden_size, V = c_.vocab_size, n = ctx.n_past();
+  tokens_[n] = token;  // the next token of slot n - 1
+  RunSlots(n);
+  for (int64_t j = 0; j < k; ++j) {
+    if (j > 0) {
+      mtp_.Forward(y_.data(), D, std::span<const int32_t>(&drafts_[j - 1], 1),
+                   {.hidden = std::span<float>(y_.data(), D)});
+    }
+    drafts_[j] = sampler.Draft(mtp_.last_logits(), draft_probs_.data() + j * V);
   }
-  int32_t drafts[kMaxDraft + 1];
-  int32_t fed[kMaxDraft + 1];
-  while (!stop) {
-    const int64_t n = ctx.n_past();
-    tokens_[n] = token;  // the next token of slot n - 1
-    RunSlots(n);
-    // Drafts: slot n - 1 predicts the token after `token`; further drafts chain the module on
-    // its own output in slots beyond the verified ones (dropped after the step).
-    const int64_t remaining = n_new - static_cast<int64_t>(out.size());
-    const int64_t k =
-        std::max<int64_t>(0, std::min({draft_, remaining - 1, ctx.capacity() - n - 1}));
-    for (int64_t j = 0; j < k; ++j) {
-      if (j > 0) {
-        mtp_.Forward(y_.data(), D, std::span<const int32_t>(&drafts[j - 1], 1),
-                     {.hidden = std::span<float>(y_.data(), D)});
-      }
-      if (sampler.greedy()) {
-        drafts[j] = Argmax(mtp_.last_logits(), V);
-      } else {
-        float* q = draft_probs_.data() + j * V;
-        sampler.Probabilities(mtp_.last_logits(), q);
-        drafts[j] = sampler.Draw(q);
-      }
-    }
-    mtp_.Truncate(n);
+  mtp_.Truncate(n);
+}
 
-    // Verify the newest token plus the drafts in one pass (fewer than kGemmMinTokens tokens, so
-    // each position computes exactly as it would alone).
-    fed[0] = token;
-    std::copy_n(drafts, k, fed + 1);
-    ctx.Forward(std::span<const int32_t>(fed, k + 1),
-                {.logits = std::span<float>(verify_logits_.data(), (k + 1) * V),
-                 .hidden = std::span<float>(hidden_.data() + n * D, (k + 1) * D)});
-    ++s.decode_steps;
-    int64_t accepted = 0;
-    int32_t next = -1;
-    for (int64_t j = 0; j < k && next < 0; ++j) {
-      const float* logits = verify_logits_.data() + j * V;  // predicts the token after fed[j]
-      ++s.drafts_checked[j];
-      bool ok;
-      if (sampler.greedy()) {
-        const int32_t target = Argmax(logits, V);
-        ok = target == drafts[j];
-        if (!ok) next = target;
-      } else {
-        float* p = target_probs_.data();
-        const float* q = draft_probs_.data() + j * V;
-        sampler.Probabilities(logits, p);
-        const int32_t d = drafts[j];
-        ok = sampler.Uniform() * q[d] < p[d];  // probability min(1, p/q)
-        if (!ok) {
-          for (int64_t v = 0; v < V; ++v) p[v] = std::max(0.0f, p[v] - q[v]);  // the residual
-          next = sampler.Draw(p);
-        }
-      }
-      if (ok) {
-        ++accepted;
-        ++s.drafts_accepted[j];
-      }
+int64_t SpeculativeDecoder::Verify(Context& ctx, int32_t token, int64_t k, Sampler& sampler,
+                                   GenerateStats& s, int32_t* next) {
+  const int64_t D = c_.hidden_size, V = c_.vocab_size, n = ctx.n_past();
+  // Fewer than kGemmMinTokens tokens, so each position computes exactly as it would alone.
+  fed_[0] = token;
+  std::copy_n(drafts_, k, fed_ + 1);
+  ctx.Forward(std::span<const int32_t>(fed_, k + 1),
+              {.logits = std::span<float>(verify_logits_.data(), (k + 1) * V),
+               .hidden = std::span<float>(hidden_.data() + n * D, (k + 1) * D)});
+  ++s.decode_steps;
+  int64_t accepted = 0;
+  for (; accepted < k; ++accepted) {
+    const int64_t j = accepted;  // logits row j predicts the token after fed_[j]
+    ++s.drafts_checked[j];
+    if (!sampler.Verify(verify_logits_.data() + j * V, drafts_[j], draft_probs_.data() + j * V,
+                        next)) {
+      return accepted;
     }
-    if (next < 0) next = sampler.Sample(verify_logits_.data() + k * V);  // all accepted: a bonus
-
-    // New tokens: the accepted drafts, then `next`; the last one emitted is not fed back, so
-    // the main cache keeps positions n .. n + emitted - 1.
-    drafts[accepted] = next;
-    int64_t emitted = 0;
-    while (emitted <= accepted && !stop) {
-      const int32_t t = drafts[emitted++];
-      out.push_back(t);
-      stop = (on_token && !on_token(t)) || is_eos(t) || static_cast<int64_t>(out.size()) >= n_new;
-    }
-    ctx.Truncate(n + emitted);
-    std::copy_n(fed, emitted, tokens_.begin() + n);
-    known_ = n + emitted;
-    s.decode_tokens += emitted;
-    token = drafts[emitted - 1];
+    ++s.drafts_accepted[j];
   }
-  s.decode_seconds = Since(t0);
-  s.new_tokens = static_cast<int64_t>(out.size());
-  if (stats) *stats = s;
-  return out;
+  *next = sampler.Sample(verify_logits_.data() + k * V);  // all accepted: a bonus token
+  return accepted;
+}
+
+bool SpeculativeDecoder::Emit(Context& ctx, int64_t n, int64_t accepted, int32_t next,
+                              GenerationState& g, int32_t* token) {
+  drafts_[accepted] = next;
+  int64_t emitted = 0;
+  bool stop = false;
+  while (emitted <= accepted && !stop) stop = g.Emit(drafts_[emitted++]);
+  ctx.Truncate(n + emitted);
+  std::copy_n(fed_, emitted, tokens_.begin() + n);
+  known_ = n + emitted;
+  g.stats.decode_tokens += emitted;
+  *token = drafts_[emitted - 1];
+  return stop;
 }
 
 }  // namespace dsv3

@@ -39,6 +39,23 @@ class SpeculativeDecoder {
   // Runs MTP slots mtp_.n_past() .. until - 1 (slot i: hidden of position i, token i + 1); the
   // module output of the last one goes to y_.
   void RunSlots(int64_t until);
+  // The steps of Generate. Prefill: the prompt, chunk by chunk as the main context takes it,
+  // keeping each position's hidden state; MTP slots run once their next token is known.
+  void Prefill(Context& ctx, std::span<const int32_t> prompt);
+  // Draft: k tokens after `token` (the newest, not yet in ctx) into drafts_: slot n - 1 predicts
+  // the first, further drafts chain the module on its own output in slots beyond the verified
+  // ones (dropped afterwards).
+  void Draft(const Context& ctx, int32_t token, int64_t k, Sampler& sampler);
+  // Verify: token and the k drafts in one main-model pass; returns how many drafts are accepted
+  // and sets *next to the token that follows them (the correction, or a bonus token when all
+  // are accepted).
+  int64_t Verify(Context& ctx, int32_t token, int64_t k, Sampler& sampler, GenerateStats& s,
+                 int32_t* next);
+  // Emit: the accepted drafts, then `next`; the main cache keeps positions n .. n + emitted - 1
+  // (the last token emitted is never fed back, as in plain decoding). Returns true to stop;
+  // *token is the newest token.
+  bool Emit(Context& ctx, int64_t n, int64_t accepted, int32_t next, GenerationState& g,
+            int32_t* token);
 
   const Model& model_;
   const Config& c_;
@@ -53,7 +70,8 @@ class SpeculativeDecoder {
   AlignedArray<float> slot_out_;       // [B, D] MTP outputs of a batch of slots
   AlignedArray<float> verify_logits_;  // [draft + 1, vocab]
   AlignedArray<float> draft_probs_;    // [draft, vocab] q
-  AlignedArray<float> target_probs_;   // [vocab] p
+  int32_t drafts_[kMaxDraft + 1];      // the drafts of a step, then what it emits
+  int32_t fed_[kMaxDraft + 1];         // what a verification pass feeds: token, drafts
 };
 
 }  // namespace dsv3
