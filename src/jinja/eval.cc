@@ -9,8 +9,8 @@
 #include <unordered_map>
 
 #include "core/error.h"
-#include "tokenizer/jinja_ast.h"
-#include "tokenizer/unicode.h"
+#include "core/unicode.h"
+#include "jinja/ast.h"
 
 namespace dsv3::jinja {
 
