@@ -5,7 +5,7 @@
 #include <cmath>
 #include <limits>
 
-#include "tokenizer/unicode.h"
+#include "core/unicode.h"
 
 namespace dsv3::server {
 namespace {

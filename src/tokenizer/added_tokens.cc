@@ -1,6 +1,6 @@
 #include "tokenizer/added_tokens.h"
 
-#include "tokenizer/unicode.h"
+#include "core/unicode.h"
 
 namespace dsv3 {
 

@@ -2,7 +2,7 @@
 
 #include <array>
 
-#include "tokenizer/unicode.h"
+#include "core/unicode.h"
 
 namespace dsv3 {
 namespace {

@@ -7,7 +7,7 @@
 #include <string>
 
 #include "core/json.h"
-#include "tokenizer/jinja.h"
+#include "jinja/jinja.h"
 #include "tokenizer/tokenizer_config.h"
 
 namespace dsv3 {

@@ -7,7 +7,7 @@
 #include <set>
 
 #include "core/error.h"
-#include "tokenizer/unicode.h"
+#include "core/unicode.h"
 
 namespace dsv3 {
 namespace {

@@ -4,9 +4,9 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "core/unicode.h"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/json_fields.h"
-#include "tokenizer/unicode.h"
 
 namespace dsv3 {
 namespace fs = std::filesystem;

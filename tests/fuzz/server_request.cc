@@ -4,9 +4,9 @@
 #include <string_view>
 #include <variant>
 
+#include "core/unicode.h"
 #include "server/request.h"
 #include "tests/fuzz/fuzz_target.h"
-#include "tokenizer/unicode.h"
 
 DSV3_FUZZ_TARGET(server_request) {
   using namespace dsv3::server;

@@ -3,7 +3,7 @@
 // trim_blocks, lstrip_blocks, loop controls, transformers' tojson), and its output is the expected
 // text. Also: every DeepSeek-V3 chat case of the test data, errors that name the construct and
 // position, and the limits that stop runaway templates.
-#include "tokenizer/jinja.h"
+#include "jinja/jinja.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

@@ -13,11 +13,11 @@
 #include <random>
 
 #include "core/error.h"
+#include "core/unicode.h"
 #include "tests/test_util.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/regex.h"
-#include "tokenizer/unicode.h"
 
 namespace dsv3 {
 namespace {

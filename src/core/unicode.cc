@@ -1,4 +1,4 @@
-#include "tokenizer/unicode.h"
+#include "core/unicode.h"
 
 namespace dsv3 {
 namespace {

@@ -9,8 +9,8 @@
 #include <unordered_map>
 
 #include "core/error.h"
-#include "tokenizer/jinja_ast.h"
-#include "tokenizer/unicode.h"
+#include "core/unicode.h"
+#include "jinja/ast.h"
 
 namespace dsv3::jinja {
 
@@ -59,6 +59,10 @@ class Interpreter {
   bool ApplyTest(const std::string& name, const Value& input, CallArgs& args, size_t offset);
   // The items a for loop, filter or join sees: list items, dict keys, string characters.
   List Iterate(const Value& v, size_t offset) const;
+  // a op b for the binary operators (+ - * / // % ** ~), as the sum filter adds too.
+  Value EvalBinary(const std::string& op, const Value& a, const Value& b, size_t offset);
+  // `item in container`, for the operator and the `in` test.
+  bool Contains(const Value& container, const Value& item, size_t offset) const;
 
  private:
   struct DepthGuard {
@@ -94,9 +98,7 @@ class Interpreter {
   void ExecSet(const Node& n);
   void Unpack(const std::vector<std::string>& targets, const Value& v, size_t offset);
   CallArgs EvalArgs(const Expr& e, size_t first);
-  Value EvalBinary(const std::string& op, const Value& a, const Value& b, size_t offset);
   Value EvalCompare(const Expr& e);
-  bool Contains(const Value& container, const Value& item, size_t offset) const;
   Value Slice(const Value& obj, const Expr& e);
 
   const std::string& source_;
@@ -1186,427 +1188,619 @@ Value Interpreter::CallMethod(const Value& obj, const std::string& name, CallArg
   return Value::Bool(ok);
 }
 
-bool Interpreter::ApplyTest(const std::string& name, const Value& v, CallArgs& args,
-                            size_t offset) {
-  const std::string what = fmt::format("test '{}'", name);
-  auto arg = [&]() -> Value {
-    Params p(*this, args, {"other"}, what, offset);
-    return p.Or(0, Value::Undefined("other"));
-  };
-  if (name == "defined") return !v.is_undefined();
-  if (name == "undefined") return v.is_undefined();
-  if (name == "none") return v.is_none();
-  if (name == "boolean") return v.type() == Value::Type::kBool;
-  if (name == "true") return v.type() == Value::Type::kBool && v.AsBool();
-  if (name == "false") return v.type() == Value::Type::kBool && !v.AsBool();
-  if (name == "integer") return v.type() == Value::Type::kInt;
-  if (name == "float") return v.type() == Value::Type::kFloat;
-  if (name == "number") return v.is_number();
-  if (name == "string") return v.is_string();
-  if (name == "mapping") return v.is_dict();
-  if (name == "iterable") return v.is_list() || v.is_dict() || v.is_string();
-  if (name == "sequence") return v.is_list() || v.is_dict() || v.is_string();
-  if (name == "callable") return v.type() == Value::Type::kFunction;
-  if (name == "lower") return v.is_string() && Lower(v.AsString()) == v.AsString();
-  if (name == "upper") return v.is_string() && Upper(v.AsString()) == v.AsString();
-  if (name == "even" || name == "odd" || name == "divisibleby") {
-    if (v.is_undefined()) UndefinedError(v, offset);
-    const int64_t x = ToIndex(*this, v, what.c_str(), offset);
-    if (name == "divisibleby") {
-      const int64_t d = ToIndex(*this, arg(), what.c_str(), offset);
-      if (d == 0) Error(offset, "divisibleby 0");
-      return x % d == 0;
+namespace {
+
+// A filter or test applied to `v` where the template calls it; `what` ("filter 'x'",
+// "test 'x'") names it in error messages.
+struct BuiltinCall {
+  Interpreter& in;
+  const std::string& name;
+  const std::string& what;
+  const Value& v;
+  CallArgs& args;
+  size_t offset;
+
+  // Binds the arguments to these parameter names (an error for unknown or extra ones).
+  Params Bind(std::vector<const char*> names) const {
+    return Params(in, args, std::move(names), what, offset);
+  }
+  void RequireDefined() const {
+    if (v.is_undefined()) in.UndefinedError(v, offset);
+  }
+  std::string Str(const Value& x) const { return ToStr(in, x, what.c_str(), offset); }
+  [[noreturn]] void Error(const std::string& message) const { in.Error(offset, message); }
+};
+
+using TestFn = bool (*)(const BuiltinCall&);
+using FilterFn = Value (*)(const BuiltinCall&);
+
+// ---- tests ----
+
+bool TestDefined(const BuiltinCall& c) { return !c.v.is_undefined(); }
+bool TestUndefined(const BuiltinCall& c) { return c.v.is_undefined(); }
+bool TestNone(const BuiltinCall& c) { return c.v.is_none(); }
+bool TestBoolean(const BuiltinCall& c) { return c.v.type() == Value::Type::kBool; }
+bool TestTrue(const BuiltinCall& c) { return c.v.type() == Value::Type::kBool && c.v.AsBool(); }
+bool TestFalse(const BuiltinCall& c) { return c.v.type() == Value::Type::kBool && !c.v.AsBool(); }
+bool TestInteger(const BuiltinCall& c) { return c.v.type() == Value::Type::kInt; }
+bool TestFloat(const BuiltinCall& c) { return c.v.type() == Value::Type::kFloat; }
+bool TestNumber(const BuiltinCall& c) { return c.v.is_number(); }
+bool TestString(const BuiltinCall& c) { return c.v.is_string(); }
+bool TestMapping(const BuiltinCall& c) { return c.v.is_dict(); }
+// iterable and sequence.
+bool TestIterable(const BuiltinCall& c) {
+  return c.v.is_list() || c.v.is_dict() || c.v.is_string();
+}
+bool TestCallable(const BuiltinCall& c) { return c.v.type() == Value::Type::kFunction; }
+bool TestLower(const BuiltinCall& c) {
+  return c.v.is_string() && Lower(c.v.AsString()) == c.v.AsString();
+}
+bool TestUpper(const BuiltinCall& c) {
+  return c.v.is_string() && Upper(c.v.AsString()) == c.v.AsString();
+}
+
+// The one argument of the tests that compare the input with something.
+Value Other(const BuiltinCall& c) { return c.Bind({"other"}).Or(0, Value::Undefined("other")); }
+
+// The input of even, odd and divisibleby, which must be an integer.
+int64_t TestedInt(const BuiltinCall& c) {
+  c.RequireDefined();
+  return ToIndex(c.in, c.v, c.what.c_str(), c.offset);
+}
+bool TestEven(const BuiltinCall& c) { return TestedInt(c) % 2 == 0; }
+bool TestOdd(const BuiltinCall& c) { return TestedInt(c) % 2 != 0; }
+bool TestDivisibleBy(const BuiltinCall& c) {
+  const int64_t x = TestedInt(c);
+  const int64_t d = ToIndex(c.in, Other(c), c.what.c_str(), c.offset);
+  if (d == 0) c.Error("divisibleby 0");
+  return x % d == 0;
+}
+
+// eq, equalto, ==; ne, !=.
+bool TestEqual(const BuiltinCall& c) { return Equal(c.v, Other(c)); }
+bool TestNotEqual(const BuiltinCall& c) { return !Equal(c.v, Other(c)); }
+bool TestSameAs(const BuiltinCall& c) {
+  const Value o = Other(c);
+  return c.v.type() == o.type() && (c.v.is_none() || c.v.is_undefined() || Equal(c.v, o));
+}
+bool TestIn(const BuiltinCall& c) { return c.in.Contains(Other(c), c.v, c.offset); }
+
+// The ordering tests: `op` ("<", ">", "<=" or ">=") between the input and the argument.
+bool TestOrder(const BuiltinCall& c, std::string_view op) {
+  const Value o = Other(c);
+  bool ok = true;
+  const bool r = op == "<"    ? Less(c.v, o, &ok)
+                 : op == ">"  ? Less(o, c.v, &ok)
+                 : op == "<=" ? !Less(o, c.v, &ok)
+                              : !Less(c.v, o, &ok);
+  if (!ok) {
+    c.Error(
+        fmt::format("'{}' not supported between '{}' and '{}'", op, c.v.TypeName(), o.TypeName()));
+  }
+  return r;
+}
+bool TestLess(const BuiltinCall& c) { return TestOrder(c, "<"); }           // lt, lessthan, <
+bool TestLessEqual(const BuiltinCall& c) { return TestOrder(c, "<="); }     // le, <=
+bool TestGreater(const BuiltinCall& c) { return TestOrder(c, ">"); }        // gt, greaterthan, >
+bool TestGreaterEqual(const BuiltinCall& c) { return TestOrder(c, ">="); }  // ge, >=
+
+// ---- filters ----
+
+// The item itself, or the value at `attribute` (a path "a.b.0") inside it when that is not None.
+Value ItemOrAttr(const BuiltinCall& c, const Value& item, const Value& attribute) {
+  return attribute.is_none() ? item : AttrPath(c.in, item, attribute.Str(), c.offset);
+}
+
+// The input as a string, for the filters that take no arguments and need a defined input.
+std::string DefinedStr(const BuiltinCall& c) {
+  c.Bind({});
+  c.RequireDefined();
+  return c.v.Str();
+}
+
+Value FilterDefault(const BuiltinCall& c) {  // default, d
+  const Params p = c.Bind({"default_value", "boolean"});
+  const bool boolean = p.Or(1, Value::Bool(false)).Truthy();
+  if (c.v.is_undefined() || (boolean && !c.v.Truthy())) return p.Or(0, Value::String(""));
+  return c.v;
+}
+
+Value FilterLength(const BuiltinCall& c) {  // length, count
+  c.Bind({});
+  const Value& v = c.v;
+  if (v.is_undefined()) return Value::Int(0);
+  if (v.is_string()) return Value::Int(static_cast<int64_t>(CountCodePoints(v.AsString())));
+  if (v.is_list()) return Value::Int(static_cast<int64_t>(v.AsList().size()));
+  if (v.is_dict()) return Value::Int(static_cast<int64_t>(v.AsDict().items.size()));
+  c.Error(fmt::format("object of type '{}' has no length", v.TypeName()));
+}
+
+Value FilterString(const BuiltinCall& c) {
+  c.Bind({});
+  return Value::String(c.v.Str());
+}
+
+Value FilterSafe(const BuiltinCall& c) { return c.v; }
+Value FilterUpper(const BuiltinCall& c) { return Value::String(Upper(DefinedStr(c))); }
+Value FilterLower(const BuiltinCall& c) { return Value::String(Lower(DefinedStr(c))); }
+Value FilterCapitalize(const BuiltinCall& c) { return Value::String(Capitalize(DefinedStr(c))); }
+Value FilterEscape(const BuiltinCall& c) { return Value::String(HtmlEscape(DefinedStr(c))); }
+
+// Words start after '-', whitespace, '(', '{', '[' or '<'.
+Value FilterTitle(const BuiltinCall& c) {
+  const std::string s = DefinedStr(c);
+  std::string out;
+  bool word_start = true;
+  size_t pos = 0;
+  while (pos < s.size()) {
+    const size_t start = pos;
+    const uint32_t cp = NextCodePoint(s, &pos);
+    const bool sep = cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<' || IsPySpace(cp);
+    std::string ch = s.substr(start, pos - start);
+    out += sep ? ch : (word_start ? Upper(ch) : Lower(ch));
+    word_start = sep;
+  }
+  return Value::String(out);
+}
+
+Value FilterTrim(const BuiltinCall& c) {
+  const Params p = c.Bind({"chars"});
+  c.RequireDefined();
+  const Value chars = p.Or(0, Value::None());
+  const std::string set_chars = chars.is_none() ? "" : c.Str(chars);
+  const std::string* set = chars.is_none() ? nullptr : &set_chars;
+  return Value::String(Strip(c.v.Str(), set, true, true));
+}
+
+Value FilterReplace(const BuiltinCall& c) {
+  const Params p = c.Bind({"old", "new", "count"});
+  c.RequireDefined();
+  const std::string from = c.Str(p.Or(0, Value::Undefined("old")));
+  const std::string to = c.Str(p.Or(1, Value::Undefined("new")));
+  const Value count = p.Or(2, Value::None());
+  std::string out = ReplaceAll(c.v.Str(), from, to,
+                               count.is_none() ? -1 : ToIndex(c.in, count, "count", c.offset));
+  c.in.CheckSize(out.size(), c.offset);
+  return Value::String(std::move(out));
+}
+
+// first and last (an undefined input passes through).
+Value EndItem(const BuiltinCall& c, bool last) {
+  c.Bind({});
+  if (c.v.is_undefined()) return c.v;
+  const List items = c.in.Iterate(c.v, c.offset);
+  if (items.empty()) return Value::Undefined(c.name + " item of an empty sequence");
+  return last ? items.back() : items.front();
+}
+Value FilterFirst(const BuiltinCall& c) { return EndItem(c, false); }
+Value FilterLast(const BuiltinCall& c) { return EndItem(c, true); }
+
+Value FilterJoin(const BuiltinCall& c) {
+  const Params p = c.Bind({"d", "attribute"});
+  const std::string sep = p.Or(0, Value::String("")).Str();
+  const Value attribute = p.Or(1, Value::None());
+  std::string out;
+  bool first = true;
+  for (const Value& item : c.in.Iterate(c.v, c.offset)) {
+    if (!first) out += sep;
+    first = false;
+    out += ItemOrAttr(c, item, attribute).Str();
+    c.in.CheckSize(out.size(), c.offset);
+  }
+  return Value::String(std::move(out));
+}
+
+Value FilterList(const BuiltinCall& c) {
+  c.Bind({});
+  c.RequireDefined();
+  return Value::MakeList(c.in.Iterate(c.v, c.offset));
+}
+
+// The (key, value) tuples of a dict input.
+List DictItems(const BuiltinCall& c) {
+  if (!c.v.is_dict()) c.Error(fmt::format("{} expects a mapping, not {}", c.what, c.v.TypeName()));
+  List out;
+  for (const auto& [k, x] : c.v.AsDict().items)
+    out.push_back(Value::MakeTuple({Value::String(k), x}));
+  return out;
+}
+
+Value FilterItems(const BuiltinCall& c) {
+  c.Bind({});
+  if (c.v.is_undefined()) return Value::MakeList({});
+  return Value::MakeList(DictItems(c));
+}
+
+Value FilterDictSort(const BuiltinCall& c) {
+  const Params p = c.Bind({"case_sensitive", "by", "reverse"});
+  c.RequireDefined();
+  List out = DictItems(c);
+  const bool case_sensitive = p.Or(0, Value::Bool(false)).Truthy();
+  const size_t by = p.Or(1, Value::String("key")).Str() == "value" ? 1 : 0;
+  const bool reverse = p.Or(2, Value::Bool(false)).Truthy();
+  std::stable_sort(out.begin(), out.end(), [&](const Value& a, const Value& b) {
+    Value x = a.AsList()[by], y = b.AsList()[by];
+    if (!case_sensitive && x.is_string() && y.is_string()) {
+      x = Value::String(Lower(x.AsString()));
+      y = Value::String(Lower(y.AsString()));
     }
-    return (x % 2 == 0) == (name == "even");
+    bool ok;
+    return reverse ? Less(y, x, &ok) : Less(x, y, &ok);
+  });
+  return Value::MakeList(std::move(out));
+}
+
+Value FilterReverse(const BuiltinCall& c) {
+  c.Bind({});
+  c.RequireDefined();
+  if (c.v.is_string()) {
+    const std::vector<std::string_view> cs = Chars(c.v.AsString());
+    std::string out;
+    for (auto it = cs.rbegin(); it != cs.rend(); ++it) out.append(*it);
+    return Value::String(out);
   }
-  if (name == "eq" || name == "equalto" || name == "==") return Equal(v, arg());
-  if (name == "ne" || name == "!=") return !Equal(v, arg());
-  if (name == "sameas") {
-    const Value o = arg();
-    return v.type() == o.type() && (v.is_none() || v.is_undefined() || Equal(v, o));
+  List items = c.in.Iterate(c.v, c.offset);
+  std::reverse(items.begin(), items.end());
+  return Value::MakeList(std::move(items));
+}
+
+// How sort, unique, min and max compare items: by the item or its attribute, strings lowercased
+// unless case_sensitive. Reads those two parameters at `first` and `first` + 1.
+class Ordering {
+ public:
+  Ordering(const BuiltinCall& c, const Params& p, size_t first)
+      : c_(c),
+        case_sensitive_(p.Or(first, Value::Bool(false)).Truthy()),
+        attribute_(p.Or(first + 1, Value::None())) {}
+
+  Value Key(const Value& item) const {
+    Value k = ItemOrAttr(c_, item, attribute_);
+    if (!case_sensitive_ && k.is_string()) k = Value::String(Lower(k.AsString()));
+    return k;
   }
-  if (name == "in") return Contains(arg(), v, offset);
-  static const char* kOrder[][2] = {
-      {"lt", "<"}, {"lessthan", "<"},    {"<", "<"}, {"le", "<="}, {"<=", "<="},
-      {"gt", ">"}, {"greaterthan", ">"}, {">", ">"}, {"ge", ">="}, {">=", ">="}};
-  for (const auto& [test, op] : kOrder) {
-    if (name != test) continue;
-    const Value o = arg();
+  // Whether `a` orders before `b`; an error when their keys do not order.
+  bool Before(const Value& a, const Value& b) const {
     bool ok = true;
-    const std::string sop = op;
-    const bool r = sop == "<"    ? Less(v, o, &ok)
-                   : sop == ">"  ? Less(o, v, &ok)
-                   : sop == "<=" ? !Less(o, v, &ok)
-                                 : !Less(v, o, &ok);
+    const bool r = Less(Key(a), Key(b), &ok);
     if (!ok) {
-      Error(offset, fmt::format("'{}' not supported between '{}' and '{}'", sop, v.TypeName(),
-                                o.TypeName()));
+      c_.Error(fmt::format("{}: cannot order '{}' and '{}'", c_.what, a.TypeName(), b.TypeName()));
     }
     return r;
   }
-  Error(offset, fmt::format("unknown test '{}'", name));
+
+ private:
+  const BuiltinCall& c_;
+  bool case_sensitive_;
+  Value attribute_;
+};
+
+Value FilterSort(const BuiltinCall& c) {
+  const Params p = c.Bind({"reverse", "case_sensitive", "attribute"});
+  const bool reverse = p.Or(0, Value::Bool(false)).Truthy();
+  const Ordering order(c, p, 1);
+  c.RequireDefined();
+  List items = c.in.Iterate(c.v, c.offset);
+  std::stable_sort(items.begin(), items.end(), [&](const Value& a, const Value& b) {
+    return reverse ? order.Before(b, a) : order.Before(a, b);
+  });
+  return Value::MakeList(std::move(items));
+}
+
+Value FilterUnique(const BuiltinCall& c) {
+  const Params p = c.Bind({"case_sensitive", "attribute"});
+  const Ordering order(c, p, 0);
+  c.RequireDefined();
+  List out;
+  std::vector<Value> seen;
+  for (const Value& item : c.in.Iterate(c.v, c.offset)) {
+    const Value k = order.Key(item);
+    if (std::none_of(seen.begin(), seen.end(), [&](const Value& s) { return Equal(s, k); })) {
+      seen.push_back(k);
+      out.push_back(item);
+    }
+  }
+  return Value::MakeList(std::move(out));
+}
+
+// min and max: the first smallest or largest item.
+Value Extreme(const BuiltinCall& c, bool largest) {
+  const Params p = c.Bind({"case_sensitive", "attribute"});
+  const Ordering order(c, p, 0);
+  c.RequireDefined();
+  const List items = c.in.Iterate(c.v, c.offset);
+  if (items.empty()) return Value::Undefined(c.name + " of an empty sequence");
+  Value best = items[0];
+  for (const Value& item : items) {
+    if (largest ? order.Before(best, item) : order.Before(item, best)) best = item;
+  }
+  return best;
+}
+Value FilterMin(const BuiltinCall& c) { return Extreme(c, false); }
+Value FilterMax(const BuiltinCall& c) { return Extreme(c, true); }
+
+Value FilterSum(const BuiltinCall& c) {
+  const Params p = c.Bind({"attribute", "start"});
+  const Value attribute = p.Or(0, Value::None());
+  Value total = p.Or(1, Value::Int(0));
+  for (const Value& item : c.in.Iterate(c.v, c.offset)) {
+    total = c.in.EvalBinary("+", total, ItemOrAttr(c, item, attribute), c.offset);
+  }
+  return total;
+}
+
+// A string as the int and float filters read it, surrounding whitespace allowed: an int when
+// `as_int` and it spells one, else a float; undefined when it is no number.
+Value ParseNumber(const std::string& text, bool as_int) {
+  const std::string s = Strip(text, nullptr, true, true);
+  size_t used = 0;
+  try {
+    if (as_int && !s.empty() && s.find_first_of(".eEn") == std::string::npos) {
+      const int64_t i = std::stoll(s, &used);
+      if (used == s.size()) return Value::Int(i);
+    }
+    const double d = std::stod(s, &used);
+    if (used == s.size() && !s.empty()) return Value::Float(d);
+  } catch (const std::exception&) {  // no number, or out of range
+  }
+  return Value();
+}
+
+// int and float: the input as a number, or `default` when it is none (or, for int, too large).
+Value ToNumber(const BuiltinCall& c, bool as_int) {
+  const Params p = c.Bind({"default"});
+  const Value fallback = p.Or(0, as_int ? Value::Int(0) : Value::Float(0));
+  Value x;
+  if (c.v.is_number()) {
+    x = c.v;
+  } else if (c.v.is_string()) {
+    x = ParseNumber(c.v.AsString(), as_int);
+  }
+  if (!x.is_number()) return fallback;
+  if (as_int && x.is_integer()) return Value::Int(x.AsInt());
+  const double d = x.AsDouble();
+  if (!as_int) return Value::Float(d);
+  if (!std::isfinite(d) || std::fabs(d) >= 9.2e18) return fallback;
+  return Value::Int(static_cast<int64_t>(d));
+}
+Value FilterInt(const BuiltinCall& c) { return ToNumber(c, true); }
+Value FilterFloat(const BuiltinCall& c) { return ToNumber(c, false); }
+
+Value FilterAbs(const BuiltinCall& c) {
+  c.Bind({});
+  c.RequireDefined();
+  const Value& v = c.v;
+  if (!v.is_number()) c.Error(fmt::format("bad operand type for abs(): '{}'", v.TypeName()));
+  if (v.is_integer()) {
+    if (v.AsInt() == INT64_MIN) c.Error("integer overflow");
+    return Value::Int(std::abs(v.AsInt()));
+  }
+  return Value::Float(std::fabs(v.AsDouble()));
+}
+
+Value FilterRound(const BuiltinCall& c) {
+  const Params p = c.Bind({"precision", "method"});
+  c.RequireDefined();
+  if (!c.v.is_number()) c.Error(fmt::format("{} expects a number, not {}", c.what, c.v.TypeName()));
+  const int64_t precision = ToIndex(c.in, p.Or(0, Value::Int(0)), "precision", c.offset);
+  const std::string method = p.Or(1, Value::String("common")).Str();
+  const double scale = std::pow(10.0, static_cast<double>(precision));
+  const double x = c.v.AsDouble() * scale;
+  double r;
+  if (method == "common") {
+    r = std::nearbyint(x);  // Python's round(): halves to even
+  } else if (method == "ceil") {
+    r = std::ceil(x);
+  } else if (method == "floor") {
+    r = std::floor(x);
+  } else {
+    c.Error("round method must be 'common', 'ceil' or 'floor'");
+  }
+  return Value::Float(r / scale);
+}
+
+Value FilterToJson(const BuiltinCall& c) {
+  const Params p = c.Bind({"ensure_ascii", "indent", "separators", "sort_keys"});
+  JsonDumpOptions o;
+  o.ensure_ascii = p.Or(0, Value::Bool(false)).Truthy();
+  const Value indent = p.Or(1, Value::None());
+  if (!indent.is_none()) o.indent = static_cast<int>(ToIndex(c.in, indent, "indent", c.offset));
+  const Value separators = p.Or(2, Value::None());
+  if (!separators.is_none()) {
+    if (!separators.is_list() || separators.AsList().size() != 2) {
+      c.Error("tojson separators must be a pair of strings");
+    }
+    o.item_separator = separators.AsList()[0].Str();
+    o.key_separator = separators.AsList()[1].Str();
+  }
+  o.sort_keys = p.Or(3, Value::Bool(false)).Truthy();
+  std::string out;
+  if (!DumpJson(c.v, o, &out)) {
+    c.Error(fmt::format("{}: value of type '{}' (or inside it) is not JSON serializable", c.what,
+                        c.v.TypeName()));
+  }
+  c.in.CheckSize(out.size(), c.offset);
+  return Value::String(std::move(out));
+}
+
+Value FilterIndent(const BuiltinCall& c) {
+  const Params p = c.Bind({"width", "first", "blank"});
+  c.RequireDefined();
+  const Value width = p.Or(0, Value::Int(4));
+  const std::string pad =
+      width.is_string()
+          ? width.AsString()
+          : std::string(
+                static_cast<size_t>(std::max<int64_t>(ToIndex(c.in, width, "width", c.offset), 0)),
+                ' ');
+  const bool first = p.Or(1, Value::Bool(false)).Truthy();
+  const bool blank = p.Or(2, Value::Bool(false)).Truthy();
+  const std::vector<std::string> lines = SplitLines(c.v.Str() + "\n");
+  std::string out;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (i > 0) out += "\n";
+    if (i > 0 && (blank || !lines[i].empty())) out += pad;
+    out += lines[i];
+  }
+  if (first) out = pad + out;
+  c.in.CheckSize(out.size(), c.offset);
+  return Value::String(std::move(out));
+}
+
+Value FilterAttr(const BuiltinCall& c) {
+  const Params p = c.Bind({"name"});
+  return c.in.GetAttr(c.v, p.Or(0, Value::String("")).Str(), c.offset);
+}
+
+// map(attribute="x", default=...): each item's attribute.
+Value MapAttribute(const BuiltinCall& c) {
+  const Params p = c.Bind({"attribute", "default"});
+  const std::string attribute = p.Or(0, Value::String("")).Str();
+  List out;
+  for (const Value& item : c.in.Iterate(c.v, c.offset)) {
+    Value x = AttrPath(c.in, item, attribute, c.offset);
+    out.push_back(x.is_undefined() && p.Has(1) ? p.Or(1, Value::None()) : x);
+  }
+  return Value::MakeList(std::move(out));
+}
+
+// map("filter", args...): the filter applied to each item.
+Value FilterMap(const BuiltinCall& c) {
+  if (c.args.positional.empty()) return MapAttribute(c);
+  const std::string filter = c.Str(c.args.positional[0]);
+  const CallArgs rest{std::vector<Value>(c.args.positional.begin() + 1, c.args.positional.end()),
+                      c.args.keyword};
+  List out;
+  for (const Value& item : c.in.Iterate(c.v, c.offset)) {
+    CallArgs a = rest;
+    out.push_back(c.in.ApplyFilter(filter, item, a, c.offset));
+  }
+  return Value::MakeList(std::move(out));
+}
+
+// select, reject, selectattr and rejectattr: the items whose value (the item, or its attribute
+// when `by_attr`) passes the test (or is truthy when none is named) keep_if times.
+Value Select(const BuiltinCall& c, bool by_attr, bool keep_if) {
+  const std::vector<Value>& positional = c.args.positional;
+  size_t next = 0;
+  std::string attribute;
+  if (by_attr) {
+    if (positional.empty()) c.Error(c.what + " needs an attribute name");
+    attribute = positional[next++].Str();
+  }
+  std::string test;
+  if (next < positional.size()) test = c.Str(positional[next++]);
+  const CallArgs rest{
+      std::vector<Value>(positional.begin() + static_cast<long>(next), positional.end()),
+      c.args.keyword};
+  List out;
+  for (const Value& item : c.in.Iterate(c.v, c.offset)) {
+    const Value x = by_attr ? AttrPath(c.in, item, attribute, c.offset) : item;
+    CallArgs a = rest;
+    const bool pass = test.empty() ? x.Truthy() : c.in.ApplyTest(test, x, a, c.offset);
+    if (pass == keep_if) out.push_back(item);
+  }
+  return Value::MakeList(std::move(out));
+}
+Value FilterSelect(const BuiltinCall& c) { return Select(c, false, true); }
+Value FilterReject(const BuiltinCall& c) { return Select(c, false, false); }
+Value FilterSelectAttr(const BuiltinCall& c) { return Select(c, true, true); }
+Value FilterRejectAttr(const BuiltinCall& c) { return Select(c, true, false); }
+
+}  // namespace
+
+bool Interpreter::ApplyTest(const std::string& name, const Value& v, CallArgs& args,
+                            size_t offset) {
+  static const std::unordered_map<std::string_view, TestFn> kTests = {
+      {"defined", TestDefined},
+      {"undefined", TestUndefined},
+      {"none", TestNone},
+      {"boolean", TestBoolean},
+      {"true", TestTrue},
+      {"false", TestFalse},
+      {"integer", TestInteger},
+      {"float", TestFloat},
+      {"number", TestNumber},
+      {"string", TestString},
+      {"mapping", TestMapping},
+      {"iterable", TestIterable},
+      {"sequence", TestIterable},
+      {"callable", TestCallable},
+      {"lower", TestLower},
+      {"upper", TestUpper},
+      {"even", TestEven},
+      {"odd", TestOdd},
+      {"divisibleby", TestDivisibleBy},
+      {"eq", TestEqual},
+      {"equalto", TestEqual},
+      {"==", TestEqual},
+      {"ne", TestNotEqual},
+      {"!=", TestNotEqual},
+      {"sameas", TestSameAs},
+      {"in", TestIn},
+      {"lt", TestLess},
+      {"lessthan", TestLess},
+      {"<", TestLess},
+      {"le", TestLessEqual},
+      {"<=", TestLessEqual},
+      {"gt", TestGreater},
+      {"greaterthan", TestGreater},
+      {">", TestGreater},
+      {"ge", TestGreaterEqual},
+      {">=", TestGreaterEqual},
+  };
+  const auto test = kTests.find(name);
+  if (test == kTests.end()) Error(offset, fmt::format("unknown test '{}'", name));
+  const std::string what = fmt::format("test '{}'", name);
+  return test->second(BuiltinCall{*this, name, what, v, args, offset});
 }
 
 Value Interpreter::ApplyFilter(const std::string& name, const Value& v, CallArgs& args,
                                size_t offset) {
-  Step(offset);
-  const std::string what = fmt::format("filter '{}'", name);
-  auto require_defined = [&]() {
-    if (v.is_undefined()) UndefinedError(v, offset);
+  static const std::unordered_map<std::string_view, FilterFn> kFilters = {
+      {"default", FilterDefault},
+      {"d", FilterDefault},
+      {"length", FilterLength},
+      {"count", FilterLength},
+      {"string", FilterString},
+      {"safe", FilterSafe},
+      {"upper", FilterUpper},
+      {"lower", FilterLower},
+      {"capitalize", FilterCapitalize},
+      {"escape", FilterEscape},
+      {"e", FilterEscape},
+      {"title", FilterTitle},
+      {"trim", FilterTrim},
+      {"replace", FilterReplace},
+      {"first", FilterFirst},
+      {"last", FilterLast},
+      {"join", FilterJoin},
+      {"list", FilterList},
+      {"items", FilterItems},
+      {"dictsort", FilterDictSort},
+      {"reverse", FilterReverse},
+      {"sort", FilterSort},
+      {"unique", FilterUnique},
+      {"min", FilterMin},
+      {"max", FilterMax},
+      {"sum", FilterSum},
+      {"int", FilterInt},
+      {"float", FilterFloat},
+      {"abs", FilterAbs},
+      {"round", FilterRound},
+      {"tojson", FilterToJson},
+      {"indent", FilterIndent},
+      {"attr", FilterAttr},
+      {"map", FilterMap},
+      {"select", FilterSelect},
+      {"reject", FilterReject},
+      {"selectattr", FilterSelectAttr},
+      {"rejectattr", FilterRejectAttr},
   };
-  if (name == "default" || name == "d") {
-    Params p(*this, args, {"default_value", "boolean"}, what, offset);
-    const bool boolean = p.Or(1, Value::Bool(false)).Truthy();
-    if (v.is_undefined() || (boolean && !v.Truthy())) return p.Or(0, Value::String(""));
-    return v;
-  }
-  if (name == "length" || name == "count") {
-    Params p(*this, args, {}, what, offset);
-    if (v.is_undefined()) return Value::Int(0);
-    if (v.is_string()) return Value::Int(static_cast<int64_t>(CountCodePoints(v.AsString())));
-    if (v.is_list()) return Value::Int(static_cast<int64_t>(v.AsList().size()));
-    if (v.is_dict()) return Value::Int(static_cast<int64_t>(v.AsDict().items.size()));
-    Error(offset, fmt::format("object of type '{}' has no length", v.TypeName()));
-  }
-  if (name == "string") {
-    Params p(*this, args, {}, what, offset);
-    return Value::String(v.Str());
-  }
-  if (name == "safe") return v;
-  if (name == "upper" || name == "lower" || name == "capitalize" || name == "escape" ||
-      name == "e") {
-    Params p(*this, args, {}, what, offset);
-    require_defined();
-    const std::string s = v.Str();
-    if (name == "upper") return Value::String(Upper(s));
-    if (name == "lower") return Value::String(Lower(s));
-    if (name == "capitalize") return Value::String(Capitalize(s));
-    return Value::String(HtmlEscape(s));
-  }
-  if (name == "title") {  // words start after '-', whitespace, '(', '{', '[' or '<'
-    Params p(*this, args, {}, what, offset);
-    require_defined();
-    std::string s = v.Str(), out;
-    bool word_start = true;
-    size_t pos = 0;
-    while (pos < s.size()) {
-      const size_t start = pos;
-      const uint32_t cp = NextCodePoint(s, &pos);
-      const bool sep =
-          cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<' || IsPySpace(cp);
-      std::string c = s.substr(start, pos - start);
-      out += sep ? c : (word_start ? Upper(c) : Lower(c));
-      word_start = sep;
-    }
-    return Value::String(out);
-  }
-  if (name == "trim") {
-    Params p(*this, args, {"chars"}, what, offset);
-    require_defined();
-    const Value chars = p.Or(0, Value::None());
-    const std::string set_chars = chars.is_none() ? "" : ToStr(*this, chars, what.c_str(), offset);
-    const std::string* set = chars.is_none() ? nullptr : &set_chars;
-    return Value::String(Strip(v.Str(), set, true, true));
-  }
-  if (name == "replace") {
-    Params p(*this, args, {"old", "new", "count"}, what, offset);
-    require_defined();
-    const std::string& from = ToStr(*this, p.Or(0, Value::Undefined("old")), what.c_str(), offset);
-    const std::string& to = ToStr(*this, p.Or(1, Value::Undefined("new")), what.c_str(), offset);
-    const Value count = p.Or(2, Value::None());
-    std::string out = ReplaceAll(v.Str(), from, to,
-                                 count.is_none() ? -1 : ToIndex(*this, count, "count", offset));
-    CheckSize(out.size(), offset);
-    return Value::String(std::move(out));
-  }
-  if (name == "first" || name == "last") {
-    Params p(*this, args, {}, what, offset);
-    if (v.is_undefined()) return v;
-    const List items = Iterate(v, offset);
-    if (items.empty()) return Value::Undefined(name + " item of an empty sequence");
-    return name == "first" ? items.front() : items.back();
-  }
-  if (name == "join") {
-    Params p(*this, args, {"d", "attribute"}, what, offset);
-    const std::string sep = p.Or(0, Value::String("")).Str();
-    const Value attribute = p.Or(1, Value::None());
-    std::string out;
-    bool first = true;
-    for (const Value& item : Iterate(v, offset)) {
-      if (!first) out += sep;
-      first = false;
-      out += (attribute.is_none() ? item : AttrPath(*this, item, attribute.Str(), offset)).Str();
-      CheckSize(out.size(), offset);
-    }
-    return Value::String(std::move(out));
-  }
-  if (name == "list") {
-    Params p(*this, args, {}, what, offset);
-    require_defined();
-    return Value::MakeList(Iterate(v, offset));
-  }
-  if (name == "items") {
-    Params p(*this, args, {}, what, offset);
-    if (v.is_undefined()) return Value::MakeList({});
-    if (!v.is_dict())
-      Error(offset, fmt::format("{} expects a mapping, not {}", what, v.TypeName()));
-    List out;
-    for (const auto& [k, x] : v.AsDict().items) {
-      out.push_back(Value::MakeTuple({Value::String(k), x}));
-    }
-    return Value::MakeList(std::move(out));
-  }
-  if (name == "dictsort") {
-    Params p(*this, args, {"case_sensitive", "by", "reverse"}, what, offset);
-    require_defined();
-    if (!v.is_dict())
-      Error(offset, fmt::format("{} expects a mapping, not {}", what, v.TypeName()));
-    const bool case_sensitive = p.Or(0, Value::Bool(false)).Truthy();
-    const bool by_value = p.Or(1, Value::String("key")).Str() == "value";
-    const bool reverse = p.Or(2, Value::Bool(false)).Truthy();
-    List out;
-    for (const auto& [k, x] : v.AsDict().items) {
-      out.push_back(Value::MakeTuple({Value::String(k), x}));
-    }
-    std::stable_sort(out.begin(), out.end(), [&](const Value& a, const Value& b) {
-      Value x = a.AsList()[by_value ? 1 : 0], y = b.AsList()[by_value ? 1 : 0];
-      if (!case_sensitive && x.is_string() && y.is_string()) {
-        x = Value::String(Lower(x.AsString()));
-        y = Value::String(Lower(y.AsString()));
-      }
-      bool ok;
-      return reverse ? Less(y, x, &ok) : Less(x, y, &ok);
-    });
-    return Value::MakeList(std::move(out));
-  }
-  if (name == "reverse") {
-    Params p(*this, args, {}, what, offset);
-    require_defined();
-    if (v.is_string()) {
-      std::vector<std::string_view> cs = Chars(v.AsString());
-      std::string out;
-      for (auto it = cs.rbegin(); it != cs.rend(); ++it) out.append(*it);
-      return Value::String(out);
-    }
-    List items = Iterate(v, offset);
-    std::reverse(items.begin(), items.end());
-    return Value::MakeList(std::move(items));
-  }
-  if (name == "sort" || name == "unique" || name == "min" || name == "max") {
-    std::vector<const char*> names = {"case_sensitive", "attribute"};
-    if (name == "sort") names = {"reverse", "case_sensitive", "attribute"};
-    Params p(*this, args, names, what, offset);
-    const size_t base = name == "sort" ? 1 : 0;
-    const bool reverse = name == "sort" && p.Or(0, Value::Bool(false)).Truthy();
-    const bool case_sensitive = p.Or(base, Value::Bool(false)).Truthy();
-    const Value attribute = p.Or(base + 1, Value::None());
-    require_defined();
-    List items = Iterate(v, offset);
-    auto key = [&](const Value& item) {
-      Value k = attribute.is_none() ? item : AttrPath(*this, item, attribute.Str(), offset);
-      if (!case_sensitive && k.is_string()) k = Value::String(Lower(k.AsString()));
-      return k;
-    };
-    auto less = [&](const Value& a, const Value& b) {
-      bool ok = true;
-      const bool r = Less(key(a), key(b), &ok);
-      if (!ok) {
-        Error(offset,
-              fmt::format("{}: cannot order '{}' and '{}'", what, a.TypeName(), b.TypeName()));
-      }
-      return r;
-    };
-    if (name == "unique") {
-      List out;
-      std::vector<Value> seen;
-      for (const Value& item : items) {
-        const Value k = key(item);
-        if (std::none_of(seen.begin(), seen.end(), [&](const Value& s) { return Equal(s, k); })) {
-          seen.push_back(k);
-          out.push_back(item);
-        }
-      }
-      return Value::MakeList(std::move(out));
-    }
-    if (name == "min" || name == "max") {
-      if (items.empty()) return Value::Undefined(name + " of an empty sequence");
-      Value best = items[0];
-      for (const Value& item : items) {
-        if (name == "min" ? less(item, best) : less(best, item)) best = item;
-      }
-      return best;
-    }
-    std::stable_sort(items.begin(), items.end(), [&](const Value& a, const Value& b) {
-      return reverse ? less(b, a) : less(a, b);
-    });
-    return Value::MakeList(std::move(items));
-  }
-  if (name == "sum") {
-    Params p(*this, args, {"attribute", "start"}, what, offset);
-    const Value attribute = p.Or(0, Value::None());
-    Value total = p.Or(1, Value::Int(0));
-    for (const Value& item : Iterate(v, offset)) {
-      total = EvalBinary(
-          "+", total, attribute.is_none() ? item : AttrPath(*this, item, attribute.Str(), offset),
-          offset);
-    }
-    return total;
-  }
-  if (name == "int" || name == "float") {
-    Params p(*this, args, {"default"}, what, offset);
-    const Value fallback = p.Or(0, name == "int" ? Value::Int(0) : Value::Float(0));
-    double d = 0;
-    bool ok = false;
-    if (v.is_number()) {
-      d = v.AsDouble();
-      ok = true;
-      if (name == "int" && v.is_integer()) return Value::Int(v.AsInt());
-    } else if (v.is_string()) {
-      const std::string s = Strip(v.AsString(), nullptr, true, true);
-      size_t used = 0;
-      try {
-        if (name == "int" && !s.empty() && s.find_first_of(".eEn") == std::string::npos) {
-          const int64_t i = std::stoll(s, &used);
-          if (used == s.size()) return Value::Int(i);
-        }
-        d = std::stod(s, &used);
-        ok = used == s.size() && !s.empty();
-      } catch (const std::exception&) {
-        ok = false;
-      }
-    }
-    if (!ok) return fallback;
-    if (name == "float") return Value::Float(d);
-    if (!std::isfinite(d) || std::fabs(d) >= 9.2e18) return fallback;
-    return Value::Int(static_cast<int64_t>(d));
-  }
-  if (name == "abs") {
-    Params p(*this, args, {}, what, offset);
-    require_defined();
-    if (!v.is_number())
-      Error(offset, fmt::format("bad operand type for abs(): '{}'", v.TypeName()));
-    if (v.is_integer()) {
-      if (v.AsInt() == INT64_MIN) Error(offset, "integer overflow");
-      return Value::Int(std::abs(v.AsInt()));
-    }
-    return Value::Float(std::fabs(v.AsDouble()));
-  }
-  if (name == "round") {
-    Params p(*this, args, {"precision", "method"}, what, offset);
-    require_defined();
-    if (!v.is_number())
-      Error(offset, fmt::format("{} expects a number, not {}", what, v.TypeName()));
-    const int64_t precision = ToIndex(*this, p.Or(0, Value::Int(0)), "precision", offset);
-    const std::string method = p.Or(1, Value::String("common")).Str();
-    const double scale = std::pow(10.0, static_cast<double>(precision));
-    const double x = v.AsDouble() * scale;
-    double r;
-    if (method == "common") {
-      r = std::nearbyint(x);  // Python's round(): halves to even
-    } else if (method == "ceil") {
-      r = std::ceil(x);
-    } else if (method == "floor") {
-      r = std::floor(x);
-    } else {
-      Error(offset, "round method must be 'common', 'ceil' or 'floor'");
-    }
-    return Value::Float(r / scale);
-  }
-  if (name == "tojson") {
-    Params p(*this, args, {"ensure_ascii", "indent", "separators", "sort_keys"}, what, offset);
-    JsonDumpOptions o;
-    o.ensure_ascii = p.Or(0, Value::Bool(false)).Truthy();
-    const Value indent = p.Or(1, Value::None());
-    if (!indent.is_none()) o.indent = static_cast<int>(ToIndex(*this, indent, "indent", offset));
-    const Value separators = p.Or(2, Value::None());
-    if (!separators.is_none()) {
-      if (!separators.is_list() || separators.AsList().size() != 2) {
-        Error(offset, "tojson separators must be a pair of strings");
-      }
-      o.item_separator = separators.AsList()[0].Str();
-      o.key_separator = separators.AsList()[1].Str();
-    }
-    o.sort_keys = p.Or(3, Value::Bool(false)).Truthy();
-    std::string out;
-    if (!DumpJson(v, o, &out)) {
-      Error(offset, fmt::format("{}: value of type '{}' (or inside it) is not JSON serializable",
-                                what, v.TypeName()));
-    }
-    CheckSize(out.size(), offset);
-    return Value::String(std::move(out));
-  }
-  if (name == "indent") {
-    Params p(*this, args, {"width", "first", "blank"}, what, offset);
-    require_defined();
-    const Value width = p.Or(0, Value::Int(4));
-    const std::string pad =
-        width.is_string()
-            ? width.AsString()
-            : std::string(
-                  static_cast<size_t>(std::max<int64_t>(ToIndex(*this, width, "width", offset), 0)),
-                  ' ');
-    const bool first = p.Or(1, Value::Bool(false)).Truthy();
-    const bool blank = p.Or(2, Value::Bool(false)).Truthy();
-    const std::vector<std::string> lines = SplitLines(v.Str() + "\n");
-    std::string out;
-    for (size_t i = 0; i < lines.size(); ++i) {
-      if (i > 0) out += "\n";
-      if (i > 0 && (blank || !lines[i].empty())) out += pad;
-      out += lines[i];
-    }
-    if (first) out = pad + out;
-    CheckSize(out.size(), offset);
-    return Value::String(std::move(out));
-  }
-  if (name == "attr") {
-    Params p(*this, args, {"name"}, what, offset);
-    return GetAttr(v, p.Or(0, Value::String("")).Str(), offset);
-  }
-  if (name == "map") {
-    List out;
-    if (args.positional.empty()) {  // map(attribute="x", default=...)
-      Params p(*this, args, {"attribute", "default"}, what, offset);
-      const std::string attribute = p.Or(0, Value::String("")).Str();
-      for (const Value& item : Iterate(v, offset)) {
-        Value x = AttrPath(*this, item, attribute, offset);
-        out.push_back(x.is_undefined() && p.Has(1) ? p.Or(1, Value::None()) : x);
-      }
-      return Value::MakeList(std::move(out));
-    }
-    const std::string filter = ToStr(*this, args.positional[0], what.c_str(), offset);
-    CallArgs rest{std::vector<Value>(args.positional.begin() + 1, args.positional.end()),
-                  args.keyword};
-    for (const Value& item : Iterate(v, offset)) {
-      CallArgs a = rest;
-      out.push_back(ApplyFilter(filter, item, a, offset));
-    }
-    return Value::MakeList(std::move(out));
-  }
-  if (name == "select" || name == "reject" || name == "selectattr" || name == "rejectattr") {
-    const bool by_attr = name == "selectattr" || name == "rejectattr";
-    const bool keep_if = name == "select" || name == "selectattr";
-    size_t next = 0;
-    std::string attribute;
-    if (by_attr) {
-      if (args.positional.empty()) Error(offset, what + " needs an attribute name");
-      attribute = args.positional[next++].Str();
-    }
-    std::string test;
-    if (next < args.positional.size())
-      test = ToStr(*this, args.positional[next++], what.c_str(), offset);
-    CallArgs rest{std::vector<Value>(args.positional.begin() + static_cast<long>(next),
-                                     args.positional.end()),
-                  args.keyword};
-    List out;
-    for (const Value& item : Iterate(v, offset)) {
-      const Value x = by_attr ? AttrPath(*this, item, attribute, offset) : item;
-      CallArgs a = rest;
-      const bool pass = test.empty() ? x.Truthy() : ApplyTest(test, x, a, offset);
-      if (pass == keep_if) out.push_back(item);
-    }
-    return Value::MakeList(std::move(out));
-  }
-  Error(offset, fmt::format("unknown filter '{}'", name));
+  Step(offset);
+  const auto filter = kFilters.find(name);
+  if (filter == kFilters.end()) Error(offset, fmt::format("unknown filter '{}'", name));
+  const std::string what = fmt::format("filter '{}'", name);
+  return filter->second(BuiltinCall{*this, name, what, v, args, offset});
 }
 
 // ---------------------------------------------------------------------------------------------

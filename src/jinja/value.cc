@@ -1,10 +1,10 @@
-#include "tokenizer/jinja_value.h"
+#include "jinja/value.h"
 
 #include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
-#include "tokenizer/unicode.h"
+#include "core/unicode.h"
 
 namespace dsv3::jinja {
 

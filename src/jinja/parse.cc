@@ -5,8 +5,8 @@
 #include <cctype>
 
 #include "core/error.h"
-#include "tokenizer/jinja_ast.h"
-#include "tokenizer/unicode.h"
+#include "core/unicode.h"
+#include "jinja/ast.h"
 
 namespace dsv3::jinja {
 namespace {

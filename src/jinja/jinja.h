@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "core/json.h"
-#include "tokenizer/jinja_value.h"
+#include "jinja/value.h"
 
 namespace dsv3::jinja {
 
@@ -54,7 +54,7 @@ class Template {
   std::unique_ptr<Body> body_;
 };
 
-// Parses a template body; used by Template. Defined in jinja_parse.cc.
+// Parses a template body; used by Template. Defined in parse.cc.
 std::unique_ptr<Body> Parse(const std::string& source, const std::string& what,
                             const Options& options);
 // "line L, column C" of byte `offset` of `source` (columns count characters, from 1).
