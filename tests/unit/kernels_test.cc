@@ -12,7 +12,7 @@
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
-#include "kernels/reference.h"
+#include "tests/kernels_reference.h"
 #include "kernels/targets.h"
 
 namespace dsv3::kernels {

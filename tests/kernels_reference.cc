@@ -1,4 +1,4 @@
-#include "kernels/reference.h"
+#include "tests/kernels_reference.h"
 
 #include <algorithm>
 #include <cmath>
