@@ -9,6 +9,7 @@
 #include "hwy/foreach_target.h"  // must come before highway.h
 #include "hwy/highway.h"
 #include "hwy/contrib/math/math-inl.h"
+#include "kernels/dot-inl.h"
 // clang-format on
 
 HWY_BEFORE_NAMESPACE();
@@ -17,80 +18,27 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 
-// 4 queries x 4 keys of dot products with 16 accumulators: each loaded vector is used 4 times.
-HWY_INLINE void Dots4x4(const float* HWY_RESTRICT q, int64_t qs, const float* HWY_RESTRICT k,
-                        int64_t ks, int64_t d, float out[4][4]) {
-  const DF df;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  auto a00 = hn::Zero(df), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00,
-       a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00,
-       a33 = a00;
-  int64_t i = 0;
-  for (; i + N <= d; i += N) {
-    const auto k0 = hn::LoadU(df, k + i), k1 = hn::LoadU(df, k + ks + i);
-    const auto k2 = hn::LoadU(df, k + 2 * ks + i), k3 = hn::LoadU(df, k + 3 * ks + i);
-    auto qv = hn::LoadU(df, q + i);
-    a00 = hn::MulAdd(qv, k0, a00);
-    a01 = hn::MulAdd(qv, k1, a01);
-    a02 = hn::MulAdd(qv, k2, a02);
-    a03 = hn::MulAdd(qv, k3, a03);
-    qv = hn::LoadU(df, q + qs + i);
-    a10 = hn::MulAdd(qv, k0, a10);
-    a11 = hn::MulAdd(qv, k1, a11);
-    a12 = hn::MulAdd(qv, k2, a12);
-    a13 = hn::MulAdd(qv, k3, a13);
-    qv = hn::LoadU(df, q + 2 * qs + i);
-    a20 = hn::MulAdd(qv, k0, a20);
-    a21 = hn::MulAdd(qv, k1, a21);
-    a22 = hn::MulAdd(qv, k2, a22);
-    a23 = hn::MulAdd(qv, k3, a23);
-    qv = hn::LoadU(df, q + 3 * qs + i);
-    a30 = hn::MulAdd(qv, k0, a30);
-    a31 = hn::MulAdd(qv, k1, a31);
-    a32 = hn::MulAdd(qv, k2, a32);
-    a33 = hn::MulAdd(qv, k3, a33);
-  }
-  const decltype(a00) acc[4][4] = {
-      {a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
-  for (int a = 0; a < 4; ++a) {
-    for (int b = 0; b < 4; ++b) {
-      float s = hn::GetLane(hn::SumOfLanes(df, acc[a][b]));
-      for (int64_t j = i; j < d; ++j) s += q[a * qs + j] * k[b * ks + j];
-      out[a][b] = s;
-    }
-  }
-}
-
-HWY_INLINE float Dot1(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, int64_t d) {
-  const DF df;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  auto acc = hn::Zero(df);
-  int64_t i = 0;
-  for (; i + N <= d; i += N) acc = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), acc);
-  float s = hn::GetLane(hn::SumOfLanes(df, acc));
-  for (; i < d; ++i) s += a[i] * b[i];
-  return s;
-}
-
+// 4 queries x 4 keys at a time with 16 vector accumulators (each loaded vector is used 4 times),
+// then the keys left over against the 4 queries, then the queries left over one key at a time.
 void QKScoresImpl(const float* Q, int64_t qs, int64_t nq, const float* K, int64_t ks, int64_t nk,
                   int64_t d, float scale, float* scores) {
+  const DF df;
   int64_t q = 0;
   for (; q + 4 <= nq; q += 4) {
+    float* sq = scores + q * nk;
     int64_t k = 0;
     for (; k + 4 <= nk; k += 4) {
-      float out[4][4];
-      Dots4x4(Q + q * qs, qs, K + k * ks, ks, d, out);
-      for (int a = 0; a < 4; ++a) {
-        for (int b = 0; b < 4; ++b) scores[(q + a) * nk + k + b] = out[a][b] * scale;
-      }
+      DotTile<4, 4>(df, Q + q * qs, qs, K + k * ks, ks, d, 4,
+                    [&](int64_t a, int b, float s) { sq[a * nk + k + b] = s * scale; });
     }
     for (; k < nk; ++k) {
-      for (int a = 0; a < 4; ++a)
-        scores[(q + a) * nk + k] = Dot1(Q + (q + a) * qs, K + k * ks, d) * scale;
+      DotTile<4, 1>(df, Q + q * qs, qs, K + k * ks, 0, d, 4,
+                    [&](int64_t a, int, float s) { sq[a * nk + k] = s * scale; });
     }
   }
   for (; q < nq; ++q) {
-    for (int64_t k = 0; k < nk; ++k) scores[q * nk + k] = Dot1(Q + q * qs, K + k * ks, d) * scale;
+    for (int64_t k = 0; k < nk; ++k)
+      scores[q * nk + k] = Dot(df, Q + q * qs, K + k * ks, d) * scale;
   }
 }
 

@@ -20,6 +20,7 @@
 #include "hwy/foreach_target.h"  // must come before highway.h
 #include "hwy/highway.h"
 #include "hwy/cache_control.h"
+#include "kernels/dot-inl.h"
 // clang-format on
 
 HWY_BEFORE_NAMESPACE();
@@ -416,82 +417,7 @@ void MatVecRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, 
 
 // kRowTile weight rows are dequantized in full (scales applied) into a per-thread tile, then
 // multiplied with the tokens of an L2-sized token chunk, 4 rows x 4 tokens at a time with 16
-// vector accumulators and one horizontal sum per output.
-HWY_INLINE void Gemm4x4(const float* HWY_RESTRICT tile, int64_t cols, const float* HWY_RESTRICT x,
-                        int64_t x_stride, float* HWY_RESTRICT y, int64_t y_stride, int64_t nr) {
-  const hn::ScalableTag<float> df;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  const float* w0 = tile;
-  const float* w1 = tile + cols;
-  const float* w2 = tile + 2 * cols;
-  const float* w3 = tile + 3 * cols;
-  const float* x0 = x;
-  const float* x1 = x + x_stride;
-  const float* x2 = x + 2 * x_stride;
-  const float* x3 = x + 3 * x_stride;
-  auto a00 = hn::Zero(df), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00,
-       a13 = a00, a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00,
-       a33 = a00;
-  int64_t c = 0;
-  for (; c + N <= cols; c += N) {
-    const auto v0 = hn::LoadU(df, x0 + c), v1 = hn::LoadU(df, x1 + c);
-    const auto v2 = hn::LoadU(df, x2 + c), v3 = hn::LoadU(df, x3 + c);
-    auto wv = hn::LoadU(df, w0 + c);
-    a00 = hn::MulAdd(wv, v0, a00);
-    a01 = hn::MulAdd(wv, v1, a01);
-    a02 = hn::MulAdd(wv, v2, a02);
-    a03 = hn::MulAdd(wv, v3, a03);
-    wv = hn::LoadU(df, w1 + c);
-    a10 = hn::MulAdd(wv, v0, a10);
-    a11 = hn::MulAdd(wv, v1, a11);
-    a12 = hn::MulAdd(wv, v2, a12);
-    a13 = hn::MulAdd(wv, v3, a13);
-    wv = hn::LoadU(df, w2 + c);
-    a20 = hn::MulAdd(wv, v0, a20);
-    a21 = hn::MulAdd(wv, v1, a21);
-    a22 = hn::MulAdd(wv, v2, a22);
-    a23 = hn::MulAdd(wv, v3, a23);
-    wv = hn::LoadU(df, w3 + c);
-    a30 = hn::MulAdd(wv, v0, a30);
-    a31 = hn::MulAdd(wv, v1, a31);
-    a32 = hn::MulAdd(wv, v2, a32);
-    a33 = hn::MulAdd(wv, v3, a33);
-  }
-  const decltype(a00) acc[4][4] = {
-      {a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
-  const float* wr[4] = {w0, w1, w2, w3};
-  const float* xr[4] = {x0, x1, x2, x3};
-  for (int64_t i = 0; i < nr; ++i) {
-    for (int t = 0; t < 4; ++t) {
-      float s = hn::GetLane(hn::SumOfLanes(df, acc[i][t]));
-      for (int64_t k = c; k < cols; ++k) s += wr[i][k] * xr[t][k];
-      y[t * y_stride + i] = s;
-    }
-  }
-}
-
-// One token against the 4 tile rows (the tokens left over after groups of 4).
-HWY_INLINE void Gemm4x1(const float* HWY_RESTRICT tile, int64_t cols, const float* HWY_RESTRICT x,
-                        float* HWY_RESTRICT y, int64_t nr) {
-  const hn::ScalableTag<float> df;
-  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
-  auto a0 = hn::Zero(df), a1 = a0, a2 = a0, a3 = a0;
-  int64_t c = 0;
-  for (; c + N <= cols; c += N) {
-    const auto v = hn::LoadU(df, x + c);
-    a0 = hn::MulAdd(hn::LoadU(df, tile + c), v, a0);
-    a1 = hn::MulAdd(hn::LoadU(df, tile + cols + c), v, a1);
-    a2 = hn::MulAdd(hn::LoadU(df, tile + 2 * cols + c), v, a2);
-    a3 = hn::MulAdd(hn::LoadU(df, tile + 3 * cols + c), v, a3);
-  }
-  const decltype(a0) acc[4] = {a0, a1, a2, a3};
-  for (int64_t i = 0; i < nr; ++i) {
-    float s = hn::GetLane(hn::SumOfLanes(df, acc[i]));
-    for (int64_t k = c; k < cols; ++k) s += tile[i * cols + k] * x[k];
-    y[i] = s;
-  }
-}
-
+// vector accumulators and one horizontal sum per output (DotTile).
 template <DType kType>
 void DequantRowT(const WeightMatrix& w, int64_t r, float* HWY_RESTRICT out) {
   const hn::ScalableTag<float> df;
@@ -510,6 +436,7 @@ void DequantRowT(const WeightMatrix& w, int64_t r, float* HWY_RESTRICT out) {
 template <DType kType>
 void GemmRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
                int64_t T, float* y, int64_t y_stride) {
+  const hn::ScalableTag<float> df;
   thread_local std::vector<float> tile;  // [kRowTile, cols], grows once per thread
   if (tile.size() < static_cast<size_t>(kRowTile * w.cols)) tile.resize(kRowTile * w.cols);
   // Tokens per chunk: their rows (about 1 MiB) stay in L2 while every row tile passes over them.
@@ -521,13 +448,17 @@ void GemmRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, in
       for (int64_t i = 0; i < kRowTile; ++i) {
         DequantRowT<kType>(w, rb + std::min(i, nr - 1), tile.data() + i * w.cols);
       }
+      // Groups of 4 tokens, then the tokens left over one by one; row i of token t goes to y[t][i].
       int64_t t = t0;
       for (; t + kTokTile <= t1; t += kTokTile) {
-        Gemm4x4(tile.data(), w.cols, x + t * x_stride, x_stride, y + t * y_stride + (rb - r0),
-                y_stride, nr);
+        float* yt = y + t * y_stride + (rb - r0);
+        DotTile<kRowTile, kTokTile>(df, tile.data(), w.cols, x + t * x_stride, x_stride, w.cols, nr,
+                                    [&](int64_t i, int j, float s) { yt[j * y_stride + i] = s; });
       }
       for (; t < t1; ++t) {
-        Gemm4x1(tile.data(), w.cols, x + t * x_stride, y + t * y_stride + (rb - r0), nr);
+        float* yt = y + t * y_stride + (rb - r0);
+        DotTile<kRowTile, 1>(df, tile.data(), w.cols, x + t * x_stride, 0, w.cols, nr,
+                             [&](int64_t i, int, float s) { yt[i] = s; });
       }
     }
   }

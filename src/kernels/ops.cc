@@ -12,6 +12,7 @@
 #include "hwy/foreach_target.h"  // must come before highway.h
 #include "hwy/highway.h"
 #include "hwy/contrib/math/math-inl.h"
+#include "kernels/dot-inl.h"
 // clang-format on
 
 HWY_BEFORE_NAMESPACE();
@@ -23,18 +24,7 @@ using DF = hn::ScalableTag<float>;
 HWY_INLINE int64_t Lanes() { return static_cast<int64_t>(hn::Lanes(DF())); }
 
 float DotImpl(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, int64_t n) {
-  const DF df;
-  const int64_t N = Lanes();
-  auto s0 = hn::Zero(df), s1 = hn::Zero(df);
-  int64_t i = 0;
-  for (; i + 2 * N <= n; i += 2 * N) {
-    s0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), s0);
-    s1 = hn::MulAdd(hn::LoadU(df, a + i + N), hn::LoadU(df, b + i + N), s1);
-  }
-  for (; i + N <= n; i += N) s0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), s0);
-  float s = hn::GetLane(hn::SumOfLanes(df, hn::Add(s0, s1)));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
+  return DotPairs(DF(), a, b, n);
 }
 
 void AxpyImpl(float a, const float* HWY_RESTRICT x, float* HWY_RESTRICT y, int64_t n) {
@@ -60,17 +50,10 @@ void AddImpl(const float* HWY_RESTRICT x, float* HWY_RESTRICT y, int64_t n) {
 void RmsNormImpl(const float* x, const float* weight, float eps, int64_t n, float* out) {
   const DF df;
   const int64_t N = Lanes();
-  auto ss = hn::Zero(df);
-  int64_t i = 0;
-  for (; i + N <= n; i += N) {
-    const auto v = hn::LoadU(df, x + i);
-    ss = hn::MulAdd(v, v, ss);
-  }
-  float sum = hn::GetLane(hn::SumOfLanes(df, ss));
-  for (; i < n; ++i) sum += x[i] * x[i];
+  const float sum = Dot(df, x, x, n);
   const float inv = 1.0f / std::sqrt(sum / static_cast<float>(n) + eps);
   const auto vinv = hn::Set(df, inv);
-  i = 0;
+  int64_t i = 0;
   for (; i + N <= n; i += N) {
     hn::StoreU(hn::Mul(hn::Mul(hn::LoadU(df, x + i), vinv), hn::LoadU(df, weight + i)), df,
                out + i);
