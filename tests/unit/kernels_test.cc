@@ -12,8 +12,8 @@
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
-#include "tests/kernels_reference.h"
 #include "kernels/targets.h"
+#include "tests/kernels_reference.h"
 
 namespace dsv3::kernels {
 namespace {
