@@ -387,25 +387,27 @@ int RunBench(const BenchArgs& a) {
                 Human(static_cast<double>(r.scratch_bytes)).c_str());
   }
   for (const BenchResult& r : results) {
-    auto phases = [](const ForwardProfile& p, double total) {
+    // Each phase's share of the time; for decode also the bytes it read per second.
+    auto phases = [&r](const ForwardProfile& p, double total, const DecodeRun* run) {
       std::string s;
       for (int i = 0; i < static_cast<int>(Phase::kCount); ++i) {
-        if (p.seconds[i] > 0) {
-          s += fmt::format(" {} {:.1f}%", ForwardProfile::Name(static_cast<Phase>(i)),
-                           100 * p.seconds[i] / total);
-        }
+        if (p.seconds[i] <= 0) continue;
+        const Phase phase = static_cast<Phase>(i);
+        s += fmt::format(" {} {:.1f}%", ForwardProfile::Name(phase), 100 * p.seconds[i] / total);
+        const double gbs = run ? r.PhaseGBs(*run, phase) : 0;
+        if (gbs > 0) s += fmt::format(" ({:.1f} GB/s)", gbs);
       }
       return s;
     };
     std::printf("t=%d prefill (%lld tokens):%s\n", r.threads, (long long)r.prompt_tokens,
-                phases(r.prefill_profile, r.prefill_seconds).c_str());
+                phases(r.prefill_profile, r.prefill_seconds, nullptr).c_str());
     std::printf("t=%d decode (context %lld):%s\n", r.threads, (long long)r.decode.context,
-                phases(r.decode.profile, r.decode.seconds).c_str());
+                phases(r.decode.profile, r.decode.seconds, &r.decode).c_str());
     if (r.long_decode.steps > 0) {
       std::printf("t=%d decode at context %lld: %.3f tok/s, attention %.1f%% of the step:%s\n",
                   r.threads, (long long)r.long_decode.context, r.long_decode.tokens_per_second(),
                   100 * r.long_decode.attention_fraction(),
-                  phases(r.long_decode.profile, r.long_decode.seconds).c_str());
+                  phases(r.long_decode.profile, r.long_decode.seconds, &r.long_decode).c_str());
     }
   }
   for (const BenchResult& r : results) {

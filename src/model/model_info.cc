@@ -33,22 +33,31 @@ uint64_t Bytes(const MlpWeights& m) { return m.gate.bytes() + m.up.bytes() + m.d
 uint64_t Bytes(const std::vector<float>& v) { return v.size() * sizeof(float); }
 }  // namespace
 
-uint64_t WeightBytesPerToken(const Config& c, const Weights& w) {
-  uint64_t b = w.embed.bytes() / static_cast<uint64_t>(c.vocab_size) + w.lm_head.bytes() +
-               Bytes(w.final_norm);
+PhaseBytes WeightBytesPerPhase(const Config& c, const Weights& w) {
+  PhaseBytes b{};
+  auto at = [&](Phase p) -> uint64_t& { return b[static_cast<size_t>(p)]; };
+  at(Phase::kEmbed) = w.embed.bytes() / static_cast<uint64_t>(c.vocab_size);
+  at(Phase::kLmHead) = w.lm_head.bytes() + Bytes(w.final_norm);
   for (const LayerWeights& l : w.layers) {
     const MlaWeights& a = l.attn;
-    b += Bytes(l.attn_norm) + Bytes(l.ffn_norm) + a.q_a.bytes() + Bytes(a.q_a_norm) +
-         a.q_b.bytes() + a.q.bytes() + a.kv_a.bytes() + Bytes(a.kv_a_norm) + a.kv_b.bytes() +
-         a.o.bytes();
+    at(Phase::kAttnProject) += Bytes(l.attn_norm) + a.q_a.bytes() + Bytes(a.q_a_norm) +
+                               a.q_b.bytes() + a.q.bytes() + a.kv_a.bytes() + Bytes(a.kv_a_norm);
+    at(Phase::kAttnCore) += a.kv_b.bytes();
+    at(Phase::kAttnOut) += a.o.bytes();
     if (!l.is_moe) {
-      b += Bytes(l.mlp);
+      at(Phase::kDenseMlp) += Bytes(l.ffn_norm) + Bytes(l.mlp);
     } else {
-      b += l.moe.router.bytes() + Bytes(l.moe.correction_bias) + Bytes(l.moe.shared) +
-           c.num_experts_per_tok * Bytes(l.moe.experts[0]);
+      at(Phase::kRouter) += Bytes(l.ffn_norm) + l.moe.router.bytes() + Bytes(l.moe.correction_bias);
+      at(Phase::kExperts) += Bytes(l.moe.shared) + c.num_experts_per_tok * Bytes(l.moe.experts[0]);
     }
   }
   return b;
+}
+
+uint64_t WeightBytesPerToken(const Config& c, const Weights& w) {
+  uint64_t total = 0;
+  for (uint64_t bytes : WeightBytesPerPhase(c, w)) total += bytes;
+  return total;
 }
 
 }  // namespace dsv3

@@ -172,16 +172,32 @@ Json ProfileJson(const ForwardProfile& p, double total) {
   return j;
 }
 
-Json DecodeJson(const DecodeRun& r) {
+Json DecodeJson(const BenchResult& b, const DecodeRun& r) {
+  Json gbs;
+  for (int i = 0; i < static_cast<int>(Phase::kCount); ++i) {
+    const Phase p = static_cast<Phase>(i);
+    gbs[ForwardProfile::Name(p)] = b.PhaseGBs(r, p);
+  }
   return {{"context", r.context},
           {"tokens", r.steps},
           {"seconds", r.seconds},
           {"tokens_per_second", r.tokens_per_second()},
           {"attention_fraction", r.attention_fraction()},
-          {"phase_fractions", ProfileJson(r.profile, r.seconds)}};
+          {"phase_fractions", ProfileJson(r.profile, r.seconds)},
+          {"phase_gbs", gbs}};
 }
 
 }  // namespace
+
+double BenchResult::PhaseGBs(const DecodeRun& run, Phase p) const {
+  if (run.steps == 0 || run.profile[p] <= 0) return 0;
+  double bytes = static_cast<double>(phase_bytes[static_cast<size_t>(p)]);
+  if (p == Phase::kAttnCore) {  // step i attends to context + i + 1 cached rows
+    bytes += static_cast<double>(kv_bytes_per_token) *
+             (static_cast<double>(run.context) + static_cast<double>(run.steps + 1) / 2);
+  }
+  return bytes / (run.profile[p] / static_cast<double>(run.steps)) / 1e9;
+}
 
 double MtpBench::ProjectedSpeedup(double acceptance, int64_t k) const {
   if (k < 1 || k > static_cast<int64_t>(verify_cost.size())) return 0;
@@ -201,7 +217,7 @@ Json BenchResult::ToJson() const {
         {"seconds", prefill_seconds},
         {"tokens_per_second", prefill_tokens_per_second()},
         {"phase_fractions", ProfileJson(prefill_profile, prefill_seconds)}}},
-      {"decode", DecodeJson(decode)},
+      {"decode", DecodeJson(*this, decode)},
       {"prefill_over_decode", decode.tokens_per_second() > 0
                                   ? prefill_tokens_per_second() / decode.tokens_per_second()
                                   : 0.0},
@@ -213,7 +229,7 @@ Json BenchResult::ToJson() const {
       {"kv_cache", kv_cache},
       {"scratch_bytes", scratch_bytes},
       {"peak_rss_bytes", peak_rss_bytes}};
-  if (long_decode.steps > 0) j["long_context_decode"] = DecodeJson(long_decode);
+  if (long_decode.steps > 0) j["long_context_decode"] = DecodeJson(*this, long_decode);
   if (mtp.draft > 0) j["mtp"] = MtpJson(mtp);
   return j;
 }
@@ -227,6 +243,7 @@ BenchResult RunBench(const Model& model, const BenchOptions& o) {
   r.matmul = kernels::MatMulPrecisionName(o.matmul);
   r.prompt_tokens = o.prompt_tokens;
   r.weight_bytes_per_token = WeightBytesPerToken(c, model.weights());
+  r.phase_bytes = WeightBytesPerPhase(c, model.weights());
   r.kv_bytes_per_token = KvBytesPerToken(c, KvCache::ElementSize(o.kv_cache));
   r.kv_cache = KvCacheTypeName(o.kv_cache);
 

@@ -8,6 +8,7 @@
 
 #include "core/json.h"
 #include "model/model.h"
+#include "model/model_info.h"
 #include "model/profile.h"
 #include "runtime/generate.h"
 
@@ -66,6 +67,7 @@ struct BenchResult {
   DecodeRun decode;       // right after the prompt
   DecodeRun long_decode;  // after options.context cached tokens (steps == 0 when not asked)
   uint64_t weight_bytes_per_token = 0;
+  PhaseBytes phase_bytes{};  // the same by phase (WeightBytesPerPhase)
   double read_bandwidth_gbs = 0;
   int64_t kv_bytes_per_token = 0;
   std::string kv_cache;  // "f32" or "bf16"
@@ -78,6 +80,10 @@ struct BenchResult {
   }
   // Weight bytes per second the decode achieved, in GB/s.
   double effective_gbs() const { return weight_bytes_per_token * decode.tokens_per_second() / 1e9; }
+  // GB/s phase p of a decode run read while it ran: its weight bytes per step, plus for
+  // attn_core the latent cache rows each step attends to (the run's mean context), over the
+  // phase's time per step.
+  double PhaseGBs(const DecodeRun& run, Phase p) const;
   Json ToJson() const;
 };
 

@@ -175,6 +175,37 @@ TEST(Cli, BenchReportsSpeedAndTheMtpRun) {
   ExpectCleanError(RunCommand(Cmd("bench -m " + dir + " --draft 9")), "--draft");
 }
 
+// bench reports the bytes each decode phase read per second: every phase has a figure, and
+// figure times the phase's time per step, summed over the phases, gives back the weight bytes
+// per token plus the latent cache rows the steps attended to.
+TEST(Cli, BenchReportsBytesPerSecondByPhase) {
+  const std::string dir = TestData(kV3Tiny);
+  DSV3_REQUIRE_DATA(dir);
+  const RunResult r = RunCommand(Cmd("bench -m " + dir + " -p 16 -n 8 -t 1 --no-mtp --json"));
+  ASSERT_EQ(r.status, 0) << r.output();
+  const Json j = Json::parse(r.out)["runs"][0];
+  const Json& d = j["decode"];
+  const double steps = d["tokens"].get<double>(), seconds = d["seconds"].get<double>();
+  double bytes = 0;
+  for (const char* phase : {"embed", "attn_project", "attn_core", "attn_out", "router", "experts",
+                            "dense_mlp", "lm_head"}) {
+    ASSERT_TRUE(d["phase_gbs"].contains(phase)) << phase;
+    const double gbs = d["phase_gbs"][phase].get<double>();
+    const double fraction = d["phase_fractions"][phase].get<double>();
+    EXPECT_GT(gbs, 0) << phase;
+    bytes += gbs * 1e9 * fraction * seconds / steps;
+  }
+  const double context = d["context"].get<double>() + (steps + 1) / 2;
+  const double want =
+      j["weight_bytes_per_token"].get<double>() + j["kv_bytes_per_token"].get<double>() * context;
+  EXPECT_NEAR(bytes, want, 1e-6 * want);
+  // The text report shows them too.
+  const RunResult text = RunCommand(Cmd("bench -m " + dir + " -p 16 -n 8 -t 1 --no-mtp"));
+  ASSERT_EQ(text.status, 0) << text.output();
+  EXPECT_NE(text.out.find("lm_head"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find(" GB/s)"), std::string::npos) << text.out;
+}
+
 // --kv-cache bf16 halves the cache; its generate output names the type; a bad type is a clean
 // error on every command that takes it.
 TEST(Cli, KvCacheTypeOption) {
