@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -154,7 +155,8 @@ std::vector<std::string> Stops(const OrderedJson& body) {
   return out;
 }
 
-ApiRequest Parse(std::string_view body, Endpoint endpoint, const RequestLimits& limits) {
+// The body as one JSON object of valid UTF-8.
+OrderedJson ParseBody(std::string_view body) {
   if (const size_t bad = FindInvalidUtf8(body); bad != std::string_view::npos) {
     Reject("", fmt::format("the request body is not valid UTF-8 (byte offset {})", bad),
            "invalid_encoding");
@@ -172,6 +174,28 @@ ApiRequest Parse(std::string_view body, Endpoint endpoint, const RequestLimits& 
     Reject("", fmt::format("the request body must be a JSON object, got {}", TypeName(j)),
            "invalid_json");
   }
+  return j;
+}
+
+// Refuses every field of `j` not in `known`.
+void OnlyFields(const OrderedJson& j, std::initializer_list<std::string_view> known) {
+  for (const auto& [key, value] : j.items()) {
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      Reject(key, fmt::format("'{}' is not supported by this endpoint", key),
+             "unsupported_parameter");
+    }
+  }
+}
+
+bool Boolean(const OrderedJson& j, const char* key, bool fallback) {
+  const OrderedJson* v = Field(j, key);
+  if (v == nullptr) return fallback;
+  if (!v->is_boolean()) WrongType(key, *v, "a boolean");
+  return v->get<bool>();
+}
+
+ApiRequest Parse(std::string_view body, Endpoint endpoint, const RequestLimits& limits) {
+  const OrderedJson j = ParseBody(body);
   ApiRequest r;
   r.endpoint = endpoint;
   if (const OrderedJson* model = Field(j, "model")) {
@@ -247,15 +271,62 @@ OrderedJson ApiError::ToJson() const {
   return {{"error", e}};
 }
 
-std::variant<ApiRequest, ApiError> ParseRequest(std::string_view body, Endpoint endpoint,
-                                                const RequestLimits& limits) {
+namespace {
+// f(), or the error it was rejected with.
+template <typename F>
+auto Guarded(F&& f) -> std::variant<decltype(f()), ApiError> {
   try {
-    return Parse(body, endpoint, limits);
+    return f();
   } catch (const Rejected& r) {
     return r.error;
   } catch (const std::exception& e) {  // e.g. std::bad_alloc
     return ApiError{500, e.what(), "server_error", "", ""};
   }
+}
+}  // namespace
+
+std::variant<ApiRequest, ApiError> ParseRequest(std::string_view body, Endpoint endpoint,
+                                                const RequestLimits& limits) {
+  return Guarded([&] { return Parse(body, endpoint, limits); });
+}
+
+std::variant<TokenizeRequest, ApiError> ParseTokenizeRequest(std::string_view body) {
+  return Guarded([&] {
+    const OrderedJson j = ParseBody(body);
+    OnlyFields(j, {"content", "add_special", "parse_special", "with_pieces"});
+    TokenizeRequest r;
+    const OrderedJson* content = Field(j, "content");
+    if (content == nullptr)
+      Reject("content", "'content' is required", "missing_required_parameter");
+    r.content = String(*content, "content");
+    r.add_special = Boolean(j, "add_special", false);
+    if (!Boolean(j, "parse_special", true)) {
+      Reject("parse_special",
+             "'parse_special': false is not supported (special tokens in the text are always "
+             "recognized)",
+             "unsupported_value");
+    }
+    r.with_pieces = Boolean(j, "with_pieces", false);
+    return r;
+  });
+}
+
+std::variant<DetokenizeRequest, ApiError> ParseDetokenizeRequest(std::string_view body) {
+  return Guarded([&] {
+    const OrderedJson j = ParseBody(body);
+    OnlyFields(j, {"tokens"});
+    const OrderedJson* tokens = Field(j, "tokens");
+    if (tokens == nullptr) Reject("tokens", "'tokens' is required", "missing_required_parameter");
+    if (!tokens->is_array()) WrongType("tokens", *tokens, "an array of token ids");
+    DetokenizeRequest r;
+    r.tokens.reserve(tokens->size());
+    for (size_t i = 0; i < tokens->size(); ++i) {
+      const std::string param = fmt::format("tokens[{}]", i);
+      r.tokens.push_back(static_cast<int32_t>(
+          Integer((*tokens)[i], param, 0, std::numeric_limits<int32_t>::max())));
+    }
+    return r;
+  });
 }
 
 }  // namespace dsv3::server

@@ -51,4 +51,18 @@ inline constexpr size_t kMaxStops = 16;
 std::variant<ApiRequest, ApiError> ParseRequest(std::string_view body, Endpoint endpoint,
                                                 const RequestLimits& limits);
 
+// POST /tokenize and /detokenize, as llama.cpp's server has them. Fields other than those below
+// are refused (400, `param` naming the field), and so is `"parse_special": false` (special tokens
+// in the text are always recognized). Never throw.
+struct TokenizeRequest {
+  std::string content;       // required
+  bool add_special = false;  // add BOS/EOS as tokenizer_config.json says
+  bool with_pieces = false;  // answer [{"id", "piece"}] instead of ids
+};
+std::variant<TokenizeRequest, ApiError> ParseTokenizeRequest(std::string_view body);
+struct DetokenizeRequest {
+  std::vector<int32_t> tokens;  // required; ids >= 0 (the vocabulary is checked by the server)
+};
+std::variant<DetokenizeRequest, ApiError> ParseDetokenizeRequest(std::string_view body);
+
 }  // namespace dsv3::server

@@ -5,9 +5,11 @@
 #include <atomic>
 #include <chrono>
 #include <ctime>
+#include <optional>
 #include <random>
 
 #include "core/error.h"
+#include "core/unicode.h"
 #include "server/reasoning.h"
 #include "server/request.h"
 #include "tokenizer/chat_template.h"
@@ -70,6 +72,27 @@ struct Server::Impl {
 
   void Routes();
   void Complete(const httplib::Request& req, httplib::Response& res, Endpoint endpoint);
+  void Tokenize(const httplib::Request& req, httplib::Response& res);
+  void Detokenize(const httplib::Request& req, httplib::Response& res);
+  // The 413 for a body over --max-body, counted as invalid; false when the body fits.
+  bool TooLarge(const httplib::Request& req, httplib::Response& res);
+  // A 4xx answer, counted as invalid.
+  void Fail(httplib::Response& res, const ApiError& e) {
+    ++invalid_requests;
+    SendError(res, e);
+  }
+  // The body parsed by `parse`, or null after answering its error (or the 413).
+  template <typename R>
+  std::optional<R> Parsed(const httplib::Request& req, httplib::Response& res,
+                          std::variant<R, ApiError> (*parse)(std::string_view)) {
+    if (TooLarge(req, res)) return std::nullopt;
+    std::variant<R, ApiError> parsed = parse(req.body);
+    if (auto* e = std::get_if<ApiError>(&parsed)) {
+      Fail(res, *e);
+      return std::nullopt;
+    }
+    return std::get<R>(std::move(parsed));
+  }
   std::string Metrics() const;
   OrderedJson Head(Endpoint endpoint, bool chunk) const;
 
@@ -97,16 +120,60 @@ OrderedJson Server::Impl::Head(Endpoint endpoint, bool chunk) const {
       {"system_fingerprint", "dsv3"}};
 }
 
+bool Server::Impl::TooLarge(const httplib::Request& req, httplib::Response& res) {
+  if (req.body.size() <= options.max_body) return false;
+  Fail(res, {413, fmt::format("the request body exceeds {} bytes", options.max_body),
+             "invalid_request_error", "", "request_too_large"});
+  return true;
+}
+
+// {"tokens": [ids]} or, with_pieces, {"tokens": [{"id", "piece"}]}: the piece is the token's
+// text when its bytes are valid UTF-8, else the list of its bytes (as llama.cpp answers).
+void Server::Impl::Tokenize(const httplib::Request& req, httplib::Response& res) {
+  const std::optional<TokenizeRequest> r = Parsed(req, res, ParseTokenizeRequest);
+  if (!r) return;
+  std::vector<int32_t> ids;
+  try {
+    ids = tokenizer.Encode(r->content, r->add_special);
+  } catch (const Error& e) {
+    return Fail(res, {400, e.what(), "invalid_request_error", "content", ""});
+  }
+  OrderedJson tokens = OrderedJson::array();
+  for (const int32_t id : ids) {
+    if (!r->with_pieces) {
+      tokens.push_back(id);
+      continue;
+    }
+    const std::string_view bytes = tokenizer.TokenBytes(id);
+    OrderedJson piece;
+    if (FindInvalidUtf8(bytes) == std::string_view::npos) {
+      piece = std::string(bytes);
+    } else {
+      piece = OrderedJson::array();
+      for (const unsigned char b : bytes) piece.push_back(b);
+    }
+    tokens.push_back({{"id", id}, {"piece", piece}});
+  }
+  SendJson(res, 200, {{"tokens", tokens}});
+}
+
+// {"content": text} of the ids, special tokens written out.
+void Server::Impl::Detokenize(const httplib::Request& req, httplib::Response& res) {
+  const std::optional<DetokenizeRequest> r = Parsed(req, res, ParseDetokenizeRequest);
+  if (!r) return;
+  for (size_t i = 0; i < r->tokens.size(); ++i) {
+    if (!tokenizer.IsValidId(r->tokens[i])) {
+      return Fail(res, {400, fmt::format("token id {} is not in the vocabulary", r->tokens[i]),
+                        "invalid_request_error", fmt::format("tokens[{}]", i), "invalid_value"});
+    }
+  }
+  SendJson(res, 200, {{"content", tokenizer.Decode(r->tokens)}});
+}
+
 void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
                             Endpoint endpoint) {
-  const auto fail = [&](const ApiError& e) {
-    ++invalid_requests;
-    SendError(res, e);
-  };
-  if (req.body.size() > options.max_body) {
-    return fail({413, fmt::format("the request body exceeds {} bytes", options.max_body),
-                 "invalid_request_error", "", "request_too_large"});
-  }
+  const auto fail = [&](const ApiError& e) { Fail(res, e); };
+  if (TooLarge(req, res)) return;
   std::variant<ApiRequest, ApiError> parsed = ParseRequest(req.body, endpoint, limits);
   if (auto* e = std::get_if<ApiError>(&parsed)) return fail(*e);
   const ApiRequest& r = std::get<ApiRequest>(parsed);
@@ -359,6 +426,10 @@ void Server::Impl::Routes() {
   http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
     Complete(req, res, Endpoint::kCompletion);
   });
+  http.Post("/tokenize",
+            [this](const httplib::Request& req, httplib::Response& res) { Tokenize(req, res); });
+  http.Post("/detokenize",
+            [this](const httplib::Request& req, httplib::Response& res) { Detokenize(req, res); });
 }
 
 Server::Server(const Model& model, const Tokenizer& tokenizer, const ServerOptions& options)

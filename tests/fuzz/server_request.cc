@@ -1,6 +1,6 @@
-// The server's request parsing: arbitrary bytes as the body of /v1/chat/completions and
-// /v1/completions. ParseRequest never throws; it gives a request that respects the limits, or an
-// OpenAI-shaped 4xx error that serializes.
+// The server's request parsing: arbitrary bytes as the body of /v1/chat/completions,
+// /v1/completions, /tokenize and /detokenize. The parsers never throw; they give a request that
+// respects the limits, or an OpenAI-shaped 4xx error that serializes.
 #include <string_view>
 #include <variant>
 
@@ -8,20 +8,35 @@
 #include "server/request.h"
 #include "tests/fuzz/fuzz_target.h"
 
+namespace {
+void CheckError(const dsv3::server::ApiError& error) {
+  dsv3::fuzz::Check(error.status >= 400 && error.status < 500, "error status not 4xx");
+  dsv3::fuzz::Check(!error.message.empty(), "error without a message");
+  dsv3::fuzz::Check(dsv3::FindInvalidUtf8(error.message) == std::string_view::npos,
+                    "error message is not valid UTF-8");
+  (void)error.ToJson().dump();
+}
+}  // namespace
+
 DSV3_FUZZ_TARGET(server_request) {
   using namespace dsv3::server;
   const std::string_view body(reinterpret_cast<const char*>(data), size);
+  const auto tokenize = ParseTokenizeRequest(body);
+  if (const auto* error = std::get_if<ApiError>(&tokenize)) CheckError(*error);
+  const auto detokenize = ParseDetokenizeRequest(body);
+  if (const auto* error = std::get_if<ApiError>(&detokenize)) {
+    CheckError(*error);
+  } else {
+    for (const int32_t id : std::get<DetokenizeRequest>(detokenize).tokens)
+      dsv3::fuzz::Check(id >= 0, "negative token id accepted");
+  }
   RequestLimits limits;
   limits.model_name = "dsv3";
   limits.ctx_size = 256;
   for (const Endpoint endpoint : {Endpoint::kChat, Endpoint::kCompletion}) {
     const auto result = ParseRequest(body, endpoint, limits);
     if (const auto* error = std::get_if<ApiError>(&result)) {
-      dsv3::fuzz::Check(error->status >= 400 && error->status < 500, "error status not 4xx");
-      dsv3::fuzz::Check(!error->message.empty(), "error without a message");
-      dsv3::fuzz::Check(dsv3::FindInvalidUtf8(error->message) == std::string_view::npos,
-                        "error message is not valid UTF-8");
-      (void)error->ToJson().dump();
+      CheckError(*error);
       continue;
     }
     const ApiRequest& r = std::get<ApiRequest>(result);

@@ -38,6 +38,17 @@ constexpr const char* kOpenAiPackage = "openai@4.95.0";
 std::string Cmd(const std::string& args) { return Dsv3Binary() + " " + args; }
 std::string TokDir() { return TestData("tokenizer/deepseek_v3"); }
 
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> lines;
+  size_t start = 0;
+  while (start < text.size()) {
+    const size_t end = std::min(text.find('\n', start), text.size());
+    lines.push_back(text.substr(start, end - start));
+    start = end + 1;
+  }
+  return lines;
+}
+
 std::string Repeat(const std::string& s, int n) {
   std::string out;
   for (int i = 0; i < n; ++i) out += s;
@@ -292,6 +303,68 @@ TEST_F(ServerTest, BadRequestsGetOpenAiErrorsAndTheServerKeepsServing) {
   EXPECT_THAT(metrics->body, HasSubstr("# TYPE dsv3_requests_invalid_total counter"));
   EXPECT_THAT(metrics->body, HasSubstr("dsv3_kv_tokens_in_use "));
   EXPECT_THAT(metrics->body, HasSubstr("dsv3_queue_length 0"));
+}
+
+// POST /tokenize and /detokenize against Hugging Face's encodings and decodings of the served
+// tokenizer (../shared/testdata/tokenizer/deepseek_v3): ids with and without BOS, pieces whose
+// bytes add up to the text, text from ids; bad bodies and ids are 400s naming the field.
+TEST_F(ServerTest, TokenizeAndDetokenizeMatchHuggingFace) {
+  httplib::Client http("127.0.0.1", server_->port());
+  http.set_read_timeout(60);
+  auto post = [&](const std::string& path, const OrderedJson& body) {
+    const httplib::Result res = http.Post(path, body.dump(), "application/json");
+    EXPECT_TRUE(res) << path;
+    return res ? std::make_pair(res->status, OrderedJson::parse(res->body, nullptr, false))
+               : std::make_pair(0, OrderedJson());
+  };
+  int encodes = 0;
+  for (const std::string& line : Lines(ReadFile(TokDir() + "/encode_cases.jsonl"))) {
+    if (line.empty() || ++encodes > 60) continue;
+    const OrderedJson c = OrderedJson::parse(line);
+    const auto [status, plain] = post("/tokenize", {{"content", c["text"]}});
+    ASSERT_EQ(status, 200) << plain.dump();
+    EXPECT_EQ(plain["tokens"], c["ids"]) << c["text"];
+    const auto [status_bos, bos] =
+        post("/tokenize", {{"content", c["text"]}, {"add_special", true}});
+    ASSERT_EQ(status_bos, 200) << bos.dump();
+    EXPECT_EQ(bos["tokens"], c["ids_with_bos"]) << c["text"];
+    const auto [status_pieces, pieces] =
+        post("/tokenize", {{"content", c["text"]}, {"with_pieces", true}});
+    ASSERT_EQ(status_pieces, 200) << pieces.dump();
+    std::string joined;
+    ASSERT_EQ(pieces["tokens"].size(), c["ids"].size());
+    for (size_t i = 0; i < pieces["tokens"].size(); ++i) {
+      const OrderedJson& t = pieces["tokens"][i];
+      EXPECT_EQ(t["id"], c["ids"][i]);
+      if (t["piece"].is_string()) {
+        joined += t["piece"].get<std::string>();
+      } else {
+        for (const OrderedJson& b : t["piece"]) joined += static_cast<char>(b.get<int>());
+      }
+    }
+    EXPECT_EQ(joined, c["text"].get<std::string>());
+  }
+  EXPECT_GT(encodes, 10);
+  int decodes = 0;
+  for (const std::string& line : Lines(ReadFile(TokDir() + "/decode_cases.jsonl"))) {
+    if (line.empty()) continue;
+    const OrderedJson c = OrderedJson::parse(line);
+    if (c["skip_special_tokens"].get<bool>()) continue;  // /detokenize writes special tokens out
+    const auto [status, d] = post("/detokenize", {{"tokens", c["ids"]}});
+    ASSERT_EQ(status, 200) << d.dump();
+    EXPECT_EQ(d["content"], c["decoded"]) << c["ids"].dump();
+    ++decodes;
+  }
+  EXPECT_GT(decodes, 3);
+  const auto [bad_id, e1] = post("/detokenize", {{"tokens", {1, 99999999}}});
+  EXPECT_EQ(bad_id, 400);
+  EXPECT_EQ(e1["error"]["param"], "tokens[1]");
+  const auto [unsupported, e2] = post("/tokenize", {{"content", "x"}, {"parse_special", false}});
+  EXPECT_EQ(unsupported, 400);
+  EXPECT_EQ(e2["error"]["param"], "parse_special");
+  const auto [missing, e3] = post("/tokenize", OrderedJson::object());
+  EXPECT_EQ(missing, 400);
+  EXPECT_EQ(e3["error"]["param"], "content");
 }
 
 TEST_F(ServerTest, SigtermDuringAStreamExitsCleanly) {

@@ -170,6 +170,60 @@ TEST(ServerRequest, GarbageNeverThrows) {
   }
 }
 
+// POST /tokenize and /detokenize: their fields, defaults, and a 400 naming the field for each
+// bad input, including fields they do not take.
+TEST(ServerRequest, TokenizeAndDetokenizeBodies) {
+  auto tok = ParseTokenizeRequest(R"({"content": "Hi there"})");
+  ASSERT_TRUE(std::holds_alternative<TokenizeRequest>(tok));
+  EXPECT_EQ(std::get<TokenizeRequest>(tok).content, "Hi there");
+  EXPECT_FALSE(std::get<TokenizeRequest>(tok).add_special);
+  EXPECT_FALSE(std::get<TokenizeRequest>(tok).with_pieces);
+  tok = ParseTokenizeRequest(
+      R"({"content": "x", "add_special": true, "with_pieces": true, "parse_special": true})");
+  ASSERT_TRUE(std::holds_alternative<TokenizeRequest>(tok));
+  EXPECT_TRUE(std::get<TokenizeRequest>(tok).add_special);
+  EXPECT_TRUE(std::get<TokenizeRequest>(tok).with_pieces);
+
+  auto detok = ParseDetokenizeRequest(R"({"tokens": [0, 19923, 2058]})");
+  ASSERT_TRUE(std::holds_alternative<DetokenizeRequest>(detok));
+  EXPECT_EQ(std::get<DetokenizeRequest>(detok).tokens, (std::vector<int32_t>{0, 19923, 2058}));
+
+  struct Case {
+    std::string body, param, code;
+    bool detokenize;
+  };
+  const std::vector<Case> cases = {
+      {R"({})", "content", "missing_required_parameter", false},
+      {R"({"content": 5})", "content", "invalid_type", false},
+      {R"({"content": "x", "add_special": "yes"})", "add_special", "invalid_type", false},
+      {R"({"content": "x", "parse_special": false})", "parse_special", "unsupported_value", false},
+      {R"({"content": "x", "n_probs": 2})", "n_probs", "unsupported_parameter", false},
+      {R"(["content"])", "", "invalid_json", false},
+      {"{\"content\": \"a\xFF\"}", "", "invalid_encoding", false},
+      {R"({})", "tokens", "missing_required_parameter", true},
+      {R"({"tokens": "1 2"})", "tokens", "invalid_type", true},
+      {R"({"tokens": [1, -2]})", "tokens[1]", "invalid_value", true},
+      {R"({"tokens": [1, 2.5]})", "tokens[1]", "invalid_type", true},
+      {R"({"tokens": [1, 4294967296]})", "tokens[1]", "invalid_value", true},
+      {R"({"tokens": [1], "with_pieces": true})", "with_pieces", "unsupported_parameter", true},
+  };
+  for (const Case& c : cases) {
+    ApiError e;
+    if (c.detokenize) {
+      auto r = ParseDetokenizeRequest(c.body);
+      ASSERT_TRUE(std::holds_alternative<ApiError>(r)) << c.body;
+      e = std::get<ApiError>(r);
+    } else {
+      auto r = ParseTokenizeRequest(c.body);
+      ASSERT_TRUE(std::holds_alternative<ApiError>(r)) << c.body;
+      e = std::get<ApiError>(r);
+    }
+    EXPECT_EQ(e.status, 400) << c.body;
+    EXPECT_EQ(e.param, c.param) << c.body;
+    EXPECT_EQ(e.code, c.code) << c.body << " -> " << e.message;
+  }
+}
+
 ReasoningSplitter::Parts SplitAll(bool in_reasoning, std::string_view text, size_t step) {
   ReasoningSplitter s(in_reasoning);
   ReasoningSplitter::Parts all;
