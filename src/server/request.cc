@@ -194,6 +194,98 @@ bool Boolean(const OrderedJson& j, const char* key, bool fallback) {
   return v->get<bool>();
 }
 
+// What the parser does with each field of the OpenAI chat and completions APIs (and top_k):
+// kParsed fields are read by Parse; kNoEffect ones are accepted and change nothing (identifiers
+// and hints); kOnly ones are accepted only at the value that turns them off (`value`, JSON);
+// kRefused ones always get a 400. A field in no list is refused as unknown.
+enum class Use { kParsed, kNoEffect, kOnly, kRefused };
+struct FieldRule {
+  std::string_view name;
+  Use use;
+  std::string_view value = "";  // kOnly: the accepted value
+};
+constexpr FieldRule kCommonFields[] = {
+    {"model", Use::kParsed},
+    {"max_tokens", Use::kParsed},
+    {"max_completion_tokens", Use::kParsed},
+    {"temperature", Use::kParsed},
+    {"top_p", Use::kParsed},
+    {"top_k", Use::kParsed},
+    {"seed", Use::kParsed},
+    {"stop", Use::kParsed},
+    {"stream", Use::kParsed},
+    {"stream_options", Use::kParsed},
+    {"n", Use::kParsed},
+    {"user", Use::kNoEffect},
+    {"safety_identifier", Use::kNoEffect},
+    {"prompt_cache_key", Use::kNoEffect},
+    {"service_tier", Use::kNoEffect},
+    {"metadata", Use::kNoEffect},
+    {"frequency_penalty", Use::kOnly, "0"},
+    {"presence_penalty", Use::kOnly, "0"},
+    {"logit_bias", Use::kOnly, "{}"},
+    {"store", Use::kOnly, "false"},
+};
+constexpr FieldRule kChatFields[] = {
+    {"messages", Use::kParsed},
+    {"logprobs", Use::kOnly, "false"},
+    {"top_logprobs", Use::kOnly, "0"},
+    {"response_format", Use::kOnly, R"({"type": "text"})"},
+    {"tools", Use::kOnly, "[]"},
+    {"tool_choice", Use::kOnly, R"("none")"},
+    {"parallel_tool_calls", Use::kNoEffect},  // tools are refused
+    {"modalities", Use::kOnly, R"(["text"])"},
+    {"functions", Use::kRefused},
+    {"function_call", Use::kRefused},
+    {"audio", Use::kRefused},
+    {"prediction", Use::kRefused},
+    {"reasoning_effort", Use::kRefused},
+    {"verbosity", Use::kRefused},
+    {"web_search_options", Use::kRefused},
+};
+constexpr FieldRule kCompletionFields[] = {
+    {"prompt", Use::kParsed},     {"logprobs", Use::kOnly, "0"},   {"echo", Use::kOnly, "false"},
+    {"best_of", Use::kOnly, "1"}, {"suffix", Use::kOnly, R"("")"},
+};
+
+const FieldRule* FindRule(std::string_view name, Endpoint endpoint) {
+  for (const FieldRule& f : kCommonFields) {
+    if (f.name == name) return &f;
+  }
+  if (endpoint == Endpoint::kChat) {
+    for (const FieldRule& f : kChatFields) {
+      if (f.name == name) return &f;
+    }
+  } else {
+    for (const FieldRule& f : kCompletionFields) {
+      if (f.name == name) return &f;
+    }
+  }
+  return nullptr;
+}
+
+// Every field of the body is parsed, has no effect, or is refused with a 400 naming it: none is
+// silently dropped.
+void CheckFields(const OrderedJson& j, Endpoint endpoint) {
+  for (const auto& [key, value] : j.items()) {
+    if (value.is_null()) continue;  // null counts as absent
+    const FieldRule* rule = FindRule(key, endpoint);
+    if (rule == nullptr) {
+      Reject(key, fmt::format("unrecognized request field '{}'", key), "unknown_parameter");
+    }
+    if (rule->use == Use::kRefused) {
+      Reject(key, fmt::format("'{}' is not supported by this server", key),
+             "unsupported_parameter");
+    }
+    if (rule->use == Use::kOnly && value != OrderedJson::parse(rule->value)) {
+      Reject(key,
+             fmt::format("'{}' is not supported by this server; only {} (its default) is accepted",
+                         key, rule->value),
+             "unsupported_parameter");
+    }
+  }
+}
+
 ApiRequest Parse(std::string_view body, Endpoint endpoint, const RequestLimits& limits) {
   const OrderedJson j = ParseBody(body);
   ApiRequest r;
@@ -259,6 +351,7 @@ ApiRequest Parse(std::string_view body, Endpoint endpoint, const RequestLimits& 
       r.include_usage = u->get<bool>();
     }
   }
+  CheckFields(j, endpoint);  // after the fields it reads, whose errors come first
   return r;
 }
 

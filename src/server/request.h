@@ -46,8 +46,9 @@ struct RequestLimits {
 
 inline constexpr size_t kMaxStops = 16;
 
-// The body must be one JSON object of valid UTF-8 (nesting at most kMaxJsonDepth); unknown fields
-// are ignored. Never throws.
+// The body must be one JSON object of valid UTF-8 (nesting at most kMaxJsonDepth). Every field is
+// read, accepted as without effect, or refused with a 400 naming it (see docs/server.md for the
+// table; fields outside the OpenAI API are refused too). Never throws.
 std::variant<ApiRequest, ApiError> ParseRequest(std::string_view body, Endpoint endpoint,
                                                 const RequestLimits& limits);
 

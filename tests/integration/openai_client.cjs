@@ -141,6 +141,26 @@ const scenarios = {
     }
     return out;
   },
+  // Fields the server does not implement, as the SDK sends them: each must be refused.
+  async unsupported() {
+    const out = {};
+    const messages = [{ role: 'user', content: 'x' }];
+    const tries = {
+      tools: { tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] },
+      response_format: { response_format: { type: 'json_object' } },
+      logprobs: { logprobs: true, top_logprobs: 2 },
+      frequency_penalty: { frequency_penalty: 0.5 },
+    };
+    for (const [name, extra] of Object.entries(tries)) {
+      try {
+        await client.chat.completions.create({ model, messages, max_tokens: 2, ...extra });
+        out[name] = { status: 200 };
+      } catch (e) {
+        out[name] = { status: e.status, code: e.code ?? null, param: e.param ?? null };
+      }
+    }
+    return out;
+  },
 };
 
 scenarios[scenario]().then(

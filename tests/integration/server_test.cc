@@ -252,6 +252,22 @@ TEST_F(ServerTest, OpenAiClientSeesErrors) {
   EXPECT_EQ(r["empty_messages"]["type"], "invalid_request_error");
 }
 
+// Fields the server does not implement are refused, not dropped: the SDK sees a 400 naming the
+// field (for logprobs + top_logprobs, the first of them).
+TEST_F(ServerTest, OpenAiClientSeesUnsupportedFieldsRefused) {
+  OrderedJson r = Client("unsupported", OrderedJson::object());
+  if (r.is_null()) GTEST_SKIP() << "no openai package";
+  for (const char* field : {"tools", "response_format", "logprobs", "frequency_penalty"}) {
+    EXPECT_EQ(r[field]["status"], 400) << field << ": " << r[field].dump();
+    EXPECT_EQ(r[field]["code"], "unsupported_parameter") << field;
+  }
+  EXPECT_EQ(r["tools"]["param"], "tools");
+  EXPECT_EQ(r["response_format"]["param"], "response_format");
+  EXPECT_EQ(r["frequency_penalty"]["param"], "frequency_penalty");
+  EXPECT_THAT(r["logprobs"]["param"].get<std::string>(),
+              ::testing::AnyOf("logprobs", "top_logprobs"));
+}
+
 // Raw HTTP: bodies no SDK would send.
 TEST_F(ServerTest, BadRequestsGetOpenAiErrorsAndTheServerKeepsServing) {
   httplib::Client http("127.0.0.1", server_->port());

@@ -170,6 +170,84 @@ TEST(ServerRequest, GarbageNeverThrows) {
   }
 }
 
+// Every field of the OpenAI chat and completions request APIs, each with a value that asks for
+// its feature: implemented fields (and those that cannot change the output, like `user`) are
+// accepted; every other one is a 400 whose `param` names it. Fields that are off at their default
+// value are accepted at that value. Fields outside the API are refused too, as OpenAI does.
+TEST(ServerRequest, EveryApiFieldIsImplementedOrRefused) {
+  struct Field {
+    const char* name;
+    const char* value;  // asks for the feature
+    const char* off;    // the value that leaves it off, or nullptr
+    bool implemented;   // or without effect on the output
+  };
+  const std::vector<Field> common = {
+      {"model", R"("tiny")", nullptr, true},
+      {"max_tokens", "5", nullptr, true},
+      {"temperature", "0.5", nullptr, true},
+      {"top_p", "0.9", nullptr, true},
+      {"seed", "7", nullptr, true},
+      {"stop", R"(["x"])", nullptr, true},
+      {"stream", "true", nullptr, true},
+      {"stream_options", R"({"include_usage": true})", nullptr, true},
+      {"n", "2", "1", false},
+      {"user", R"("someone")", nullptr, true},
+      {"frequency_penalty", "0.5", "0", false},
+      {"presence_penalty", "0.5", "0.0", false},
+      {"logit_bias", R"({"50256": -100})", "{}", false},
+  };
+  const std::vector<Field> chat = {
+      {"max_completion_tokens", "5", nullptr, true},
+      {"metadata", R"({"k": "v"})", nullptr, true},
+      {"service_tier", R"("auto")", nullptr, true},
+      {"safety_identifier", R"("id")", nullptr, true},
+      {"prompt_cache_key", R"("key")", nullptr, true},
+      {"store", "true", "false", false},
+      {"logprobs", "true", "false", false},
+      {"top_logprobs", "2", "0", false},
+      {"response_format", R"({"type": "json_object"})", R"({"type": "text"})", false},
+      {"tools", R"([{"type": "function", "function": {"name": "f"}}])", "[]", false},
+      {"tool_choice", R"("required")", R"("none")", false},
+      {"modalities", R"(["text", "audio"])", R"(["text"])", false},
+      {"audio", R"({"voice": "alloy", "format": "mp3"})", nullptr, false},
+      {"functions", R"([{"name": "f"}])", nullptr, false},
+      {"function_call", R"("auto")", nullptr, false},
+      {"prediction", R"({"type": "content", "content": "x"})", nullptr, false},
+      {"reasoning_effort", R"("low")", nullptr, false},
+      {"verbosity", R"("low")", nullptr, false},
+      {"web_search_options", "{}", nullptr, false},
+      {"no_such_field", "1", nullptr, false},
+  };
+  const std::vector<Field> completion = {
+      {"logprobs", "2", "0", false},          {"echo", "true", "false", false},
+      {"best_of", "2", "1", false},           {"suffix", R"("end")", R"("")", false},
+      {"no_such_field", "1", nullptr, false},
+  };
+  for (const Endpoint e : {Endpoint::kChat, Endpoint::kCompletion}) {
+    const std::string base = e == Endpoint::kChat ? kHello : R"("prompt": "Once")";
+    std::vector<Field> fields = common;
+    const std::vector<Field>& own = e == Endpoint::kChat ? chat : completion;
+    fields.insert(fields.end(), own.begin(), own.end());
+    for (const Field& f : fields) {
+      const std::string body = "{" + base + ", \"" + f.name + "\": " + f.value + "}";
+      auto r = ParseRequest(body, e, Limits());
+      if (f.implemented) {
+        EXPECT_TRUE(std::holds_alternative<ApiRequest>(r)) << body;
+        continue;
+      }
+      ASSERT_TRUE(std::holds_alternative<ApiError>(r)) << body << " was accepted";
+      EXPECT_EQ(std::get<ApiError>(r).status, 400) << body;
+      EXPECT_EQ(std::get<ApiError>(r).param, f.name) << body;
+      if (f.off != nullptr) {
+        const std::string off = "{" + base + ", \"" + f.name + "\": " + f.off + "}";
+        EXPECT_TRUE(std::holds_alternative<ApiRequest>(ParseRequest(off, e, Limits()))) << off;
+      }
+      const std::string null = "{" + base + ", \"" + f.name + "\": null}";
+      EXPECT_TRUE(std::holds_alternative<ApiRequest>(ParseRequest(null, e, Limits()))) << null;
+    }
+  }
+}
+
 // POST /tokenize and /detokenize: their fields, defaults, and a 400 naming the field for each
 // bad input, including fields they do not take.
 TEST(ServerRequest, TokenizeAndDetokenizeBodies) {
