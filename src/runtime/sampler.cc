@@ -23,6 +23,19 @@ Sampler::Sampler(const SamplingParams& params, int64_t vocab)
   if (!(params.top_p > 0 && params.top_p <= 1))
     Fail("top-p must be in (0, 1], got {}", params.top_p);
   if (params.top_k < 0) Fail("top-k must be >= 0, got {}", params.top_k);
+  for (const auto& [id, bias] : params.logit_bias) {
+    if (id < 0 || id >= vocab) Fail("logit bias for token {}: vocab_size is {}", id, vocab);
+    if (!std::isfinite(bias)) Fail("logit bias for token {} is not finite", id);
+  }
+  if (!std::isfinite(params.frequency_penalty) || !std::isfinite(params.presence_penalty)) {
+    Fail("the frequency and presence penalties must be finite");
+  }
+  adjusts_ =
+      !params.logit_bias.empty() || params.frequency_penalty != 0 || params.presence_penalty != 0;
+  if (adjusts_) {
+    adjusted_.resize(static_cast<size_t>(vocab));
+    counts_.assign(static_cast<size_t>(vocab), 0);
+  }
 }
 
 double Sampler::Uniform() {
@@ -103,9 +116,24 @@ bool Sampler::Verify(const float* logits, int32_t draft, const float* q, int32_t
 }
 
 int32_t Sampler::Sample(const float* logits) {
-  if (greedy()) return Argmax(logits, vocab_);
-  Probabilities(logits, probs_.data());
-  return Draw(probs_.data());
+  if (adjusts_) {
+    std::copy_n(logits, vocab_, adjusted_.begin());
+    for (const auto& [id, bias] : params_.logit_bias) adjusted_[id] += bias;
+    const float fp = params_.frequency_penalty, pp = params_.presence_penalty;
+    for (int64_t v = 0; v < vocab_; ++v) {
+      if (counts_[v] > 0) adjusted_[v] -= fp * static_cast<float>(counts_[v]) + pp;
+    }
+    logits = adjusted_.data();
+  }
+  int32_t token;
+  if (greedy()) {
+    token = Argmax(logits, vocab_);
+  } else {
+    Probabilities(logits, probs_.data());
+    token = Draw(probs_.data());
+  }
+  if (adjusts_) ++counts_[token];
+  return token;
 }
 
 }  // namespace dsv3

@@ -1,9 +1,11 @@
 // Next-token choice from logits: greedy (temperature 0, ties to the lower id) or sampling with
-// temperature, top-k and top-p from a seeded generator (same seed, same tokens).
+// temperature, top-k and top-p from a seeded generator (same seed, same tokens), after OpenAI's
+// logit bias and frequency / presence penalties when asked for.
 #pragma once
 
 #include <cstdint>
 #include <random>
+#include <utility>
 #include <vector>
 
 namespace dsv3 {
@@ -13,12 +15,18 @@ struct SamplingParams {
   float top_p = 1;        // (0, 1]
   int64_t top_k = 0;      // 0: all
   uint64_t seed = 0;
+  // OpenAI's penalties, over the tokens this sampler has chosen so far (Sample): token v's logit
+  // is lowered by frequency_penalty * count(v) + presence_penalty * (count(v) > 0).
+  float frequency_penalty = 0, presence_penalty = 0;
+  // (id, bias): added to the logit of id before everything else (OpenAI's logit_bias).
+  std::vector<std::pair<int32_t, float>> logit_bias = {};
 };
 
 class Sampler {
  public:
   Sampler(const SamplingParams& params, int64_t vocab);
   bool greedy() const { return params_.temperature == 0; }
+  // The next token from logits [vocab] (bias and penalties applied first, on a copy).
   int32_t Sample(const float* logits);
 
   // probs[v] for every v < vocab: the distribution Sample() draws from when not greedy
@@ -29,13 +37,13 @@ class Sampler {
   // Uniform in [0, 1) from the same generator.
   double Uniform();
 
-  // Speculative sampling, one draft position at a time. Draft: the token proposed from the draft
-  // model's logits (greedy: its argmax; sampling: a draw, with q [vocab] receiving the
-  // distribution it was drawn from). Verify: whether the target model's logits accept it (greedy:
-  // when it is the target's own argmax; sampling: with probability min(1, p[d] / q[d]) for p the
-  // target's distribution). On rejection *next is the token to emit instead: the target's argmax,
-  // or a draw from the residual max(0, p - q), so that emitted tokens follow exactly the plain
-  // sampler's distribution.
+  // Speculative sampling, one draft position at a time (without bias or penalties). Draft: the
+  // token proposed from the draft model's logits (greedy: its argmax; sampling: a draw, with q
+  // [vocab] receiving the distribution it was drawn from). Verify: whether the target model's
+  // logits accept it (greedy: when it is the target's own argmax; sampling: with probability min(1,
+  // p[d] / q[d]) for p the target's distribution). On rejection *next is the token to emit instead:
+  // the target's argmax, or a draw from the residual max(0, p - q), so that emitted tokens follow
+  // exactly the plain sampler's distribution.
   int32_t Draft(const float* draft_logits, float* q);
   bool Verify(const float* logits, int32_t draft, const float* q, int32_t* next);
   const SamplingParams& params() const { return params_; }
@@ -46,6 +54,10 @@ class Sampler {
   std::mt19937_64 rng_;
   std::vector<std::pair<float, int32_t>> candidates_;  // [vocab], allocated once
   std::vector<float> probs_;                           // [vocab]
+  // With bias or penalties: the adjusted logits, and how often each token was chosen.
+  bool adjusts_ = false;
+  std::vector<float> adjusted_;  // [vocab]
+  std::vector<int32_t> counts_;  // [vocab]
 };
 
 // Index of the largest value; ties go to the lower index.

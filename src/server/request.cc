@@ -155,6 +155,34 @@ std::vector<std::string> Stops(const OrderedJson& body) {
   return out;
 }
 
+// logit_bias: {"token id": bias in [-100, 100]}, at most kMaxLogitBias entries; ids are checked
+// against the vocabulary by the server.
+std::vector<std::pair<int32_t, float>> LogitBias(const OrderedJson& j) {
+  std::vector<std::pair<int32_t, float>> out;
+  const OrderedJson* bias = Field(j, "logit_bias");
+  if (bias == nullptr) return out;
+  if (!bias->is_object()) WrongType("logit_bias", *bias, "an object of token id -> bias");
+  if (bias->size() > kMaxLogitBias) {
+    Reject("logit_bias", fmt::format("'logit_bias' has {} entries; at most {} are allowed",
+                                     bias->size(), kMaxLogitBias));
+  }
+  for (const auto& [key, value] : bias->items()) {
+    int64_t id = -1;
+    if (!key.empty() && key.size() <= 10 &&
+        std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      id = std::stoll(key);
+    }
+    if (id < 0 || id > std::numeric_limits<int32_t>::max()) {
+      Reject("logit_bias", fmt::format("'logit_bias' keys must be token ids, got '{}'", key));
+    }
+    const double b = Number(value, "logit_bias");
+    if (b < -100 || b > 100)
+      Reject("logit_bias", "'logit_bias' values must be between -100 and 100");
+    out.emplace_back(static_cast<int32_t>(id), static_cast<float>(b));
+  }
+  return out;
+}
+
 // The body as one JSON object of valid UTF-8.
 OrderedJson ParseBody(std::string_view body) {
   if (const size_t bad = FindInvalidUtf8(body); bad != std::string_view::npos) {
@@ -221,9 +249,9 @@ constexpr FieldRule kCommonFields[] = {
     {"prompt_cache_key", Use::kNoEffect},
     {"service_tier", Use::kNoEffect},
     {"metadata", Use::kNoEffect},
-    {"frequency_penalty", Use::kOnly, "0"},
-    {"presence_penalty", Use::kOnly, "0"},
-    {"logit_bias", Use::kOnly, "{}"},
+    {"frequency_penalty", Use::kParsed},
+    {"presence_penalty", Use::kParsed},
+    {"logit_bias", Use::kParsed},
     {"store", Use::kOnly, "false"},
 };
 constexpr FieldRule kChatFields[] = {
@@ -339,6 +367,15 @@ ApiRequest Parse(std::string_view body, Endpoint endpoint, const RequestLimits& 
       Reject("n", "only n = 1 is supported");
     }
   }
+  for (const char* key : {"frequency_penalty", "presence_penalty"}) {
+    if (const OrderedJson* v = Field(j, key)) {
+      const double p = Number(*v, key);
+      if (p < -2 || p > 2) Reject(key, fmt::format("'{}' must be between -2 and 2", key));
+      (key[0] == 'f' ? r.sampling.frequency_penalty : r.sampling.presence_penalty) =
+          static_cast<float>(p);
+    }
+  }
+  r.sampling.logit_bias = LogitBias(j);
   r.stop = Stops(j);
   if (const OrderedJson* v = Field(j, "stream")) {
     if (!v->is_boolean()) WrongType("stream", *v, "a boolean");

@@ -45,6 +45,7 @@ struct RequestLimits {
 };
 
 inline constexpr size_t kMaxStops = 16;
+inline constexpr size_t kMaxLogitBias = 1024;  // logit_bias entries
 
 // The body must be one JSON object of valid UTF-8 (nesting at most kMaxJsonDepth). Every field is
 // read, accepted as without effect, or refused with a 400 naming it (see docs/server.md for the

@@ -178,6 +178,14 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
   if (auto* e = std::get_if<ApiError>(&parsed)) return fail(*e);
   const ApiRequest& r = std::get<ApiRequest>(parsed);
   const bool chat = endpoint == Endpoint::kChat;
+  for (const auto& [id, bias] : r.sampling.logit_bias) {
+    if (id >= model.config().vocab_size) {
+      return fail({400,
+                   fmt::format("'logit_bias' names token {}; the vocabulary has {} tokens", id,
+                               model.config().vocab_size),
+                   "invalid_request_error", "logit_bias", "invalid_value"});
+    }
+  }
 
   ServeRequest sr;
   bool think = false;

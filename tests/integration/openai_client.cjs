@@ -141,6 +141,14 @@ const scenarios = {
     }
     return out;
   },
+  // logit_bias +100 on one token: greedy output is that token every time.
+  async bias() {
+    const r = await client.completions.create({
+      model, prompt: args.prompt, max_tokens: args.n, temperature: 0,
+      logit_bias: { [String(args.token)]: 100 }, frequency_penalty: 0, presence_penalty: 0,
+    });
+    return { text: r.choices[0].text, tokens: r.usage.completion_tokens };
+  },
   // Fields the server does not implement, as the SDK sends them: each must be refused.
   async unsupported() {
     const out = {};
@@ -149,7 +157,7 @@ const scenarios = {
       tools: { tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] },
       response_format: { response_format: { type: 'json_object' } },
       logprobs: { logprobs: true, top_logprobs: 2 },
-      frequency_penalty: { frequency_penalty: 0.5 },
+      modalities: { modalities: ['text', 'audio'] },
     };
     for (const [name, extra] of Object.entries(tries)) {
       try {

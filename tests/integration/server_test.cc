@@ -220,7 +220,9 @@ TEST_F(ServerTest, SixteenConcurrentStreamsEachAnswerAsAlone) {
     ASSERT_FALSE(one.contains("error")) << one.dump();
     EXPECT_EQ(one["content"], r["alone"][i]) << prompts[i];
     // Alone on the server is what generate gives (checked for a few: each run loads the model).
-    if (i % 5 == 0) EXPECT_EQ(one["content"], Generate(prompts[i], 8)) << prompts[i];
+    if (i % 5 == 0) {
+      EXPECT_EQ(one["content"], Generate(prompts[i], 8)) << prompts[i];
+    }
     EXPECT_EQ(one["usage"]["completion_tokens"].get<int64_t>() < 8 ? "stop" : "length",
               one["finish"]);
   }
@@ -252,18 +254,29 @@ TEST_F(ServerTest, OpenAiClientSeesErrors) {
   EXPECT_EQ(r["empty_messages"]["type"], "invalid_request_error");
 }
 
+// logit_bias through the SDK: +100 on the id of " the" makes every greedy token " the".
+TEST_F(ServerTest, OpenAiClientLogitBiasForcesAToken) {
+  const RunResult tok = RunCommand(Cmd("tokenize --tokenizer " + TokDir() + " -p \" the\""));
+  ASSERT_EQ(tok.status, 0) << tok.output();
+  const int id = std::stoi(tok.out);
+  OrderedJson r = Client("bias", {{"prompt", "Once upon a time"}, {"n", 6}, {"token", id}});
+  if (r.is_null()) GTEST_SKIP() << "no openai package";
+  EXPECT_EQ(r["tokens"], 6);
+  EXPECT_EQ(r["text"], Repeat(" the", 6));
+}
+
 // Fields the server does not implement are refused, not dropped: the SDK sees a 400 naming the
 // field (for logprobs + top_logprobs, the first of them).
 TEST_F(ServerTest, OpenAiClientSeesUnsupportedFieldsRefused) {
   OrderedJson r = Client("unsupported", OrderedJson::object());
   if (r.is_null()) GTEST_SKIP() << "no openai package";
-  for (const char* field : {"tools", "response_format", "logprobs", "frequency_penalty"}) {
+  for (const char* field : {"tools", "response_format", "logprobs", "modalities"}) {
     EXPECT_EQ(r[field]["status"], 400) << field << ": " << r[field].dump();
     EXPECT_EQ(r[field]["code"], "unsupported_parameter") << field;
   }
   EXPECT_EQ(r["tools"]["param"], "tools");
   EXPECT_EQ(r["response_format"]["param"], "response_format");
-  EXPECT_EQ(r["frequency_penalty"]["param"], "frequency_penalty");
+  EXPECT_EQ(r["modalities"]["param"], "modalities");
   EXPECT_THAT(r["logprobs"]["param"].get<std::string>(),
               ::testing::AnyOf("logprobs", "top_logprobs"));
 }

@@ -64,4 +64,47 @@ TEST(Sampler, RejectsBadParameters) {
 }
 
 }  // namespace
+// OpenAI's logit bias and penalties: a bias of +100 picks its token; a frequency penalty lowers a
+// token by its count so far, a presence penalty once it has appeared; both leave other tokens
+// alone and apply greedy or sampled; bad values are errors.
+TEST(Sampler, LogitBiasAndPenalties) {
+  const float logits[4] = {5, 4, 3, 0};
+  SamplingParams bias;
+  bias.logit_bias = {{3, 100.0f}};
+  Sampler b(bias, 4);
+  EXPECT_EQ(b.Sample(logits), 3);
+  EXPECT_EQ(b.Sample(logits), 3);  // the bias stays
+  bias.temperature = 1;
+  Sampler bs(bias, 4);
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(bs.Sample(logits), 3);
+
+  // Frequency 0.6: token 0 drops by 0.6 per pick (5, 4.4, 3.8, 3.2), token 1 likewise (4, 3.4).
+  SamplingParams freq;
+  freq.frequency_penalty = 0.6f;
+  Sampler f(freq, 4);
+  std::vector<int32_t> picks;
+  for (int i = 0; i < 5; ++i) picks.push_back(f.Sample(logits));
+  EXPECT_EQ(picks, (std::vector<int32_t>{0, 0, 1, 0, 1}));
+  // Presence 1.5: once picked, 0 sits at 3.5 and 1 at 2.5 (below 2's 3), however often.
+  SamplingParams presence;
+  presence.presence_penalty = 1.5f;
+  Sampler p(presence, 4);
+  picks.clear();
+  for (int i = 0; i < 4; ++i) picks.push_back(p.Sample(logits));
+  EXPECT_EQ(picks, (std::vector<int32_t>{0, 1, 0, 0}));
+  SamplingParams both;
+  both.presence_penalty = 2.5f;
+  Sampler q(both, 4);
+  picks.clear();
+  for (int i = 0; i < 3; ++i) picks.push_back(q.Sample(logits));
+  EXPECT_EQ(picks, (std::vector<int32_t>{0, 1, 2}));  // 0 and 1 drop to 2.5 and 1.5
+
+  SamplingParams out_of_range;
+  out_of_range.logit_bias = {{4, 1.0f}};
+  EXPECT_THROW(Sampler(out_of_range, 4), Error);
+  SamplingParams nan;
+  nan.frequency_penalty = NAN;
+  EXPECT_THROW(Sampler(nan, 4), Error);
+}
+
 }  // namespace dsv3

@@ -192,9 +192,9 @@ TEST(ServerRequest, EveryApiFieldIsImplementedOrRefused) {
       {"stream_options", R"({"include_usage": true})", nullptr, true},
       {"n", "2", "1", false},
       {"user", R"("someone")", nullptr, true},
-      {"frequency_penalty", "0.5", "0", false},
-      {"presence_penalty", "0.5", "0.0", false},
-      {"logit_bias", R"({"50256": -100})", "{}", false},
+      {"frequency_penalty", "0.5", nullptr, true},
+      {"presence_penalty", "0.5", nullptr, true},
+      {"logit_bias", R"({"50256": -100})", nullptr, true},
   };
   const std::vector<Field> chat = {
       {"max_completion_tokens", "5", nullptr, true},
@@ -245,6 +245,25 @@ TEST(ServerRequest, EveryApiFieldIsImplementedOrRefused) {
       const std::string null = "{" + base + ", \"" + f.name + "\": null}";
       EXPECT_TRUE(std::holds_alternative<ApiRequest>(ParseRequest(null, e, Limits()))) << null;
     }
+  }
+}
+
+TEST(ServerRequest, PenaltiesAndLogitBias) {
+  const ApiRequest r = Ok(std::string("{") + kHello +
+                          R"(, "frequency_penalty": 0.5, "presence_penalty": -1,
+                              "logit_bias": {"7": 100, "0": -2.5}})");
+  EXPECT_FLOAT_EQ(r.sampling.frequency_penalty, 0.5f);
+  EXPECT_FLOAT_EQ(r.sampling.presence_penalty, -1.0f);
+  ASSERT_EQ(r.sampling.logit_bias.size(), 2u);
+  EXPECT_EQ(r.sampling.logit_bias[0], (std::pair<int32_t, float>{7, 100.0f}));
+  EXPECT_EQ(r.sampling.logit_bias[1], (std::pair<int32_t, float>{0, -2.5f}));
+  for (const char* bad :
+       {R"("frequency_penalty": 2.5)", R"("presence_penalty": "1")", R"("logit_bias": {"x": 1})",
+        R"("logit_bias": {"-1": 1})", R"("logit_bias": {"99999999999": 1})",
+        R"("logit_bias": {"3": 101})", R"("logit_bias": {"3": "1"})", R"("logit_bias": [1])"}) {
+    const ApiError e = Bad(std::string("{") + kHello + ", " + bad + "}");
+    EXPECT_EQ(e.status, 400) << bad;
+    EXPECT_EQ(e.param, std::string(bad).substr(1, std::string(bad).find('"', 1) - 1)) << bad;
   }
 }
 
