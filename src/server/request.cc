@@ -272,8 +272,11 @@ constexpr FieldRule kChatFields[] = {
     {"web_search_options", Use::kRefused},
 };
 constexpr FieldRule kCompletionFields[] = {
-    {"prompt", Use::kParsed},     {"logprobs", Use::kOnly, "0"},   {"echo", Use::kOnly, "false"},
-    {"best_of", Use::kOnly, "1"}, {"suffix", Use::kOnly, R"("")"},
+    {"prompt", Use::kParsed},         // required
+    {"logprobs", Use::kOnly, "0"},    // an integer here: how many alternatives
+    {"echo", Use::kOnly, "false"},    // the prompt is not repeated
+    {"best_of", Use::kOnly, "1"},     // one candidate per choice
+    {"suffix", Use::kOnly, R"("")"},  // no text after the insertion point
 };
 
 const FieldRule* FindRule(std::string_view name, Endpoint endpoint) {
