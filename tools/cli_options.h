@@ -5,7 +5,7 @@
 #include <optional>
 #include <string>
 
-#include "kernels/targets.h"
+#include "kernels/matmul.h"
 #include "model/kv_cache.h"
 
 namespace dsv3::cli {

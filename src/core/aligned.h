@@ -2,12 +2,17 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <utility>
 
 namespace dsv3 {
+
+// n floats rounded up to whole 64-byte lines (16 floats), so that scratch regions laid end to
+// end in one AlignedArray<float> each start aligned.
+constexpr int64_t PadFloats(int64_t n) { return (n + 15) / 16 * 16; }
 
 template <typename T>
 class AlignedArray {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/aligned.h"
 #include "core/parallel.h"
 #include "kernels/amx.h"
 #include "kernels/attention.h"
@@ -11,7 +12,6 @@
 namespace dsv3::kernels {
 namespace {
 constexpr int64_t kKeyBlock = 256;  // cached rows per attention block
-int64_t Pad16(int64_t n) { return (n + 15) / 16 * 16; }
 // Row stride of a part's outputs [Hp, C]: 16 floats more than C, so that the rows of an AMX tile
 // over them do not share an L1 set when C is a power of two.
 int64_t OStride(int64_t C) { return C + 16; }
@@ -25,14 +25,14 @@ struct Layout {
   int64_t thread_floats = 0;  // state + conversion area of one part
 
   Layout(const LatentAttentionShape& s, DType type) {
-    const int64_t H = s.heads, W = s.width, C = s.latent, Hp = Pad16(H);
-    state_floats = Pad16(H * kKeyBlock) + 2 * Hp + Hp * OStride(C);
+    const int64_t H = s.heads, W = s.width, C = s.latent, Hp = PadFloats(H);
+    state_floats = PadFloats(H * kKeyBlock) + 2 * Hp + Hp * OStride(C);
     int64_t convert = 0;
     if (type == DType::kBF16) {
-      convert = Pad16(kKeyBlock * W);
+      convert = PadFloats(kKeyBlock * W);
       if (AmxSupported()) {
-        tile_floats = Pad16((AmxLatentQueryElements(H, W) + 1) / 2);
-        convert = std::max(convert, Pad16((AmxLatentScratchBytes(W, C) + 3) / 4));
+        tile_floats = PadFloats((AmxLatentQueryElements(H, W) + 1) / 2);
+        convert = std::max(convert, PadFloats((AmxLatentScratchBytes(W, C) + 3) / 4));
       }
     }
     thread_floats = state_floats + convert;
@@ -44,9 +44,9 @@ struct Part {
 };
 Part PartOf(const Layout& layout, const LatentAttentionShape& s, float* base, int p) {
   float* scores = base + layout.tile_floats + p * layout.thread_floats;
-  float* m = scores + Pad16(s.heads * kKeyBlock);
-  float* l = m + Pad16(s.heads);
-  float* o = l + Pad16(s.heads);
+  float* m = scores + PadFloats(s.heads * kKeyBlock);
+  float* l = m + PadFloats(s.heads);
+  float* o = l + PadFloats(s.heads);
   return {scores, m, l, o, scores + layout.state_floats};
 }
 }  // namespace
@@ -61,7 +61,7 @@ void LatentAttention(const LatentAttentionShape& shape, const float* q, const La
                      float scale, MatMulPrecision precision, float* out, int64_t out_stride,
                      void* scratch) {
   const int64_t H = shape.heads, W = shape.width, C = shape.latent, S = rows.n;
-  const int64_t Hp = Pad16(H), os = OStride(C);
+  const int64_t Hp = PadFloats(H), os = OStride(C);
   const Layout layout(shape, rows.type);
   float* base = static_cast<float*>(scratch);
   uint16_t* q_tiles = reinterpret_cast<uint16_t*>(base);

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <optional>
 
+#include "core/aligned.h"
 #include "core/parallel.h"
 #include "kernels/attention.h"
 #include "kernels/latent_attention.h"
@@ -21,7 +22,6 @@
 
 namespace dsv3 {
 namespace {
-int64_t Pad16(int64_t n) { return (n + 15) / 16 * 16; }
 constexpr int64_t kKeyBlock = 256;  // cached tokens per block of the expanded form
 
 kernels::LatentAttentionShape LatentShape(const Config& c) {
@@ -43,10 +43,10 @@ Mla::Mla(const Config& c, const RopeTable& rope, int64_t max_batch, int64_t capa
   o_lat_.Resize(H * C);
   // Expanded, per thread: keys [kKeyBlock, N+R], values [kKeyBlock, V], scores [4, kKeyBlock],
   // m and l [B], outputs [B, V]; for a BF16 cache a key block converted to float32.
-  convert_offset_ = Pad16(kKeyBlock * NR) + Pad16(kKeyBlock * V) + Pad16(4 * kKeyBlock) +
-                    2 * Pad16(B) + Pad16(B * V);
+  convert_offset_ = PadFloats(kKeyBlock * NR) + PadFloats(kKeyBlock * V) +
+                    PadFloats(4 * kKeyBlock) + 2 * PadFloats(B) + PadFloats(B * V);
   thread_stride_ = convert_offset_;
-  if (kv_ == KvCacheType::kBF16) thread_stride_ += Pad16(kKeyBlock * c.kv_width());
+  if (kv_ == KvCacheType::kBF16) thread_stride_ += PadFloats(kKeyBlock * c.kv_width());
   EnsureThreadScratch();
 }
 
@@ -189,11 +189,11 @@ void Mla::AttendExpanded(const ForwardStep& step, const MlaWeights& w, int64_t l
   ParallelFor(H, 1, [&](int64_t h0, int64_t h1, int p) {
     float* convert = scratch_.data() + p * thread_stride_ + convert_offset_;
     float* keys = scratch_.data() + p * thread_stride_;  // [kKeyBlock, N+R]
-    float* values = keys + Pad16(kKeyBlock * NR);        // [kKeyBlock, V]
-    float* scores = values + Pad16(kKeyBlock * V);       // [4, kKeyBlock]
-    float* m = scores + Pad16(4 * kKeyBlock);            // [T]
-    float* l = m + Pad16(max_batch_);                    // [T]
-    float* o = l + Pad16(max_batch_);                    // [T, V]
+    float* values = keys + PadFloats(kKeyBlock * NR);    // [kKeyBlock, V]
+    float* scores = values + PadFloats(kKeyBlock * V);   // [4, kKeyBlock]
+    float* m = scores + PadFloats(4 * kKeyBlock);        // [T]
+    float* l = m + PadFloats(max_batch_);                // [T]
+    float* o = l + PadFloats(max_batch_);                // [T, V]
     for (int64_t h = h0; h < h1; ++h) {
       std::fill(m, m + T, -INFINITY);
       std::fill(l, l + T, 0.0f);
