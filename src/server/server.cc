@@ -172,18 +172,17 @@ void Server::Impl::Detokenize(const httplib::Request& req, httplib::Response& re
 
 void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
                             Endpoint endpoint) {
-  const auto fail = [&](const ApiError& e) { Fail(res, e); };
   if (TooLarge(req, res)) return;
   std::variant<ApiRequest, ApiError> parsed = ParseRequest(req.body, endpoint, limits);
-  if (auto* e = std::get_if<ApiError>(&parsed)) return fail(*e);
+  if (auto* e = std::get_if<ApiError>(&parsed)) return Fail(res, *e);
   const ApiRequest& r = std::get<ApiRequest>(parsed);
   const bool chat = endpoint == Endpoint::kChat;
   for (const auto& [id, bias] : r.sampling.logit_bias) {
     if (id >= model.config().vocab_size) {
-      return fail({400,
-                   fmt::format("'logit_bias' names token {}; the vocabulary has {} tokens", id,
-                               model.config().vocab_size),
-                   "invalid_request_error", "logit_bias", "invalid_value"});
+      return Fail(res, {400,
+                        fmt::format("'logit_bias' names token {}; the vocabulary has {} tokens", id,
+                                    model.config().vocab_size),
+                        "invalid_request_error", "logit_bias", "invalid_value"});
     }
   }
 
@@ -191,7 +190,8 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
   bool think = false;
   try {
     if (chat) {
-      if (!chat_template) return fail({400, no_template, "invalid_request_error", "messages", ""});
+      if (!chat_template)
+        return Fail(res, {400, no_template, "invalid_request_error", "messages", ""});
       const std::string text = chat_template->Apply(r.messages, /*add_generation_prompt=*/true);
       think = OpensThink(text);
       sr.prompt = tokenizer.Encode(text);
@@ -199,15 +199,16 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
       sr.prompt = tokenizer.Encode(r.prompt, /*add_special_tokens=*/true);
     }
   } catch (const Error& e) {
-    return fail({400, e.what(), "invalid_request_error", chat ? "messages" : "prompt", ""});
+    return Fail(res, {400, e.what(), "invalid_request_error", chat ? "messages" : "prompt", ""});
   }
   const int64_t P = static_cast<int64_t>(sr.prompt.size()), ctx = limits.ctx_size;
   if (P == 0)
-    return fail({400, "the prompt encodes to no tokens", "invalid_request_error", "", ""});
+    return Fail(res, {400, "the prompt encodes to no tokens", "invalid_request_error", "", ""});
   // Every new token but the last is fed back, so ctx - P + 1 new tokens fit.
   const int64_t room = ctx - P + 1;
   if (room < 1 || r.max_tokens.value_or(1) > room) {
-    return fail({400,
+    return Fail(res,
+                {400,
                  fmt::format("the prompt is {} tokens and max_tokens is {}; the context holds {} "
                              "tokens",
                              P, r.max_tokens.value_or(1), ctx),
