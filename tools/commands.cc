@@ -13,6 +13,7 @@
 #include "model/mtp.h"
 #include "runtime/generate.h"
 #include "runtime/speculative.h"
+#include "tools/ep.h"
 
 namespace dsv3::cli {
 namespace {
@@ -55,7 +56,9 @@ double Seconds(Clock::time_point since) {
 std::unique_ptr<Model> LoadModel(const std::string& dir, bool quiet,
                                  kernels::MatMulPrecision matmul) {
   const auto t0 = Clock::now();
-  std::unique_ptr<Model> m = Model::Load(dir);
+  EpSession* ep = Ep();
+  std::unique_ptr<Model> m = Model::Load(dir, ep ? ep->group() : nullptr);
+  if (ep) ep->AfterLoad(*m);  // ranks other than 0 follow rank 0 from here on
   const LoadReport& r = m->report();
   if (!r.unused.empty()) {
     std::string list;
@@ -172,6 +175,7 @@ int RunInfo(const InfoArgs& a) {
                    {"values_per_token_per_layer", c.kv_width()}};
   j["unused_tensors"] = m->report().unused;
   j["kernels"] = kernels::ActiveTarget();
+  if (Ep() && Ep()->active()) j["expert_parallel"] = Json::parse(Ep()->Holdings(*m));
 
   if (a.json) {
     std::printf("%s\n", j.dump(2).c_str());
@@ -217,6 +221,13 @@ int RunInfo(const InfoArgs& a) {
       (long long)kv_f32, (long long)c.num_hidden_layers, (long long)c.kv_lora_rank,
       (long long)c.qk_rope_head_dim, (long long)kv_bf16);
   std::printf("kernels      %s\n", kernels::ActiveTarget().c_str());
+  for (const Json& r : j.value("expert_parallel", Json::array())) {
+    const double held = r["bytes_held"], elsewhere = r["bytes_elsewhere"], rss = r["rss_bytes"];
+    std::printf("rank %-7d routed experts %lld-%lld: holds %s, other ranks %s; resident %s\n",
+                r["rank"].get<int>(), r["routed_experts"][0].get<long long>(),
+                r["routed_experts"][1].get<long long>(), Human(held).c_str(),
+                Human(elsewhere).c_str(), Human(rss).c_str());
+  }
   return 0;
 }
 
@@ -351,6 +362,7 @@ int RunBench(const BenchArgs& a) {
   if (a.draft < 1 || a.draft > kMaxDraft) {
     Fail("--draft must be between 1 and {}, got {}", kMaxDraft, a.draft);
   }
+  if (a.ep_report && a.json) Fail("--ep-report prints a text report: drop --json");
   std::unique_ptr<Model> m = LoadModel(a.model_dir, a.json, a.options.matmul);
   std::fflush(stdout);
   BenchOptions options = a.options;
@@ -430,6 +442,7 @@ int RunBench(const BenchArgs& a) {
         "draft %.2f; at 85%% acceptance: %s\n",
         r.threads, 1e3 * b.step_seconds, costs.c_str(), b.draft_cost, projected.c_str());
   }
+  if (a.ep_report) Ep()->PrintReport(*m, options);
   if (results.size() > 1) {
     std::printf("thread scaling %d -> %d: prefill x%.2f, decode x%.2f\n", results.front().threads,
                 results.back().threads,

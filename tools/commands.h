@@ -54,6 +54,7 @@ struct BenchArgs {
   bool json = false;
   int64_t draft = 1;
   bool no_mtp = false;
+  bool ep_report = false;  // under mpirun: the expert-parallel exchange per decode step
   BenchOptions options;
 };
 struct ChatArgs {

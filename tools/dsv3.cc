@@ -1,8 +1,10 @@
 // dsv3: the command-line front end. Parses arguments and calls the engine; every error ends as
 // one line on stderr and a non-zero exit status.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -12,6 +14,7 @@
 #include "tools/analyze.h"
 #include "tools/cli_options.h"
 #include "tools/commands.h"
+#include "tools/ep.h"
 #include "tools/serve.h"
 
 namespace {
@@ -27,8 +30,25 @@ void AddCommon(CLI::App* cmd, Common& common, bool threads = true) {
                   "force a SIMD target (AVX3, AVX2, SSE4, SSSE3, EMU128, ...; default: best)");
 }
 
-void ApplyCommon(const Common& common) {
-  dsv3::SetNumThreads(common.threads);
+// Expert parallelism (only under mpirun): the exchange format and the node layout.
+void AddEp(CLI::App* cmd, dsv3::cli::EpArgs& ep) {
+  cmd->add_option("--ep-exchange", ep.exchange,
+                  "under mpirun: MoE token exchange, f32 (exact, default) or fp8 (E4M3 dispatch "
+                  "with 1x128 scales, BF16 combine)")
+      ->check(CLI::IsMember({"f32", "fp8"}));
+  cmd->add_option("--ranks-per-node", ep.ranks_per_node,
+                  "under mpirun: consecutive ranks per machine; tokens cross between machines "
+                  "once per machine (node-limited routing). Default: all on one")
+      ->check(CLI::PositiveNumber);
+}
+
+void ApplyCommon(const Common& common, const dsv3::cli::EpSession& ep) {
+  // Ranks sharing a machine share its cores.
+  int threads = common.threads;
+  if (threads == 0 && ep.active()) {
+    threads = std::max(1, dsv3::NumThreads() / std::max(1, ep.local_size()));
+  }
+  dsv3::SetNumThreads(threads);
   if (!common.simd.empty() && !dsv3::kernels::ForceTarget(common.simd)) {
     std::string list;
     for (const std::string& t : dsv3::kernels::AvailableTargets()) list += " " + t;
@@ -52,7 +72,9 @@ std::string OneLine(std::string_view message) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+
+int Main(int argc, char** argv, dsv3::cli::EpSession& ep) {
   CLI::App app{"dsv3: DeepSeek-V2/V3 family inference on CPU, from Hugging Face checkpoints"};
   app.require_subcommand(1);
   Common common;
@@ -232,17 +254,31 @@ int main(int argc, char** argv) {
   AddCommon(serve.serve(), common);
   AddCommon(serve.bench(), common);
 
+  dsv3::cli::EpArgs ep_args;
+  for (CLI::App* cmd :
+       {info_cmd, logits_cmd, gen_cmd, bench_cmd, chat_cmd, serve.serve(), serve.bench()}) {
+    AddEp(cmd, ep_args);
+  }
+  bench_cmd->add_flag("--ep-report", bench.ep_report,
+                      "under mpirun: decode steps split into compute and exchange, bytes per rank");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ValidationError& e) {  // a bad option value: one line, like other errors
-    std::fprintf(stderr, "dsv3: error: %s\n", OneLine(e.what()).c_str());
+    if (ep.rank() == 0) std::fprintf(stderr, "dsv3: error: %s\n", OneLine(e.what()).c_str());
     return 1;
   } catch (const CLI::ParseError& e) {
+    if (ep.rank() != 0) return e.get_exit_code();
     return app.exit(e);
   }
+  const bool model_command = *info_cmd || *logits_cmd || *gen_cmd || *bench_cmd || *chat_cmd ||
+                             *serve.serve() || *serve.bench();
+  // Under mpirun only the model commands run on every rank; rank 0 runs the others alone.
+  if (ep.rank() != 0 && !model_command) return 0;
   try {
     if (analyze.selected()) return analyze.Run();
-    ApplyCommon(common);
+    ApplyCommon(common, ep);
+    if (model_command) ep.Configure(ep_args);
     if (*info_cmd) return dsv3::cli::RunInfo(info);
     if (*serve.serve() || *serve.bench()) return serve.Run();
     if (*logits_cmd) {
@@ -276,12 +312,34 @@ int main(int argc, char** argv) {
       synth.progress = !no_progress;
       return dsv3::cli::RunSynth(synth, synth_tokenizer);
     }
+  } catch (const dsv3::cli::FollowerDone&) {  // a rank other than 0, rank 0 done
+    return 0;
   } catch (const std::bad_alloc&) {
+    if (ep.active()) ep.Abort("out of memory");
     std::fprintf(stderr, "dsv3: error: out of memory\n");
     return 1;
   } catch (const std::exception& e) {  // dsv3::Error and the rest
+    // Under mpirun one rank's error ends every rank (the others may be waiting for it).
+    if (ep.active()) ep.Abort(OneLine(e.what()));
     std::fprintf(stderr, "dsv3: error: %s\n", OneLine(e.what()).c_str());
     return 1;
   }
   return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::unique_ptr<dsv3::cli::EpSession> ep;
+  try {
+    ep = std::make_unique<dsv3::cli::EpSession>(&argc, &argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dsv3: error: %s\n", e.what());
+    return 1;
+  }
+  dsv3::cli::SetEp(ep.get());
+  const int rc = Main(argc, argv, *ep);
+  if (rc == 0) ep->Finish();  // rank 0: the other ranks leave their loop
+  dsv3::cli::SetEp(nullptr);
+  return rc;
 }

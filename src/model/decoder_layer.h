@@ -10,6 +10,7 @@
 #include "model/kv_cache.h"
 #include "model/mla.h"
 #include "model/moe.h"
+#include "model/process_group.h"
 #include "model/profile.h"
 #include "model/rope.h"
 #include "model/step.h"
@@ -19,12 +20,14 @@ namespace dsv3 {
 
 class DecoderLayer {
  public:
+  // `group`: the processes that share the routed experts (null: this process alone).
   DecoderLayer(const Config& c, const RopeTable& rope, int64_t max_batch, int64_t capacity,
-               AttentionImpl attention, KvCacheType kv);
+               AttentionImpl attention, KvCacheType kv, ProcessGroup* group = nullptr);
 
   // x [T, D] in place for the step's tokens. The layer's latent rows go to `cache` layer
   // `cache_layer`; `layer` is the layer's index in the checkpoint (routing traces) and `name`
-  // prefixes traced tensors.
+  // prefixes traced tensors. In a process group, a step of T = 0 tokens still takes part in the
+  // MoE layer's exchange (which every rank runs for every layer).
   void Forward(const ForwardStep& step, const LayerWeights& w, int64_t layer, int64_t cache_layer,
                KvCache& cache, float* x, const std::string& name);
 

@@ -51,6 +51,14 @@ class KvCache {
   // Bytes one token occupies over all layers: layers * (C + R) * element size.
   int64_t bytes_per_token() const { return layers_ * width_ * ElementSize(type_); }
   static int64_t ElementSize(KvCacheType t) { return t == KvCacheType::kBF16 ? 2 : 4; }
+  int64_t element_size() const { return ElementSize(type_); }
+  // The stored rows of one layer and slot from position 0 on, as bytes (moving a prefix between
+  // processes).
+  void* RawRows(int64_t layer, int64_t slot) {
+    const int64_t at = Offset(layer, slot, 0);
+    return type_ == KvCacheType::kBF16 ? static_cast<void*>(bf16_.data() + at)
+                                       : static_cast<void*>(f32_.data() + at);
+  }
   // Copies positions [0, n) of every layer from slot `from` to slot `to`.
   void CopyPrefix(int64_t from, int64_t to, int64_t n);
 

@@ -9,11 +9,17 @@
 
 namespace dsv3 {
 
-std::unique_ptr<Model> Model::Load(const std::string& dir) {
+std::unique_ptr<Model> Model::Load(const std::string& dir, ProcessGroup* group) {
   std::unique_ptr<Model> m(new Model());
+  m->group_ = group;
   m->config_ = Config::Load(dir);
+  ExpertFilter holds;
+  if (group != nullptr) {
+    group->Prepare(m->config_);
+    holds = [group](int64_t e) { return group->ExpertOwner(e) == group->rank(); };
+  }
   m->checkpoint_ = std::make_unique<Checkpoint>(dir);
-  m->weights_ = BindWeights(m->config_, *m->checkpoint_, &m->report_, &m->mtp_);
+  m->weights_ = BindWeights(m->config_, *m->checkpoint_, &m->report_, &m->mtp_, holds);
   m->rope_ = ComputeRope(m->config_);
   return m;
 }
@@ -26,23 +32,36 @@ int64_t CheckedCapacity(const Config& c, int64_t capacity) {
   }
   return capacity;
 }
+// The cache slots this process holds of `slots` sequences.
+int64_t LocalSlots(const ProcessGroup* group, int64_t slots) {
+  return group ? group->LocalSlots(slots, group->rank()) : slots;
+}
 }  // namespace
 
 Context::Context(const Model& model, const ContextOptions& o)
     : model_(model),
       c_(model.config()),
+      group_(model.group()),
       max_batch_(std::max<int64_t>(1, o.max_batch)),
       matmul_(o.matmul),
       n_past_(static_cast<size_t>(std::max<int64_t>(o.slots, 1)), 0),
-      cache_(c_, c_.num_hidden_layers, std::max<int64_t>(o.slots, 1),
+      cache_(c_, c_.num_hidden_layers, LocalSlots(group_, std::max<int64_t>(o.slots, 1)),
              CheckedCapacity(c_, o.capacity), o.kv_cache),
       step_(c_, model.rope(), max_batch_),
-      layer_(c_, model.rope(), max_batch_, o.capacity, o.attention, o.kv_cache),
+      layer_(c_, model.rope(), max_batch_, o.capacity, o.attention, o.kv_cache, group_),
       head_(c_, max_batch_),
       tokens_(static_cast<size_t>(max_batch_)),
       logit_rows_(static_cast<size_t>(max_batch_)),
+      own_logits_(group_ ? cache_.slots() * c_.vocab_size : 0),
       x_(max_batch_ * c_.hidden_size),
-      last_logits_(c_.vocab_size) {}
+      last_logits_(c_.vocab_size) {
+  planned_.reserve(n_past_.size());
+  if (driving()) id_ = group_->OpenContext(o);
+}
+
+Context::~Context() {
+  if (driving()) group_->CloseContext(id_);
+}
 
 void Context::set_profile(ForwardProfile* profile) {
   profile_ = profile;
@@ -74,8 +93,23 @@ void Context::Truncate(int32_t slot, int64_t n) {
 
 void Context::CopyPrefix(int32_t from, int32_t to, int64_t n) {
   n = std::clamp<int64_t>(n, 0, n_past_[from]);
-  cache_.CopyPrefix(from, to, n);
+  if (driving()) group_->AnnounceCopyPrefix(id_, from, to, n);
+  RunCopyPrefix(from, to, n);
   n_past_[to] = n;
+}
+
+void Context::RunCopyPrefix(int32_t from, int32_t to, int64_t n) {
+  if (!group_) return cache_.CopyPrefix(from, to, n);
+  const int a = group_->SlotOwner(from), b = group_->SlotOwner(to), me = group_->rank();
+  if (a == b) {
+    if (a == me) cache_.CopyPrefix(Local(from), Local(to), n);
+    return;
+  }
+  const size_t bytes = static_cast<size_t>(n * cache_.width() * cache_.element_size());
+  for (int64_t l = 0; l < cache_.layers() && bytes > 0; ++l) {
+    if (me == a) group_->SendBytes(b, cache_.RawRows(l, Local(from)), bytes);
+    if (me == b) group_->ReceiveBytes(a, cache_.RawRows(l, Local(to)), bytes);
+  }
 }
 
 void Context::CheckSlotTokens(std::span<const int32_t> tokens, int32_t slot) const {
@@ -106,6 +140,10 @@ void Context::Forward(std::span<const int32_t> tokens, const ForwardOutputs& out
     } else {
       logit_rows_[0] = n - 1;
     }
+    if (driving()) {  // slot 0 is rank 0's: the others only serve its experts
+      const PlannedStep s{0, n_past_[0], tokens.subspan(static_cast<size_t>(i), n)};
+      group_->AnnounceBatch(id_, std::span<const PlannedStep>(&s, 1), kernels::MatMulPath::kAuto);
+    }
     Run(n, n_rows, all_logits ? all_logits + i * V : last_logits_.data(), trace,
         all_hidden ? all_hidden + i * D : nullptr, kernels::MatMulPath::kAuto);
     n_past_[0] += n;
@@ -125,19 +163,30 @@ void Context::ForwardBatch(std::span<const Step> steps, float* logits, bool exac
   }
   if (T > max_batch_) Fail("batch of {} tokens exceeds max_batch ({})", T, max_batch_);
   if (T == 0) return;
-  int64_t t = 0;
-  for (size_t i = 0; i < steps.size(); ++i) {
-    const int32_t slot = steps[i].slot;
-    for (size_t k = 0; k < steps[i].tokens.size(); ++k, ++t) {
-      tokens_[t] = steps[i].tokens[k];
-      step_.slots()[t] = slot;
-      step_.positions()[t] = n_past_[slot] + static_cast<int64_t>(k);
-    }
-    logit_rows_[i] = t - 1;
-  }
-  Run(T, static_cast<int64_t>(steps.size()), logits, nullptr, nullptr,
-      exact ? kernels::MatMulPath::kPerToken : kernels::MatMulPath::kAuto);
+  planned_.clear();
+  for (const Step& s : steps) planned_.push_back({s.slot, n_past_[s.slot], s.tokens});
+  const kernels::MatMulPath path =
+      exact ? kernels::MatMulPath::kPerToken : kernels::MatMulPath::kAuto;
+  if (driving()) group_->AnnounceBatch(id_, planned_, path);
+  RunPlanned(planned_, logits, path);
   for (const Step& s : steps) n_past_[s.slot] += static_cast<int64_t>(s.tokens.size());
+}
+
+void Context::RunPlanned(std::span<const PlannedStep> steps, float* logits,
+                         kernels::MatMulPath path) {
+  int64_t T = 0, rows = 0;  // this rank's tokens and steps
+  for (const PlannedStep& s : steps) {
+    if (!Owns(s.slot)) continue;
+    for (size_t k = 0; k < s.tokens.size(); ++k, ++T) {
+      tokens_[T] = s.tokens[k];
+      step_.slots()[T] = Local(s.slot);
+      step_.positions()[T] = s.position + static_cast<int64_t>(k);
+    }
+    logit_rows_[rows++] = T - 1;
+  }
+  if (!group_) return Run(T, rows, logits, nullptr, nullptr, path);
+  Run(T, rows, own_logits_.data(), nullptr, nullptr, path);
+  group_->GatherLogits(steps, own_logits_.data(), logits, c_.vocab_size);
 }
 
 void Context::Run(int64_t T, int64_t n_logit_rows, float* logits, ForwardTrace* trace,
@@ -145,15 +194,16 @@ void Context::Run(int64_t T, int64_t n_logit_rows, float* logits, ForwardTrace* 
   const Weights& w = model_.weights();
   const int64_t D = c_.hidden_size;
   float* x = x_.data();  // [T, D]
-  {
+  if (T > 0) {
     PhaseTimer timer(profile_, Phase::kEmbed);
     for (int64_t t = 0; t < T; ++t) kernels::DequantRow(w.embed, tokens_[t], x + t * D);
+    if (trace) trace->Emit("embed", x, T, D, D);
   }
-  if (trace) trace->Emit("embed", x, T, D, D);
   const ForwardStep& step = step_.Build(T, {.path = path, .precision = matmul_}, trace);
   for (int64_t l = 0; l < c_.num_hidden_layers; ++l) {
     layer_.Forward(step, w.layers[l], l, l, cache_, x, trace ? "layer" + std::to_string(l) : "");
   }
+  if (T == 0) return;  // a rank with no tokens of its own in this step (process groups)
 
   // Final norm, then lm_head on the rows that need logits.
   PhaseTimer timer(profile_, Phase::kLmHead);

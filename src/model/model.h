@@ -15,6 +15,7 @@
 #include "model/head.h"
 #include "model/kv_cache.h"
 #include "model/mla.h"
+#include "model/process_group.h"
 #include "model/rope.h"
 #include "model/trace.h"
 #include "model/weights.h"
@@ -24,8 +25,9 @@ namespace dsv3 {
 class Model {
  public:
   // Reads DIR/config.json and the safetensors, binds and validates every tensor the config
-  // implies. Throws dsv3::Error naming the file, tensor or field on any problem.
-  static std::unique_ptr<Model> Load(const std::string& dir);
+  // implies. Throws dsv3::Error naming the file, tensor or field on any problem. With a process
+  // group, only the routed experts this rank holds are bound (see process_group.h).
+  static std::unique_ptr<Model> Load(const std::string& dir, ProcessGroup* group = nullptr);
 
   const Config& config() const { return config_; }
   const Weights& weights() const { return weights_; }
@@ -34,9 +36,12 @@ class Model {
   // The MTP modules the checkpoint ships (empty when it has none).
   const std::vector<MtpWeights>& mtp() const { return mtp_; }
   const Checkpoint& checkpoint() const { return *checkpoint_; }
+  // The group this model runs in (null: this process alone).
+  ProcessGroup* group() const { return group_; }
 
  private:
   Model() = default;
+  ProcessGroup* group_ = nullptr;
   Config config_;
   std::unique_ptr<Checkpoint> checkpoint_;
   Weights weights_;
@@ -61,7 +66,13 @@ struct ContextOptions {
 // decoder stack. The single-sequence calls (Forward, n_past(), Truncate(n)) use slot 0.
 class Context {
  public:
+  // In a process group (model.group()), rank 0's contexts drive: every forward pass, prefix copy
+  // and the context's creation are announced to the other ranks, which follow (ep::Follow) with
+  // contexts of their own. Slots live on the ranks that own them (see process_group.h).
   Context(const Model& model, const ContextOptions& options);
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
 
   // Runs `tokens` at positions n_past() .. n_past() + T - 1 and appends them to the cache.
   // out.logits, if given, receives [T, vocab]; last_logits() always holds the last row.
@@ -90,8 +101,15 @@ class Context {
   void Truncate(int32_t slot, int64_t n);
   // Slot `to` takes the first n cached positions of slot `from` (a shared prompt prefix).
   void CopyPrefix(int32_t from, int32_t to, int64_t n);
-  int64_t slots() const { return cache_.slots(); }
+  int64_t slots() const { return static_cast<int64_t>(n_past_.size()); }
   int64_t max_batch() const { return max_batch_; }
+
+  // Ranks other than 0 of a process group: run this rank's part of a batch rank 0 announced
+  // (steps in global slots; only those this rank owns run here), then hand the logits of its own
+  // steps to GatherLogits. Rank 0's ForwardBatch does the same after announcing.
+  void RunPlanned(std::span<const PlannedStep> steps, float* logits, kernels::MatMulPath path);
+  // Ranks other than 0: this rank's part of an announced CopyPrefix.
+  void RunCopyPrefix(int32_t from, int32_t to, int64_t n);
 
   const KvCache& cache() const { return cache_; }
   // Phase timing of later Forward calls (null: off).
@@ -111,20 +129,29 @@ class Context {
   void Run(int64_t T, int64_t n_logit_rows, float* logits, ForwardTrace* trace, float* hidden,
            kernels::MatMulPath path);
 
+  bool driving() const { return group_ != nullptr && group_->rank() == 0; }
+  // This rank's cache slot of global slot `slot`.
+  int32_t Local(int32_t slot) const { return group_ ? group_->LocalSlot(slot) : slot; }
+  bool Owns(int32_t slot) const { return !group_ || group_->SlotOwner(slot) == group_->rank(); }
+
   const Model& model_;
   const Config& c_;
+  ProcessGroup* const group_;
+  int64_t id_ = -1;  // the id rank 0 announced this context under (process groups)
   const int64_t max_batch_;
   const kernels::MatMulPrecision matmul_;
   ForwardProfile* profile_ = nullptr;
-  std::vector<int64_t> n_past_;  // [slots]
+  std::vector<int64_t> n_past_;  // [slots] (global slots; a follower's are never read)
   KvCache cache_;
   StepBuilder step_;
   DecoderLayer layer_;
   OutputHead head_;
-  std::vector<int32_t> tokens_;      // [B]
-  std::vector<int64_t> logit_rows_;  // [B]
-  AlignedArray<float> x_;            // [B, D] residual stream
-  AlignedArray<float> last_logits_;  // [vocab]
+  std::vector<int32_t> tokens_;       // [B]
+  std::vector<int64_t> logit_rows_;   // [B]
+  std::vector<PlannedStep> planned_;  // [slots] the announced steps of a batch (process groups)
+  AlignedArray<float> own_logits_;    // [local slots, vocab] this rank's rows (process groups)
+  AlignedArray<float> x_;             // [B, D] residual stream
+  AlignedArray<float> last_logits_;   // [vocab]
 };
 
 }  // namespace dsv3

@@ -136,8 +136,9 @@ void RouteToken(const Config& c, const float* logits, const float* bias, RouterS
   for (int64_t k = 0; k < K; ++k) weights[k] = weights[k] * norm * scale;
 }
 
-Moe::Moe(const Config& c, int64_t max_batch)
+Moe::Moe(const Config& c, int64_t max_batch, ProcessGroup* group)
     : c_(c),
+      group_(group),
       mlps_(c.n_routed_experts + 1, max_batch * (c.num_experts_per_tok + 1),
             std::max(c.moe_intermediate_size, c.shared_intermediate()), c.hidden_size),
       logits_(max_batch * c.n_routed_experts),
@@ -160,10 +161,9 @@ size_t Moe::scratch_bytes() const {
          sizeof(int32_t) * (indices_.size() + count_.size() + first_.size() + slot_token_.size());
 }
 
-void Moe::Forward(const ForwardStep& step, const MoeWeights& w, int64_t layer, const float* xn,
-                  float* out) {
+void Moe::Route(const ForwardStep& step, const MoeWeights& w, int64_t layer, const float* xn) {
   const int64_t T = step.T, D = c_.hidden_size, E = c_.n_routed_experts, K = c_.num_experts_per_tok;
-  std::optional<PhaseTimer> timer(std::in_place, profile_, Phase::kRouter);
+  PhaseTimer timer(profile_, Phase::kRouter);
   // Router in float32: [T, E].
   kernels::MatMul(w.router, xn, D, T, logits_.data(), E, step.matmul);
   const float* bias = w.correction_bias.empty() ? nullptr : w.correction_bias.data();
@@ -176,6 +176,27 @@ void Moe::Forward(const ForwardStep& step, const MoeWeights& w, int64_t layer, c
     r.indices.insert(r.indices.end(), indices_.begin(), indices_.begin() + T * K);
     r.weights.insert(r.weights.end(), weights_.begin(), weights_.begin() + T * K);
   }
+}
+
+void Moe::Forward(const ForwardStep& step, const MoeWeights& w, int64_t layer, const float* xn,
+                  float* out) {
+  const int64_t T = step.T, D = c_.hidden_size, E = c_.n_routed_experts, K = c_.num_experts_per_tok;
+  if (T > 0) Route(step, w, layer, xn);
+  if (group_ != nullptr) {
+    // Routed experts wherever they are held (every rank takes part, with T = 0 too); then the
+    // shared experts on this rank, added last as below.
+    {
+      PhaseTimer timer(profile_, Phase::kExperts);
+      group_->RoutedExperts(step.matmul, w, layer, T, xn, indices_.data(), weights_.data(), out);
+    }
+    if (T > 0 && c_.n_shared_experts > 0) {
+      PhaseTimer timer(profile_, Phase::kExperts);
+      mlps_.Forward(w.shared, xn, T, shared_out_.data(), step.matmul);
+      kernels::Add(shared_out_.data(), out, T * D);
+    }
+    return;
+  }
+  std::optional<PhaseTimer> timer;
 
   // Group (token, weight) slots by expert: counting sort, tokens ascending within an expert.
   std::fill(count_.begin(), count_.end(), 0);

@@ -8,6 +8,7 @@
 #include "core/aligned.h"
 #include "kernels/matmul.h"
 #include "model/config.h"
+#include "model/process_group.h"
 #include "model/profile.h"
 #include "model/step.h"
 #include "model/weights.h"
@@ -63,7 +64,9 @@ void RouteToken(const Config& c, const float* logits, const float* bias, RouterS
 
 class Moe {
  public:
-  Moe(const Config& c, int64_t max_batch);
+  // With a process group, the routed experts run on the ranks that hold them (RoutedExperts);
+  // the router and the shared experts run here.
+  Moe(const Config& c, int64_t max_batch, ProcessGroup* group = nullptr);
   // out [T, D] = sum_k w_k Expert_k(xn) + Shared(xn), xn [T, D] for the step's T tokens; the
   // routing of checkpoint layer `layer` goes to the step's trace.
   void Forward(const ForwardStep& step, const MoeWeights& w, int64_t layer, const float* xn,
@@ -72,7 +75,10 @@ class Moe {
   size_t scratch_bytes() const;
 
  private:
+  void Route(const ForwardStep& step, const MoeWeights& w, int64_t layer, const float* xn);
+
   const Config& c_;
+  ProcessGroup* group_;
   ForwardProfile* profile_ = nullptr;
   MlpBatch mlps_;
   AlignedArray<float> logits_;  // [B, E]

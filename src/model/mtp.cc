@@ -17,7 +17,7 @@ MtpContext::MtpContext(const Model& model, int64_t k, const ContextOptions& o)
       matmul_(o.matmul),
       cache_(c_, 1, 1, o.capacity, o.kv_cache),
       step_(c_, model.rope(), max_batch_),
-      layer_(c_, model.rope(), max_batch_, o.capacity, o.attention, o.kv_cache),
+      layer_(c_, model.rope(), max_batch_, o.capacity, o.attention, o.kv_cache, model.group()),
       head_(c_, max_batch_),
       cat_(max_batch_ * 2 * c_.hidden_size),
       x_(max_batch_ * c_.hidden_size),
@@ -48,6 +48,8 @@ void MtpContext::Forward(const float* hidden, int64_t hidden_stride,
     step_.slots()[t] = 0;
   }
   const ForwardStep& step = step_.Build(T, {.precision = matmul_}, trace);
+  // In a process group only rank 0 drafts; the other ranks serve the module's experts.
+  if (ProcessGroup* g = model_.group()) g->AnnounceMtp(k_, step.matmul);
   kernels::MatMul(w_.eh_proj, cat, 2 * D, T, x, D, step.matmul);
   const std::string name = trace ? "mtp" + std::to_string(k_) : "";
   if (trace) trace->Emit(name + ".eh_proj_out", x, T, D, D);

@@ -12,7 +12,8 @@ namespace {
 
 class Binder {
  public:
-  Binder(const Config& c, const Checkpoint& ckpt) : c_(c), ckpt_(ckpt) {
+  Binder(const Config& c, const Checkpoint& ckpt, const ExpertFilter& holds)
+      : c_(c), ckpt_(ckpt), holds_(holds) {
     for (const TensorSpec& s : MainTensorSpecs(c)) specs_.emplace(s.name, s);
     for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k) {
       for (const TensorSpec& s : MtpTensorSpecs(c, k)) specs_.emplace(s.name, s);
@@ -150,7 +151,17 @@ class Binder {
       lw.moe.correction_bias = Vector(p + "mlp.gate.e_score_correction_bias");
     }
     for (int64_t e = 0; e < c_.n_routed_experts; ++e) {
-      lw.moe.experts.push_back(Mlp(p + "mlp.experts." + std::to_string(e) + "."));
+      const std::string ep = p + "mlp.experts." + std::to_string(e) + ".";
+      MlpWeights m = Mlp(ep);  // validated on every rank, bound only where held
+      if (!holds_ || holds_(e)) {
+        lw.moe.experts.push_back(m);
+        continue;
+      }
+      lw.moe.experts.emplace_back();
+      for (const char* proj : {"gate_proj.", "up_proj.", "down_proj."}) {
+        elsewhere_.insert(ep + proj + "weight");
+        elsewhere_.insert(ep + proj + "weight_scale_inv");
+      }
     }
     if (c_.n_shared_experts > 0) lw.moe.shared = Mlp(p + "mlp.shared_experts.");
     return lw;
@@ -187,7 +198,9 @@ class Binder {
     if (report == nullptr) return;
     for (const TensorInfo* t : ckpt_.tensors()) {
       const bool used = used_.count(t->name) > 0, mtp = IsMtpTensor(t->name);
-      if (mtp) {
+      if (elsewhere_.count(t->name) > 0) {
+        report->elsewhere_bytes += t->nbytes;
+      } else if (mtp) {
         ++report->mtp_tensors;
         report->mtp_bytes += t->nbytes;
       } else if (used) {
@@ -208,14 +221,16 @@ class Binder {
   const Config& c_;
   const Checkpoint& ckpt_;
   std::unordered_map<std::string, TensorSpec> specs_;
+  const ExpertFilter& holds_;
   std::set<std::string> used_;
+  std::set<std::string> elsewhere_;  // routed-expert tensors another process holds
 };
 
 }  // namespace
 
 Weights BindWeights(const Config& c, const Checkpoint& ckpt, LoadReport* report,
-                    std::vector<MtpWeights>* mtp) {
-  Binder b(c, ckpt);
+                    std::vector<MtpWeights>* mtp, const ExpertFilter& holds) {
+  Binder b(c, ckpt, holds);
   Weights w;
   w.embed = b.Embedding("model.embed_tokens.weight");
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) w.layers.push_back(b.Layer(l));

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -70,14 +71,19 @@ struct LoadReport {
   std::vector<std::string> unused;  // tensors in the checkpoint that nothing reads
   int64_t mtp_tensors = 0;          // tensors of the MTP layers
   int64_t mtp_layers = 0;           // MTP modules bound (0 when the checkpoint has none)
-  uint64_t main_bytes = 0;          // bytes of the tensors the main model reads
-  uint64_t mtp_bytes = 0;
+  uint64_t main_bytes = 0;          // bytes of the tensors the main model reads (held here)
+  uint64_t mtp_bytes = 0;           // of the MTP layers (their held experts only)
+  uint64_t elsewhere_bytes = 0;     // routed experts another process holds (expert parallelism)
 };
+
+// Which routed experts this process holds (the same in every layer); empty: all of them.
+using ExpertFilter = std::function<bool(int64_t expert)>;
 
 // Binds and validates every main-model tensor, and the MTP modules when the checkpoint has them
 // (a checkpoint may omit them all; a partial module is an error). Throws dsv3::Error naming the
-// first bad tensor.
+// first bad tensor. Routed experts that `holds` rejects are validated but left unbound (empty
+// MlpWeights): their bytes are never touched here.
 Weights BindWeights(const Config& config, const Checkpoint& ckpt, LoadReport* report,
-                    std::vector<MtpWeights>* mtp);
+                    std::vector<MtpWeights>* mtp, const ExpertFilter& holds = {});
 
 }  // namespace dsv3
