@@ -9,6 +9,7 @@ PACKAGES=(
   libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   gnuplot-nox clang-format
+  libopenmpi-dev openmpi-bin
 )
 # Needed only for the fuzzing build (clang + libFuzzer and the sanitizer runtimes): set by
 # scripts/fuzz.sh and .ci/run.

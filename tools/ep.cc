@@ -96,17 +96,20 @@ std::string EpSession::Holdings(const Model& model) const {
 }
 
 void EpSession::PrintReport(const Model& model, const BenchOptions& o) const {
-  if (!active_) Fail("--ep-report: run under mpirun (expert parallelism), e.g. mpirun -np 2 dsv3 bench ...");
+  if (!active_)
+    Fail("--ep-report: run under mpirun (expert parallelism), e.g. mpirun -np 2 dsv3 bench ...");
   ep::MpiGroup& g = *state_->group;
   const Config& c = model.config();
-  const int64_t P = std::max<int64_t>(1, o.prompt_tokens), n = std::max<int64_t>(1, o.decode_tokens);
+  const int64_t P = std::max<int64_t>(1, o.prompt_tokens),
+                n = std::max<int64_t>(1, o.decode_tokens);
   ContextOptions co;
   co.capacity = std::min<int64_t>(c.max_position_embeddings, P + n);
   co.kv_cache = o.kv_cache;
   co.matmul = o.matmul;
   Context ctx(model, co);
   std::vector<int32_t> prompt(static_cast<size_t>(std::min(P, co.capacity - n)));
-  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 7919 + 13) % c.vocab_size);
+  for (size_t i = 0; i < prompt.size(); ++i)
+    prompt[i] = static_cast<int32_t>((i * 7919 + 13) % c.vocab_size);
   ctx.Forward(prompt);
   g.GatherFigures(model, /*reset=*/true);
   int32_t token = Argmax(ctx.last_logits(), c.vocab_size);
@@ -120,14 +123,16 @@ void EpSession::PrintReport(const Model& model, const BenchOptions& o) const {
   const std::vector<ep::RankFigures> f = g.GatherFigures(model, /*reset=*/true);
   int64_t moe_layers = 0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) moe_layers += c.IsMoeLayer(l) ? 1 : 0;
-  std::printf("expert parallelism: %d ranks, %d node(s), exchange %s (token copy %lld B, partial "
-              "sum %lld B), %lld MoE layers\n",
-              size_, g.nodes(), ep::ExchangeName(g.options().exchange),
-              (long long)g.record_bytes(), (long long)g.partial_bytes(), (long long)moe_layers);
-  std::printf("decode step %.3f ms (%lld steps after a %zu-token prompt; one sequence, on rank 0)\n",
-              1e3 * step_s, (long long)n, prompt.size());
-  const char* level_names[2] = {g.nodes() > 1 && f[0].stats.levels_used > 1 ? "between nodes" : "all ranks",
-                                "within nodes"};
+  std::printf(
+      "expert parallelism: %d ranks, %d node(s), exchange %s (token copy %lld B, partial "
+      "sum %lld B), %lld MoE layers\n",
+      size_, g.nodes(), ep::ExchangeName(g.options().exchange), (long long)g.record_bytes(),
+      (long long)g.partial_bytes(), (long long)moe_layers);
+  std::printf(
+      "decode step %.3f ms (%lld steps after a %zu-token prompt; one sequence, on rank 0)\n",
+      1e3 * step_s, (long long)n, prompt.size());
+  const char* level_names[2] = {
+      g.nodes() > 1 && f[0].stats.levels_used > 1 ? "between nodes" : "all ranks", "within nodes"};
   for (int r = 0; r < size_; ++r) {
     const ep::ExchangeStats& s = f[r].stats;
     std::printf("rank %d: exchange %.3f ms/step (in MPI, waiting included), experts %.3f ms/step",
@@ -136,21 +141,23 @@ void EpSession::PrintReport(const Model& model, const BenchOptions& o) const {
     std::printf("\n");
     for (int l = 0; l < s.levels_used; ++l) {
       const ep::LevelStats& v = s.levels[l];
-      std::printf("  %s: sent %.1f token copies/step (%s dispatch + %s combine per step, %s per "
-                  "token), kept %.1f, most ranks per token %lld\n",
-                  level_names[l], double(v.records) / n, Bytes(double(v.dispatch_bytes) / n).c_str(),
-                  Bytes(double(v.combine_bytes) / n).c_str(),
-                  Bytes(double(v.dispatch_bytes + v.combine_bytes) / n).c_str(),
-                  double(v.self_records) / n, (long long)v.max_fanout);
+      std::printf(
+          "  %s: sent %.1f token copies/step (%s dispatch + %s combine per step, %s per "
+          "token), kept %.1f, most destinations of one token %lld\n",
+          level_names[l], double(v.records) / n, Bytes(double(v.dispatch_bytes) / n).c_str(),
+          Bytes(double(v.combine_bytes) / n).c_str(),
+          Bytes(double(v.dispatch_bytes + v.combine_bytes) / n).c_str(), double(v.self_records) / n,
+          (long long)v.max_fanout);
     }
   }
   // dsv3 analyze tpot's model: every token to each of its experts (routed + shared), FP8 out and
   // BF16 back, per MoE layer.
   const double fan_out = static_cast<double>(c.num_experts_per_tok + c.n_shared_experts);
   const double modeled = moe_layers * fan_out * c.hidden_size * 3.0;
-  std::printf("analyzer model (dsv3 analyze tpot): %s per token sent (%lld MoE layers x %g "
-              "experts x %lld values x (1 + 2) B)\n",
-              Bytes(modeled).c_str(), (long long)moe_layers, fan_out, (long long)c.hidden_size);
+  std::printf(
+      "analyzer model (dsv3 analyze tpot): %s per token sent (%lld MoE layers x %g "
+      "experts x %lld values x (1 + 2) B)\n",
+      Bytes(modeled).c_str(), (long long)moe_layers, fan_out, (long long)c.hidden_size);
 }
 
 #else  // built without MPI
@@ -158,8 +165,9 @@ void EpSession::PrintReport(const Model& model, const BenchOptions& o) const {
 struct EpSession::State {};
 EpSession::EpSession(int*, char***) {
   if (std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr || std::getenv("PMIX_RANK") != nullptr) {
-    Fail("this dsv3 was built without MPI (configure with Open MPI installed, -DDSV3_MPI=ON): it "
-         "cannot run under mpirun");
+    Fail(
+        "this dsv3 was built without MPI (configure with Open MPI installed, -DDSV3_MPI=ON): it "
+        "cannot run under mpirun");
   }
 }
 EpSession::~EpSession() = default;

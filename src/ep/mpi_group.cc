@@ -20,8 +20,7 @@ namespace {
 constexpr int64_t kBlock = 128;  // FP8 dispatch: one scale per 128 values (1x128 tiles)
 
 double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // Adds the wall time of its scope to `seconds`.
@@ -85,9 +84,10 @@ MpiGroup::~MpiGroup() {
 void MpiGroup::Prepare(const Config& c) {
   const int64_t E = c.n_routed_experts;
   if (E > 0 && E % size_ != 0) {
-    Fail("expert parallelism: {} routed experts cannot be split evenly over {} ranks (use a "
-         "number of ranks that divides {})",
-         E, size_, E);
+    Fail(
+        "expert parallelism: {} routed experts cannot be split evenly over {} ranks (use a "
+        "number of ranks that divides {})",
+        E, size_, E);
   }
   ranks_per_node_ = options_.ranks_per_node > 0 ? options_.ranks_per_node : size_;
   if (size_ % ranks_per_node_ != 0) {
@@ -97,9 +97,10 @@ void MpiGroup::Prepare(const Config& c) {
   nodes_ = size_ / ranks_per_node_;
   const bool grouped = c.topk_method != TopkMethod::kGreedy && c.n_group > 1;
   if (nodes_ > 1 && grouped && c.n_group % nodes_ != 0) {
-    Fail("expert parallelism: the model's {} expert groups cannot map onto {} nodes (--ranks-per-"
-         "node {} of {} ranks); node-limited routing needs n_group to be a multiple of the nodes",
-         c.n_group, nodes_, ranks_per_node_, size_);
+    Fail(
+        "expert parallelism: the model's {} expert groups cannot map onto {} nodes (--ranks-per-"
+        "node {} of {} ranks); node-limited routing needs n_group to be a multiple of the nodes",
+        c.n_group, nodes_, ranks_per_node_, size_);
   }
   config_ = &c;
   D_ = c.hidden_size;
@@ -231,9 +232,9 @@ const MpiGroup::Announcement& MpiGroup::Receive() {
     int64_t t = 0;
     for (int64_t i = 0; i < n; ++i) {
       const int64_t count = step_words_[3 * i + 2];
-      a.steps.push_back({static_cast<int32_t>(step_words_[3 * i]), step_words_[3 * i + 1],
-                         std::span<const int32_t>(step_tokens_.data() + t,
-                                                  static_cast<size_t>(count))});
+      a.steps.push_back(
+          {static_cast<int32_t>(step_words_[3 * i]), step_words_[3 * i + 1],
+           std::span<const int32_t>(step_tokens_.data() + t, static_cast<size_t>(count))});
       t += count;
     }
   }
@@ -501,7 +502,8 @@ void MpiGroup::Compute(int64_t n, const uint8_t* records, float* partial) {
     const int32_t* e = reinterpret_cast<const int32_t*>(records + j * rb);
     for (int64_t k = 0; k < K_; ++k) {
       if (e[k] < 0) continue;
-      if (ExpertOwner(e[k]) != rank_) Fail("expert parallelism: expert {} sent to rank {}", e[k], rank_);
+      if (ExpertOwner(e[k]) != rank_)
+        Fail("expert parallelism: expert {} sent to rank {}", e[k], rank_);
       ++count_[e[k] - first_expert];
       ++pairs;
     }
@@ -541,8 +543,7 @@ void MpiGroup::Compute(int64_t n, const uint8_t* records, float* partial) {
   // partial[j] = sum over j's experts, in expert order, of weight * output.
   std::fill(partial, partial + n * D_, 0.0f);
   for (int64_t s = 0; s < pairs; ++s) {
-    kernels::Axpy(pair_weight_[s], expert_out_.data() + s * D_, partial + pair_record_[s] * D_,
-                  D_);
+    kernels::Axpy(pair_weight_[s], expert_out_.data() + s * D_, partial + pair_record_[s] * D_, D_);
   }
 }
 
@@ -588,9 +589,9 @@ void Follow(const Model& model, MpiGroup& group) {
       case MpiGroup::Kind::kMtp: {
         const int64_t k = a.args[0];
         const LayerWeights& lw = model.mtp().at(static_cast<size_t>(k)).layer;
-        const kernels::MatMulOptions mm{.path = static_cast<kernels::MatMulPath>(a.args[1]),
-                                        .precision =
-                                            static_cast<kernels::MatMulPrecision>(a.args[2])};
+        const kernels::MatMulOptions mm{
+            .path = static_cast<kernels::MatMulPath>(a.args[1]),
+            .precision = static_cast<kernels::MatMulPrecision>(a.args[2])};
         if (lw.is_moe) {
           group.RoutedExperts(mm, lw.moe, c.num_hidden_layers + k, 0, nullptr, nullptr, nullptr,
                               nullptr);

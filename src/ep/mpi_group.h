@@ -56,11 +56,11 @@ struct LevelStats {
 };
 
 struct ExchangeStats {
-  int64_t exchanges = 0;     // MoE layer exchanges this rank took part in
-  int64_t tokens = 0;        // own tokens dispatched
-  double exchange_s = 0;     // wall time in MPI calls (including waiting for other ranks)
-  double compute_s = 0;      // wall time running the experts on received tokens
-  LevelStats levels[2];      // [0]: between nodes (or all ranks), [1]: within a node
+  int64_t exchanges = 0;  // MoE layer exchanges this rank took part in
+  int64_t tokens = 0;     // own tokens dispatched
+  double exchange_s = 0;  // wall time in MPI calls (including waiting for other ranks)
+  double compute_s = 0;   // wall time running the experts on received tokens
+  LevelStats levels[2];   // [0]: between nodes (or all ranks), [1]: within a node
   int levels_used = 1;
 };
 
@@ -96,9 +96,7 @@ class MpiGroup final : public ProcessGroup {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   void Prepare(const Config& config) override;
-  int ExpertOwner(int64_t e) const override {
-    return static_cast<int>(e / experts_per_rank_);
-  }
+  int ExpertOwner(int64_t e) const override { return static_cast<int>(e / experts_per_rank_); }
   int64_t OpenContext(const ContextOptions& options) override;
   void CloseContext(int64_t id) override;
   void AnnounceBatch(int64_t id, std::span<const PlannedStep> steps,
@@ -119,7 +117,11 @@ class MpiGroup final : public ProcessGroup {
   int nodes() const { return nodes_; }
   int NodeOf(int rank) const { return rank / ranks_per_node_; }
   const ExchangeStats& stats() const { return stats_; }
-  void ResetStats() { stats_ = ExchangeStats(); }
+  void ResetStats() {
+    const int levels = stats_.levels_used;
+    stats_ = ExchangeStats();
+    stats_.levels_used = levels;
+  }
   // Bytes of one dispatched token copy and of one partial sum sent back.
   int64_t record_bytes() const { return record_bytes_; }
   int64_t partial_bytes() const;
@@ -168,8 +170,7 @@ class MpiGroup final : public ProcessGroup {
   int rank_ = 0, size_ = 1, ranks_per_node_ = 1, nodes_ = 1;
   int64_t next_id_ = 0;
   const Config* config_ = nullptr;
-  int64_t D_ = 0, K_ = 0, experts_per_rank_ = 1, blocks_ = 0, payload_bytes_ = 0,
-          record_bytes_ = 0;
+  int64_t D_ = 0, K_ = 0, experts_per_rank_ = 1, blocks_ = 0, payload_bytes_ = 0, record_bytes_ = 0;
   std::vector<Level> levels_;
   ExchangeStats stats_;
   // RoutedExperts' current call.
