@@ -29,6 +29,35 @@ void ResetPeakRss() {
   }
 }
 
+// Reads one byte per page of every weight matrix `model` binds (a process group's rank binds
+// only its own routed experts).
+void PrefaultHeld(const Model& model) {
+  volatile uint8_t sink = 0;
+  auto touch = [&](const kernels::WeightMatrix& w) {
+    if (w.data == nullptr) return;
+    const uint8_t* p = static_cast<const uint8_t*>(w.data);
+    const size_t n = static_cast<size_t>(w.rows * w.cols) * DTypeSize(w.dtype);
+    for (size_t i = 0; i < n; i += 4096) sink = sink + p[i];
+  };
+  auto mlp = [&](const MlpWeights& m) { touch(m.gate), touch(m.up), touch(m.down); };
+  auto layer = [&](const LayerWeights& l) {
+    for (const WeightMatrix* w : {&l.attn.q_a, &l.attn.q_b, &l.attn.q, &l.attn.kv_a, &l.attn.kv_b,
+                                  &l.attn.o, &l.moe.router})
+      touch(*w);
+    mlp(l.mlp);
+    mlp(l.moe.shared);
+    for (const MlpWeights& e : l.moe.experts) mlp(e);
+  };
+  const Weights& w = model.weights();
+  touch(w.embed);
+  touch(w.lm_head);
+  for (const LayerWeights& l : w.layers) layer(l);
+  for (const MtpWeights& m : model.mtp()) {
+    touch(m.embed), touch(m.eh_proj), touch(m.head);
+    layer(m.layer);
+  }
+}
+
 int64_t PeakRssBytes() {
   int64_t kb = -1;
   if (std::FILE* f = std::fopen("/proc/self/status", "r")) {
@@ -251,7 +280,11 @@ BenchResult RunBench(const Model& model, const BenchOptions& o) {
   // decode speed.
   {
     const auto t0 = Clock::now();
-    for (const auto& f : model.checkpoint().files()) f->mapping().Prefault();
+    if (model.group() == nullptr) {
+      for (const auto& f : model.checkpoint().files()) f->mapping().Prefault();
+    } else {
+      PrefaultHeld(model);  // a rank of a process group: only the weights it holds
+    }
     r.prefault_seconds = Since(t0);
   }
   // Memory bandwidth first, in the same process and with the same threads as the decode; then

@@ -76,7 +76,7 @@ std::vector<std::string> SynthGrouped() {  // 32 experts in 8 groups, top 6 from
 
 // A prompt and greedy decoding, recording every logit row and every routing decision.
 struct Decoded {
-  std::vector<float> logits;   // [prompt + steps, V]
+  std::vector<float> logits;    // [prompt + steps, V]
   std::vector<int32_t> tokens;  // the greedy tokens
   ForwardTrace trace;
 };
@@ -156,8 +156,7 @@ TEST(ExpertParallel, SpeculativeDecodingMatchesOneProcess) {
       g.max_new_tokens = 12;
       g.stop_at_eos = false;
       GenerateStats stats;
-      const std::vector<int32_t> out =
-          spec.Generate(ctx, kPrompt, g, &stats, nullptr);
+      const std::vector<int32_t> out = spec.Generate(ctx, kPrompt, g, &stats, nullptr);
       EXPECT_GT(stats.decode_steps, 0);
       return out;
     };
@@ -192,7 +191,8 @@ TEST(ExpertParallel, ConcurrentSequencesEqualEachDecodedAlone) {
         for (int s = 0; s < S; ++s) {
           if (s == 4) {
             ctx.CopyPrefix(1, 4, static_cast<int64_t>(prompts[1].size()));
-            const Context::Step step{4, std::span<const int32_t>(prompts[4]).subspan(prompts[1].size())};
+            const Context::Step step{
+                4, std::span<const int32_t>(prompts[4]).subspan(prompts[1].size())};
             ctx.ForwardBatch(std::span<const Context::Step>(&step, 1), logits.data(), false);
           } else {
             const Context::Step step{s, prompts[s]};
@@ -202,7 +202,8 @@ TEST(ExpertParallel, ConcurrentSequencesEqualEachDecodedAlone) {
         }
         for (int i = 1; i < steps; ++i) {
           std::vector<Context::Step> batch;
-          for (int s = 0; s < S; ++s) batch.push_back({s, std::span<const int32_t>(&out[s].back(), 1)});
+          for (int s = 0; s < S; ++s)
+            batch.push_back({s, std::span<const int32_t>(&out[s].back(), 1)});
           ctx.ForwardBatch(batch, logits.data(), true);
           for (int s = 0; s < S; ++s) out[s].push_back(Argmax(logits.data() + s * V, V));
         }
@@ -272,7 +273,8 @@ TEST(ExpertParallel, Fp8DispatchMatchesAnEmulationOfItsQuantization) {
       trace.tensor = [&](const std::string& name, const float* data, int64_t rows, int64_t cols,
                          int64_t stride) {
         std::vector<float>& v = seen[name];
-        for (int64_t r = 0; r < rows; ++r) v.insert(v.end(), data + r * stride, data + r * stride + cols);
+        for (int64_t r = 0; r < rows; ++r)
+          v.insert(v.end(), data + r * stride, data + r * stride + cols);
       };
       ContextOptions o;
       o.capacity = 64;
@@ -297,7 +299,8 @@ TEST(ExpertParallel, Fp8DispatchMatchesAnEmulationOfItsQuantization) {
             std::sort(mine.begin(), mine.end());
             std::vector<float> partial(D, 0.0f);
             for (const auto& [e, wt] : mine) {
-              const std::vector<float> y = ReferenceMlp(w.experts[e], q), ye = ReferenceMlp(w.experts[e], x);
+              const std::vector<float> y = ReferenceMlp(w.experts[e], q),
+                                       ye = ReferenceMlp(w.experts[e], x);
               for (int64_t i = 0; i < D; ++i) partial[i] += wt * y[i], exact[i] += wt * ye[i];
             }
             for (int64_t i = 0; i < D; ++i) {
@@ -305,13 +308,16 @@ TEST(ExpertParallel, Fp8DispatchMatchesAnEmulationOfItsQuantization) {
               ulps[i] += std::fabs(partial[i]) * 0x1p-8f;  // one BF16 rounding step
             }
           }
-          const std::vector<float> shared = c.n_shared_experts > 0 ? ReferenceMlp(w.shared, x) : std::vector<float>(D, 0.0f);
+          const std::vector<float> shared =
+              c.n_shared_experts > 0 ? ReferenceMlp(w.shared, x) : std::vector<float>(D, 0.0f);
           for (int64_t i = 0; i < D; ++i) {
             const float out = got[t * D + i], diff = std::fabs(out - (want[i] + shared[i]));
-            EXPECT_LE(diff, ulps[i] + 1e-4f) << "layer " << r.layer << " token " << t << " [" << i << "]";
+            EXPECT_LE(diff, ulps[i] + 1e-4f)
+                << "layer " << r.layer << " token " << t << " [" << i << "]";
             loose += diff > 1e-5f;
             ++checked;
-            worst_exact = std::max(worst_exact, std::fabs(out - (exact[i] + shared[i])) - ulps[i] - 1e-4f);
+            worst_exact =
+                std::max(worst_exact, std::fabs(out - (exact[i] + shared[i])) - ulps[i] - 1e-4f);
           }
         }
       }
@@ -327,7 +333,7 @@ TEST(ExpertParallel, Fp8DispatchMatchesAnEmulationOfItsQuantization) {
 TEST(ExpertParallel, NodeLimitedRoutingAndBytesFollowTheRouting) {
   SynthModel synth(SynthGrouped());
   const int P = WorldSize();
-  std::vector<int> layouts = {0, 1};  // one node; every rank its own node
+  std::vector<int> layouts = {0, 1};              // one node; every rank its own node
   if (P % 2 == 0 && P > 2) layouts.push_back(2);  // two levels: between and within nodes
   for (int rpn : layouts) {
     InGroup(synth.path(), {.ranks_per_node = rpn}, [&](const Model& m, MpiGroup& g) {
@@ -362,7 +368,8 @@ TEST(ExpertParallel, NodeLimitedRoutingAndBytesFollowTheRouting) {
         }
       }
       EXPECT_EQ(g.nodes(), nodes);
-      if (nodes > 1) EXPECT_LE(most_nodes, c.topk_group) << "a token reached more nodes than topk_group";
+      if (nodes > 1)
+        EXPECT_LE(most_nodes, c.topk_group) << "a token reached more nodes than topk_group";
       const ep::LevelStats& top = f[0].stats.levels[0];
       EXPECT_EQ(top.max_fanout, f[0].stats.levels_used == 2 ? most_nodes : most_ranks);
       if (f[0].stats.levels_used == 1) {
@@ -373,7 +380,8 @@ TEST(ExpertParallel, NodeLimitedRoutingAndBytesFollowTheRouting) {
         EXPECT_EQ(top.combine_bytes, 0);
         for (int r = 1; r < P; ++r) {
           EXPECT_EQ(f[r].stats.levels[0].records, 0) << "rank " << r;
-          EXPECT_EQ(f[r].stats.levels[0].combine_bytes, received[r] * g.partial_bytes()) << "rank " << r;
+          EXPECT_EQ(f[r].stats.levels[0].combine_bytes, received[r] * g.partial_bytes())
+              << "rank " << r;
         }
       } else {
         // Between nodes, one copy per (token, other node); rank 0's node forwards inside.
@@ -393,12 +401,15 @@ TEST(ExpertParallel, WorldsThatCannotSplitTheExpertsAreClearErrors) {
   if (6 % P != 0) {
     MpiGroup g({});
     const std::string msg = test::ErrorMessage([&] { Model::Load(odd.path(), &g); });
-    EXPECT_NE(msg.find("6 routed experts cannot be split evenly over " + std::to_string(P)), std::string::npos) << msg;
+    EXPECT_NE(msg.find("6 routed experts cannot be split evenly over " + std::to_string(P)),
+              std::string::npos)
+        << msg;
   }
   MpiGroup g({.ranks_per_node = 3});
   SynthModel synth(SynthGrouped());
   const std::string msg = test::ErrorMessage([&] { Model::Load(synth.path(), &g); });
-  if (P % 3 != 0) EXPECT_NE(msg.find("--ranks-per-node 3 does not divide"), std::string::npos) << msg;
+  if (P % 3 != 0)
+    EXPECT_NE(msg.find("--ranks-per-node 3 does not divide"), std::string::npos) << msg;
 }
 
 }  // namespace

@@ -53,8 +53,8 @@ TEST_F(EpCliTest, InfoPrintsWhatEachRankHolds) {
   const Json j = Json::parse(r.out);
   const RunResult one = RunCommand(One("info --json -m " + Model()));
   const Json alone = Json::parse(one.out);
-  const double total = alone["weights"]["bytes_main"].get<double>() +
-                       alone["weights"]["bytes_mtp"].get<double>();
+  const double total =
+      alone["weights"]["bytes_main"].get<double>() + alone["weights"]["bytes_mtp"].get<double>();
   ASSERT_EQ(j["expert_parallel"].size(), 4u);
   for (int r = 0; r < 4; ++r) {
     const Json& e = j["expert_parallel"][r];
@@ -70,8 +70,8 @@ TEST_F(EpCliTest, InfoPrintsWhatEachRankHolds) {
 
 TEST_F(EpCliTest, BenchReportsTheExchange) {
   DSV3_REQUIRE_DATA(Model() + "/config.json");
-  const RunResult r =
-      RunCommand(Mpi(2, "bench -m " + Model() + " -p 8 -n 4 --no-mtp --ep-report --ep-exchange fp8"));
+  const RunResult r = RunCommand(
+      Mpi(2, "bench -m " + Model() + " -p 8 -n 4 --no-mtp --ep-report --ep-exchange fp8"));
   ASSERT_EQ(r.status, 0) << r.output();
   for (const char* want : {"expert parallelism: 2 ranks", "exchange fp8", "decode step",
                            "rank 0: exchange", "rank 1: exchange", "analyzer model"}) {
@@ -90,7 +90,8 @@ TEST_F(EpCliTest, ServeOnTwoRanksAnswersLikeOneProcess) {
     httplib::Client http("127.0.0.1", s.port());
     std::vector<std::string> out;
     for (const char* prompt : {"Hello there", "One two three", "Expert parallelism"}) {
-      const Json body = {{"model", "m"}, {"prompt", prompt}, {"max_tokens", 12}, {"temperature", 0}};
+      const Json body = {
+          {"model", "m"}, {"prompt", prompt}, {"max_tokens", 12}, {"temperature", 0}};
       auto res = http.Post("/v1/completions", body.dump(), "application/json");
       EXPECT_TRUE(res) << "no answer";
       if (!res) break;
