@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <memory>
 
+#include "analysis/comm.h"
 #include "core/error.h"
 #include "core/json.h"
 #include "runtime/sampler.h"
@@ -138,7 +139,8 @@ void EpSession::PrintReport(const Model& model, const BenchOptions& o) const {
     std::printf("rank %d: exchange %.3f ms/step (in MPI, waiting included), experts %.3f ms/step",
                 r, 1e3 * s.exchange_s / n, 1e3 * s.compute_s / n);
     if (r == 0) std::printf(", rest %.3f ms/step", 1e3 * (step_s - s.exchange_s / n));
-    std::printf("\n");
+    std::printf("; holds %s of weights, resident %s\n", Bytes(f[r].held_bytes).c_str(),
+                Bytes(f[r].rss_bytes).c_str());
     for (int l = 0; l < s.levels_used; ++l) {
       const ep::LevelStats& v = s.levels[l];
       std::printf(
@@ -158,6 +160,36 @@ void EpSession::PrintReport(const Model& model, const BenchOptions& o) const {
       "analyzer model (dsv3 analyze tpot): %s per token sent (%lld MoE layers x %g "
       "experts x %lld values x (1 + 2) B)\n",
       Bytes(modeled).c_str(), (long long)moe_layers, fan_out, (long long)c.hidden_size);
+  if (size_ < 2 || moe_layers == 0) return;
+  // The link between ranks 0 and 1, and what the analyzer makes of the bytes measured above:
+  // rank 0's dispatch and the combine it received, per MoE layer, over that bandwidth.
+  const ep::MpiGroup::Link link = g.MeasureLink(8 << 20, 20);
+  double out = 0, back = 0;
+  for (int l = 0; l < f[0].stats.levels_used; ++l) out += f[0].stats.levels[l].dispatch_bytes;
+  for (int r = 1; r < size_; ++r) {
+    for (int l = 0; l < f[r].stats.levels_used; ++l) back += f[r].stats.levels[l].combine_bytes;
+  }
+  analysis::EpOptions eo;
+  eo.hidden = static_cast<double>(c.hidden_size);
+  eo.tokens_per_device = 1;
+  eo.fan_out = 1;
+  eo.micro_batches = 1;
+  eo.layers = moe_layers;
+  eo.dispatch_bytes = std::max(out / n / moe_layers, 1.0) / eo.hidden;
+  eo.combine_bytes = std::max(back / n / moe_layers, 1.0) / eo.hidden;
+  eo.bandwidth_gbs = link.gbs;
+  const analysis::EpResult er = analysis::ExpertParallelDecode(eo);
+  std::printf("link rank 0 <-> 1: %.2f GB/s one way (8 MiB ping-pong), latency %.1f us\n", link.gbs,
+              link.latency_us);
+  std::printf(
+      "analyzer with the measured bytes and link: %.3f ms of exchange per step (+ %.3f ms "
+      "latency: 3 collectives x %lld layers); measured on rank 0: %.3f ms in MPI\n",
+      er.tpot_ms, 3 * moe_layers * link.latency_us / 1e3, (long long)moe_layers,
+      1e3 * f[0].stats.exchange_s / n);
+  std::printf(
+      "  = dsv3 analyze tpot CONFIG --bandwidth-gbs %.2f --tokens-per-device 1 --fan-out 1 "
+      "--micro-batches 1 --layers %lld --dispatch-bytes %.4f --combine-bytes %.4f\n",
+      link.gbs, (long long)moe_layers, eo.dispatch_bytes, eo.combine_bytes);
 }
 
 #else  // built without MPI

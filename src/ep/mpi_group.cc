@@ -300,6 +300,36 @@ std::vector<RankFigures> MpiGroup::SendFigures(const Model& model, bool reset) {
   return all;
 }
 
+MpiGroup::Link MpiGroup::MeasureLink(int64_t bytes, int reps) {
+  if (size_ < 2) Fail("expert parallelism: measuring a link needs two ranks");
+  Header(static_cast<int64_t>(Kind::kLink), 0, {bytes, reps});
+  return PingPong(bytes, reps);
+}
+
+MpiGroup::Link MpiGroup::PingPong(int64_t bytes, int reps) {
+  Link link;
+  if (rank_ > 1) return link;
+  std::vector<uint8_t> buf(static_cast<size_t>(std::max<int64_t>(bytes, 8)), 1);
+  const int peer = 1 - rank_;
+  auto round_trips = [&](int64_t n, int count) {
+    const double t0 = Now();
+    for (int i = 0; i < count; ++i) {
+      if (rank_ == 0) {
+        SendBytes(peer, buf.data(), static_cast<size_t>(n));
+        ReceiveBytes(peer, buf.data(), static_cast<size_t>(n));
+      } else {
+        ReceiveBytes(peer, buf.data(), static_cast<size_t>(n));
+        SendBytes(peer, buf.data(), static_cast<size_t>(n));
+      }
+    }
+    return (Now() - t0) / count / 2;  // one way
+  };
+  round_trips(bytes, 1);  // warm-up
+  link.latency_us = 1e6 * round_trips(8, 200);
+  link.gbs = static_cast<double>(bytes) / round_trips(bytes, reps) / 1e9;
+  return link;
+}
+
 void MpiGroup::SendBytes(int to, const void* data, size_t bytes) {
   const uint8_t* p = static_cast<const uint8_t*>(data);
   for (size_t off = 0; off < bytes; off += 1 << 30) {
@@ -582,6 +612,9 @@ void Follow(const Model& model, MpiGroup& group) {
       case MpiGroup::Kind::kCopyPrefix:
         context(a.id).RunCopyPrefix(static_cast<int32_t>(a.args[0]),
                                     static_cast<int32_t>(a.args[1]), a.args[2]);
+        break;
+      case MpiGroup::Kind::kLink:
+        group.PingPong(a.args[0], static_cast<int>(a.args[1]));
         break;
       case MpiGroup::Kind::kFigures:
         group.SendFigures(model, a.args[0] != 0);

@@ -130,8 +130,15 @@ class MpiGroup final : public ProcessGroup {
   // after being read.
   std::vector<RankFigures> GatherFigures(const Model& model, bool reset);
 
+  // Rank 0 with rank 1: ping-pong of `bytes` (reps round trips); the one-way bandwidth in GB/s
+  // and, from 8-byte messages, the one-way latency in microseconds. Needs two ranks.
+  struct Link {
+    double gbs = 0, latency_us = 0;
+  };
+  Link MeasureLink(int64_t bytes, int reps);
+
   // What rank 0 announces, as the followers receive it (Follow's loop).
-  enum class Kind : int64_t { kStop, kOpen, kClose, kBatch, kCopyPrefix, kMtp, kFigures };
+  enum class Kind : int64_t { kStop, kOpen, kClose, kBatch, kCopyPrefix, kMtp, kFigures, kLink };
   struct Announcement {
     Kind kind = Kind::kStop;
     int64_t id = 0;
@@ -157,6 +164,8 @@ class MpiGroup final : public ProcessGroup {
   friend void Follow(const Model& model, MpiGroup& group);
   // Every rank, after a kFigures announcement: its figures to rank 0.
   std::vector<RankFigures> SendFigures(const Model& model, bool reset);
+  // Ranks 0 and 1 after a kLink announcement (the others do nothing).
+  Link PingPong(int64_t bytes, int reps);
   int DestOf(int level, int64_t expert) const;
   // The n records (record_bytes_ each) through level `level` and below; partial [n, D] gets,
   // per record, the weighted sum of its experts' outputs.

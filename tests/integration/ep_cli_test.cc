@@ -76,7 +76,8 @@ TEST_F(EpCliTest, BenchReportsTheExchange) {
       Mpi(2, "bench -m " + Model() + " -p 8 -n 4 --no-mtp --ep-report --ep-exchange fp8"));
   ASSERT_EQ(r.status, 0) << r.output();
   for (const char* want : {"expert parallelism: 2 ranks", "exchange fp8", "decode step",
-                           "rank 0: exchange", "rank 1: exchange", "analyzer model"}) {
+                           "rank 0: exchange", "rank 1: exchange", "analyzer model",
+                           "link rank 0 <-> 1", "dsv3 analyze tpot CONFIG --bandwidth-gbs"}) {
     EXPECT_NE(r.out.find(want), std::string::npos) << want << "\n" << r.out;
   }
   test::ExpectCleanError(RunCommand(One("bench -m " + Model() + " -p 8 -n 2 --ep-report")),
