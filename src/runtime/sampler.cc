@@ -36,6 +36,10 @@ Sampler::Sampler(const SamplingParams& params, int64_t vocab)
     adjusted_.resize(static_cast<size_t>(vocab));
     counts_.assign(static_cast<size_t>(vocab), 0);
   }
+  if (params.logprobs > kMaxTopLogprobs) {
+    Fail("at most {} alternatives per token, got {}", kMaxTopLogprobs, params.logprobs);
+  }
+  logprobs_.top.reserve(static_cast<size_t>(kMaxTopLogprobs));
 }
 
 double Sampler::Uniform() {
@@ -133,7 +137,31 @@ int32_t Sampler::Sample(const float* logits) {
     token = Draw(probs_.data());
   }
   if (adjusts_) ++counts_[token];
+  if (params_.logprobs >= 0) Logprobs(logits, token);
   return token;
+}
+
+void Sampler::Logprobs(const float* logits, int32_t token) {
+  // log p(v) = l(v) / T - log sum_u exp(l(u) / T), in double for the sum.
+  const double inv_t = greedy() ? 1.0 : 1.0 / params_.temperature;
+  float m = logits[0];
+  for (int64_t v = 1; v < vocab_; ++v) m = std::max(m, logits[v]);
+  double sum = 0;
+  for (int64_t v = 0; v < vocab_; ++v) sum += std::exp((logits[v] - m) * inv_t);
+  const double lse = m * inv_t + std::log(sum);
+  auto lp = [&](int32_t v) { return static_cast<float>(logits[v] * inv_t - lse); };
+  logprobs_.token = token;
+  logprobs_.logprob = lp(token);
+  logprobs_.top.clear();
+  const int64_t n = std::min<int64_t>({params_.logprobs, kMaxTopLogprobs, vocab_});
+  if (n == 0) return;
+  for (int64_t v = 0; v < vocab_; ++v) candidates_[v] = {logits[v], static_cast<int32_t>(v)};
+  std::partial_sort(candidates_.begin(), candidates_.begin() + n, candidates_.end(),
+                    [](const auto& a, const auto& b) {
+                      return a.first > b.first || (a.first == b.first && a.second < b.second);
+                    });
+  for (int64_t i = 0; i < n; ++i)
+    logprobs_.top.push_back({candidates_[i].second, lp(candidates_[i].second)});
 }
 
 }  // namespace dsv3

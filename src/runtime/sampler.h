@@ -20,6 +20,20 @@ struct SamplingParams {
   float frequency_penalty = 0, presence_penalty = 0;
   // (id, bias): added to the logit of id before everything else (OpenAI's logit_bias).
   std::vector<std::pair<int32_t, float>> logit_bias = {};
+  // What Sample() reports, not how it samples: -1 nothing; n >= 0 the log-probability of each
+  // chosen token and of the n most likely tokens (at most kMaxTopLogprobs), see TokenLogprobs.
+  int64_t logprobs = -1;
+};
+
+inline constexpr int64_t kMaxTopLogprobs = 20;
+
+// The log-probabilities of one step: of the distribution the token was drawn from after bias,
+// penalties and temperature, before the top-k and top-p cuts (OpenAI's and llama.cpp's
+// convention); a greedy step reports the distribution at temperature 1.
+struct TokenLogprobs {
+  int32_t token = 0;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;  // most likely first, ties to the lower id
 };
 
 class Sampler {
@@ -28,6 +42,8 @@ class Sampler {
   bool greedy() const { return params_.temperature == 0; }
   // The next token from logits [vocab] (bias and penalties applied first, on a copy).
   int32_t Sample(const float* logits);
+  // After Sample, with params().logprobs >= 0: that step's log-probabilities.
+  const TokenLogprobs& logprobs() const { return logprobs_; }
 
   // probs[v] for every v < vocab: the distribution Sample() draws from when not greedy
   // (temperature, then the top-k cut, then the top-p nucleus, renormalized; zero elsewhere).
@@ -58,6 +74,8 @@ class Sampler {
   bool adjusts_ = false;
   std::vector<float> adjusted_;  // [vocab]
   std::vector<int32_t> counts_;  // [vocab]
+  TokenLogprobs logprobs_;       // top reserved for kMaxTopLogprobs
+  void Logprobs(const float* logits, int32_t token);
 };
 
 // Index of the largest value; ties go to the lower index.

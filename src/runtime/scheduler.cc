@@ -10,18 +10,25 @@ namespace dsv3 {
 
 using Clock = std::chrono::steady_clock;
 
-bool Job::Wait(std::string* text, std::chrono::milliseconds timeout) {
+bool Job::Wait(std::string* text, std::chrono::milliseconds timeout,
+               std::vector<TokenLogprobs>* logprobs) {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, timeout, [&] { return done_ || !text_.empty(); });
+  cv_.wait_for(lock, timeout, [&] { return done_ || !text_.empty() || !logprobs_.empty(); });
   text->append(text_);
   text_.clear();
+  if (logprobs) {
+    logprobs->insert(logprobs->end(), std::make_move_iterator(logprobs_.begin()),
+                     std::make_move_iterator(logprobs_.end()));
+  }
+  logprobs_.clear();
   return done_;
 }
 
-void Job::Append(const std::string& text) {
-  if (text.empty()) return;
+void Job::Append(const std::string& text, const TokenLogprobs* logprobs) {
+  if (text.empty() && logprobs == nullptr) return;
   std::lock_guard<std::mutex> lock(mu_);
   text_ += text;
+  if (logprobs) logprobs_.push_back(*logprobs);
   cv_.notify_all();
 }
 
@@ -275,7 +282,8 @@ bool Scheduler::Accept(int32_t s, int32_t token) {
   ++work_.tokens_generated;
   std::string text;
   const bool more = a.text.Push(token, &text);
-  a.job->Append(text);
+  const bool wants = a.job->request_.options.generate.sampling.logprobs >= 0;
+  a.job->Append(text, wants ? &a.sampler.logprobs() : nullptr);
   if (!more) {
     Release(s, FinishReason::kStop);
     return false;

@@ -43,9 +43,12 @@ struct ServeRequest {
 // One request's progress, written by the engine thread and read by the caller's thread.
 class Job {
  public:
-  // Waits up to `timeout` for news; appends the text generated since the last call to *text.
+  // Waits up to `timeout` for news; appends the text generated since the last call to *text
+  // (and, when the request asked for them, the tokens' log-probabilities since the last call to
+  // *logprobs: one entry per generated token, those of a matched stop string included).
   // Returns true once the request has finished and all its text has been taken.
-  bool Wait(std::string* text, std::chrono::milliseconds timeout);
+  bool Wait(std::string* text, std::chrono::milliseconds timeout,
+            std::vector<TokenLogprobs>* logprobs = nullptr);
   // Asks the engine to drop the request; its slot is freed before the next step.
   void Cancel() { cancelled_.store(true); }
   bool cancelled() const { return cancelled_.load(); }
@@ -59,14 +62,15 @@ class Job {
 
  private:
   friend class Scheduler;
-  void Append(const std::string& text);
+  void Append(const std::string& text, const TokenLogprobs* logprobs = nullptr);
   void Finish(FinishReason reason, std::vector<int32_t> tokens);
 
   ServeRequest request_;
   std::atomic<bool> cancelled_{false};
   std::mutex mu_;
   std::condition_variable cv_;
-  std::string text_;  // generated, not yet taken
+  std::string text_;                     // generated, not yet taken
+  std::vector<TokenLogprobs> logprobs_;  // the same for log-probabilities
   bool done_ = false;
   FinishReason finish_ = FinishReason::kNone;
   int64_t prompt_tokens_ = 0, completion_tokens_ = 0, reused_tokens_ = 0;

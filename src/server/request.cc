@@ -256,8 +256,8 @@ constexpr FieldRule kCommonFields[] = {
 };
 constexpr FieldRule kChatFields[] = {
     {"messages", Use::kParsed},
-    {"logprobs", Use::kOnly, "false"},
-    {"top_logprobs", Use::kOnly, "0"},
+    {"logprobs", Use::kParsed},
+    {"top_logprobs", Use::kParsed},
     {"response_format", Use::kOnly, R"({"type": "text"})"},
     {"tools", Use::kOnly, "[]"},
     {"tool_choice", Use::kOnly, R"("none")"},
@@ -273,11 +273,25 @@ constexpr FieldRule kChatFields[] = {
 };
 constexpr FieldRule kCompletionFields[] = {
     {"prompt", Use::kParsed},         // required
-    {"logprobs", Use::kOnly, "0"},    // an integer here: how many alternatives
+    {"logprobs", Use::kParsed},       // an integer here: how many alternatives
     {"echo", Use::kOnly, "false"},    // the prompt is not repeated
     {"best_of", Use::kOnly, "1"},     // one candidate per choice
     {"suffix", Use::kOnly, R"("")"},  // no text after the insertion point
 };
+
+// -1: no log-probabilities; n >= 0: the chosen token's and n alternatives'. Chat: `logprobs`
+// (boolean) and `top_logprobs` (0-20, needs logprobs); completions: `logprobs` (0-5).
+int64_t Logprobs(const OrderedJson& j, Endpoint endpoint) {
+  const OrderedJson* lp = Field(j, "logprobs");
+  if (endpoint == Endpoint::kCompletion) return lp ? Integer(*lp, "logprobs", 0, 5) : -1;
+  if (lp && !lp->is_boolean()) WrongType("logprobs", *lp, "a boolean");
+  const bool on = lp && lp->get<bool>();
+  const OrderedJson* top = Field(j, "top_logprobs");
+  if (top == nullptr) return on ? 0 : -1;
+  const int64_t n = Integer(*top, "top_logprobs", 0, kMaxTopLogprobs);
+  if (!on) Reject("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+  return n;
+}
 
 const FieldRule* FindRule(std::string_view name, Endpoint endpoint) {
   for (const FieldRule& f : kCommonFields) {
@@ -379,6 +393,7 @@ ApiRequest Parse(std::string_view body, Endpoint endpoint, const RequestLimits& 
     }
   }
   r.sampling.logit_bias = LogitBias(j);
+  r.sampling.logprobs = Logprobs(j, endpoint);
   r.stop = Stops(j);
   if (const OrderedJson* v = Field(j, "stream")) {
     if (!v->is_boolean()) WrongType("stream", *v, "a boolean");

@@ -127,6 +127,56 @@ bool Server::Impl::TooLarge(const httplib::Request& req, httplib::Response& res)
   return true;
 }
 
+// OpenAI's log-probability objects for the tokens in `lps`. Chat: {"content": [{"token",
+// "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}], "refusal": null};
+// completions: {"tokens", "token_logprobs", "top_logprobs": [{token: logprob}], "text_offset"},
+// *offset counting the bytes of the tokens before. A token whose bytes are not valid UTF-8 (part
+// of a character) is written "bytes:\xNN..." as OpenAI does.
+OrderedJson LogprobsJson(const std::vector<TokenLogprobs>& lps, bool chat,
+                         const Tokenizer& tokenizer, int64_t* offset) {
+  auto text = [&](int32_t id) {
+    const std::string_view b = tokenizer.TokenBytes(id);
+    if (FindInvalidUtf8(b) == std::string_view::npos) return std::string(b);
+    std::string out = "bytes:";
+    for (const unsigned char c : b) out += fmt::format("\\x{:02x}", c);
+    return out;
+  };
+  auto bytes = [&](int32_t id) {
+    OrderedJson a = OrderedJson::array();
+    for (const unsigned char c : tokenizer.TokenBytes(id)) a.push_back(c);
+    return a;
+  };
+  if (chat) {
+    OrderedJson content = OrderedJson::array();
+    for (const TokenLogprobs& lp : lps) {
+      OrderedJson top = OrderedJson::array();
+      for (const auto& [id, l] : lp.top) {
+        top.push_back({{"token", text(id)}, {"logprob", l}, {"bytes", bytes(id)}});
+      }
+      content.push_back({{"token", text(lp.token)},
+                         {"logprob", lp.logprob},
+                         {"bytes", bytes(lp.token)},
+                         {"top_logprobs", top}});
+    }
+    return {{"content", content}, {"refusal", nullptr}};
+  }
+  OrderedJson tokens = OrderedJson::array(), logprobs = OrderedJson::array(),
+              tops = OrderedJson::array(), offsets = OrderedJson::array();
+  for (const TokenLogprobs& lp : lps) {
+    tokens.push_back(text(lp.token));
+    logprobs.push_back(lp.logprob);
+    OrderedJson top = OrderedJson::object();
+    for (const auto& [id, l] : lp.top) top[text(id)] = l;
+    tops.push_back(top);
+    offsets.push_back(*offset);
+    *offset += static_cast<int64_t>(tokenizer.TokenBytes(lp.token).size());
+  }
+  return {{"tokens", tokens},
+          {"token_logprobs", logprobs},
+          {"top_logprobs", tops},
+          {"text_offset", offsets}};
+}
+
 // {"tokens": [ids]} or, with_pieces, {"tokens": [{"id", "piece"}]}: the piece is the token's
 // text when its bytes are valid UTF-8, else the list of its bytes (as llama.cpp answers).
 void Server::Impl::Tokenize(const httplib::Request& req, httplib::Response& res) {
@@ -231,9 +281,11 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
   OrderedJson head = Head(endpoint, r.stream);
   head["id"] = fmt::format("{}-{}", chat ? "chatcmpl" : "cmpl", next_id++);
 
+  const bool logprobs = r.sampling.logprobs >= 0;
   if (!r.stream) {
     std::string text;
-    while (!job->Wait(&text, kPoll)) {
+    std::vector<TokenLogprobs> lps;
+    while (!job->Wait(&text, kPoll, logprobs ? &lps : nullptr)) {
     }
     if (job->finish_reason() == FinishReason::kCancelled) {
       return SendError(res, kShuttingDown);
@@ -249,7 +301,8 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
     } else {
       choice["text"] = text;
     }
-    choice["logprobs"] = nullptr;
+    int64_t offset = 0;
+    choice["logprobs"] = logprobs ? LogprobsJson(lps, chat, tokenizer, &offset) : OrderedJson();
     choice["finish_reason"] = FinishName(job->finish_reason());
     head["choices"] = OrderedJson::array({choice});
     head["usage"] = Usage(*job);
@@ -262,10 +315,14 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
     std::shared_ptr<Job> job;
     ReasoningSplitter split;
     OrderedJson head;
-    bool chat, include_usage, started = false;
+    bool chat, include_usage, logprobs;
+    const Tokenizer& tokenizer;
+    bool started = false;
+    int64_t offset = 0;              // completions' text_offset
+    std::vector<TokenLogprobs> lps;  // taken, not yet sent
   };
-  auto st =
-      std::make_shared<Stream>(Stream{job, ReasoningSplitter(think), head, chat, r.include_usage});
+  auto st = std::make_shared<Stream>(
+      Stream{job, ReasoningSplitter(think), head, chat, r.include_usage, logprobs, tokenizer});
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
@@ -282,7 +339,12 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
           } else {
             choice["text"] = content;
           }
+          // The log-probabilities taken so far ride on the next chunk sent.
           choice["logprobs"] = nullptr;
+          if (st->logprobs && !st->lps.empty()) {
+            choice["logprobs"] = LogprobsJson(st->lps, st->chat, st->tokenizer, &st->offset);
+            st->lps.clear();
+          }
           choice["finish_reason"] = finish ? OrderedJson(finish) : OrderedJson();
           chunk["choices"] = OrderedJson::array({choice});
           if (st->include_usage) chunk["usage"] = nullptr;
@@ -297,7 +359,7 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
         bool ok = true;
         if (!st->started && st->chat) ok = send("", "", nullptr);
         std::string text;
-        const bool finished = st->job->Wait(&text, kPoll);
+        const bool finished = st->job->Wait(&text, kPoll, st->logprobs ? &st->lps : nullptr);
         if (ok && !text.empty()) {
           ok = send_parts(st->chat ? st->split.Push(text) : ReasoningSplitter::Parts{"", text});
         }

@@ -149,6 +149,37 @@ const scenarios = {
     });
     return { text: r.choices[0].text, tokens: r.usage.completion_tokens };
   },
+  // Log-probabilities, greedy: chat (top 2) without and with streaming, completions (top 3).
+  async logprobs() {
+    const messages = [{ role: 'user', content: args.prompt }];
+    const base = { model, messages, max_tokens: args.n, temperature: 0 };
+    const chat = await client.chat.completions.create({ ...base, logprobs: true, top_logprobs: 2 });
+    const stream = await client.chat.completions.create({
+      ...base, logprobs: true, top_logprobs: 2, stream: true, stream_options: { include_usage: true },
+    });
+    const streamed = { text: '', logprobs: [], tokens: null };
+    for await (const c of stream) {
+      if (c.usage) streamed.tokens = c.usage.completion_tokens;
+      for (const ch of c.choices) {
+        if (ch.logprobs) streamed.logprobs.push(...ch.logprobs.content);
+        if (ch.delta && ch.delta.content) streamed.text += ch.delta.content;
+      }
+    }
+    const comp = await client.completions.create({
+      model, prompt: args.prompt, max_tokens: args.n, temperature: 0, logprobs: 3,
+    });
+    return {
+      chat: {
+        text: chat.choices[0].message.content, logprobs: chat.choices[0].logprobs.content,
+        tokens: chat.usage.completion_tokens,
+      },
+      stream: streamed,
+      completion: {
+        text: comp.choices[0].text, logprobs: comp.choices[0].logprobs,
+        tokens: comp.usage.completion_tokens,
+      },
+    };
+  },
   // Fields the server does not implement, as the SDK sends them: each must be refused.
   async unsupported() {
     const out = {};
@@ -156,7 +187,6 @@ const scenarios = {
     const tries = {
       tools: { tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] },
       response_format: { response_format: { type: 'json_object' } },
-      logprobs: { logprobs: true, top_logprobs: 2 },
       modalities: { modalities: ['text', 'audio'] },
     };
     for (const [name, extra] of Object.entries(tries)) {

@@ -228,19 +228,61 @@ TEST_F(ServerTest, OpenAiClientLogitBiasForcesAToken) {
 }
 
 // Fields the server does not implement are refused, not dropped: the SDK sees a 400 naming the
-// field (for logprobs + top_logprobs, the first of them).
+// field.
 TEST_F(ServerTest, OpenAiClientSeesUnsupportedFieldsRefused) {
   OrderedJson r = Client("unsupported", OrderedJson::object());
   if (r.is_null()) GTEST_SKIP() << "no openai package";
-  for (const char* field : {"tools", "response_format", "logprobs", "modalities"}) {
+  for (const char* field : {"tools", "response_format", "modalities"}) {
     EXPECT_EQ(r[field]["status"], 400) << field << ": " << r[field].dump();
     EXPECT_EQ(r[field]["code"], "unsupported_parameter") << field;
+    EXPECT_EQ(r[field]["param"], field);
   }
-  EXPECT_EQ(r["tools"]["param"], "tools");
-  EXPECT_EQ(r["response_format"]["param"], "response_format");
-  EXPECT_EQ(r["modalities"]["param"], "modalities");
-  EXPECT_THAT(r["logprobs"]["param"].get<std::string>(),
-              ::testing::AnyOf("logprobs", "top_logprobs"));
+}
+
+// Log-probabilities through the SDK (greedy): one entry per generated token, its bytes making up
+// the text, the chosen token first among the alternatives, streamed entries equal to the
+// non-streamed ones; completions' parallel lists and text offsets.
+TEST_F(ServerTest, OpenAiClientGetsLogprobs) {
+  OrderedJson r = Client("logprobs", {{"prompt", "Once upon a time"}, {"n", 8}});
+  if (r.is_null()) GTEST_SKIP() << "no openai package";
+  for (const char* mode : {"chat", "stream"}) {
+    const OrderedJson& c = r[mode];
+    ASSERT_EQ(c["logprobs"].size(), c["tokens"].get<size_t>()) << mode << ": " << c.dump();
+    std::string bytes;
+    for (const OrderedJson& e : c["logprobs"]) {
+      for (const OrderedJson& b : e["bytes"]) bytes += static_cast<char>(b.get<int>());
+      ASSERT_EQ(e["top_logprobs"].size(), 2u) << e.dump();
+      EXPECT_EQ(e["top_logprobs"][0]["token"], e["token"]) << "greedy picks the most likely";
+      EXPECT_EQ(e["top_logprobs"][0]["logprob"], e["logprob"]);
+      EXPECT_LE(e["logprob"].get<double>(), 0.0);
+      EXPECT_GE(e["top_logprobs"][0]["logprob"].get<double>(),
+                e["top_logprobs"][1]["logprob"].get<double>());
+    }
+    EXPECT_EQ(bytes, c["text"].get<std::string>()) << mode;
+  }
+  // The same tokens; the values agree to rounding (the second request reuses the first's cached
+  // prompt prefix, so its prefill runs other batch shapes).
+  ASSERT_EQ(r["stream"]["logprobs"].size(), r["chat"]["logprobs"].size());
+  for (size_t i = 0; i < r["chat"]["logprobs"].size(); ++i) {
+    const OrderedJson &a = r["chat"]["logprobs"][i], &b = r["stream"]["logprobs"][i];
+    EXPECT_EQ(a["token"], b["token"]) << i;
+    EXPECT_NEAR(a["logprob"].get<double>(), b["logprob"].get<double>(), 1e-4) << i;
+  }
+  const OrderedJson& c = r["completion"];
+  const OrderedJson& lp = c["logprobs"];
+  const size_t n = c["tokens"].get<size_t>();
+  ASSERT_EQ(lp["tokens"].size(), n) << c.dump();
+  ASSERT_EQ(lp["token_logprobs"].size(), n);
+  ASSERT_EQ(lp["top_logprobs"].size(), n);
+  ASSERT_EQ(lp["text_offset"].size(), n);
+  std::string text;
+  for (size_t i = 0; i < n; ++i) {
+    EXPECT_EQ(lp["text_offset"][i].get<size_t>(), text.size());
+    text += lp["tokens"][i].get<std::string>();
+    EXPECT_LE(lp["top_logprobs"][i].size(), 3u);
+    EXPECT_GE(lp["top_logprobs"][i].size(), 1u);
+  }
+  EXPECT_EQ(text, c["text"].get<std::string>());
 }
 
 // Raw HTTP: bodies no SDK would send.

@@ -108,3 +108,55 @@ TEST(Sampler, LogitBiasAndPenalties) {
 }
 
 }  // namespace dsv3
+
+namespace dsv3 {
+namespace {
+// The log-probabilities of the distribution drawn from (bias and temperature applied; greedy at
+// temperature 1), by hand: logits {1, 3, 2, 3} -> log softmax.
+TEST(Sampler, LogprobsOfTheSampledDistribution) {
+  const float logits[4] = {1, 3, 2, 3};
+  auto lse = [&](double t, const float* l) {
+    double s = 0;
+    for (int v = 0; v < 4; ++v) s += std::exp(l[v] / t);
+    return std::log(s);
+  };
+  SamplingParams g;
+  g.logprobs = 2;
+  Sampler greedy(g, 4);
+  EXPECT_EQ(greedy.Sample(logits), 1);
+  const TokenLogprobs& a = greedy.logprobs();
+  EXPECT_EQ(a.token, 1);
+  EXPECT_NEAR(a.logprob, 3 - lse(1, logits), 1e-6);
+  ASSERT_EQ(a.top.size(), 2u);
+  EXPECT_EQ(a.top[0].first, 1);  // the tie 3 / 3 goes to the lower id
+  EXPECT_EQ(a.top[1].first, 3);
+  EXPECT_NEAR(a.top[1].second, 3 - lse(1, logits), 1e-6);
+
+  SamplingParams t;
+  t.temperature = 0.5f;
+  t.top_p = 0.5f;  // cuts the draw, not the reported distribution
+  t.logprobs = 4;
+  t.logit_bias = {{0, 2.5f}};  // logit 1 -> 3.5, now the most likely
+  Sampler hot(t, 4);
+  const int32_t tok = hot.Sample(logits);
+  const float biased[4] = {3.5f, 3, 2, 3};
+  const TokenLogprobs& b = hot.logprobs();
+  EXPECT_EQ(b.token, tok);
+  EXPECT_NEAR(b.logprob, biased[tok] / 0.5 - lse(0.5, biased), 1e-5);
+  ASSERT_EQ(b.top.size(), 4u);
+  EXPECT_EQ(b.top[0].first, 0);
+  EXPECT_EQ(b.top[3].first, 2);
+  double total = 0;
+  for (const auto& [id, lp] : b.top) total += std::exp(lp);
+  EXPECT_NEAR(total, 1.0, 1e-5);
+
+  SamplingParams none;
+  Sampler off(none, 4);
+  off.Sample(logits);
+  EXPECT_TRUE(off.logprobs().top.empty());
+  SamplingParams many;
+  many.logprobs = kMaxTopLogprobs + 1;
+  EXPECT_THROW(Sampler(many, 4), Error);
+}
+}  // namespace
+}  // namespace dsv3

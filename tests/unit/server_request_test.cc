@@ -203,8 +203,8 @@ TEST(ServerRequest, EveryApiFieldIsImplementedOrRefused) {
       {"safety_identifier", R"("id")", nullptr, true},
       {"prompt_cache_key", R"("key")", nullptr, true},
       {"store", "true", "false", false},
-      {"logprobs", "true", "false", false},
-      {"top_logprobs", "2", "0", false},
+      {"logprobs", "true", nullptr, true},
+      {"top_logprobs", "2", nullptr, false},  // without logprobs: true
       {"response_format", R"({"type": "json_object"})", R"({"type": "text"})", false},
       {"tools", R"([{"type": "function", "function": {"name": "f"}}])", "[]", false},
       {"tool_choice", R"("required")", R"("none")", false},
@@ -219,7 +219,7 @@ TEST(ServerRequest, EveryApiFieldIsImplementedOrRefused) {
       {"no_such_field", "1", nullptr, false},
   };
   const std::vector<Field> completion = {
-      {"logprobs", "2", "0", false},          {"echo", "true", "false", false},
+      {"logprobs", "2", nullptr, true},       {"echo", "true", "false", false},
       {"best_of", "2", "1", false},           {"suffix", R"("end")", R"("")", false},
       {"no_such_field", "1", nullptr, false},
   };
@@ -361,5 +361,44 @@ TEST(ServerRequest, ReasoningSplitsAtThinkTags) {
   EXPECT_FALSE(OpensThink("<｜User｜>hi<｜Assistant｜>"));
 }
 
+}  // namespace
+}  // namespace dsv3::server
+
+namespace dsv3::server {
+namespace {
+// logprobs / top_logprobs (chat) and logprobs (completions): what Sample() is asked to report.
+TEST(ParseRequest, Logprobs) {
+  auto parse = [](const std::string& fields, Endpoint e) {
+    const std::string base = e == Endpoint::kChat
+                                 ? R"({"messages": [{"role": "user", "content": "hi"}])"
+                                 : R"({"prompt": "hi")";
+    return ParseRequest(base + fields + "}", e, RequestLimits{"", 4096});
+  };
+  auto n = [&](const std::string& fields, Endpoint e) {
+    auto r = parse(fields, e);
+    EXPECT_TRUE(std::holds_alternative<ApiRequest>(r)) << fields;
+    return std::holds_alternative<ApiRequest>(r) ? std::get<ApiRequest>(r).sampling.logprobs : -9;
+  };
+  auto param = [&](const std::string& fields, Endpoint e) {
+    auto r = parse(fields, e);
+    EXPECT_TRUE(std::holds_alternative<ApiError>(r)) << fields;
+    return std::holds_alternative<ApiError>(r) ? std::get<ApiError>(r).param : "";
+  };
+  EXPECT_EQ(n("", Endpoint::kChat), -1);
+  EXPECT_EQ(n(R"(, "logprobs": false)", Endpoint::kChat), -1);
+  EXPECT_EQ(n(R"(, "logprobs": true)", Endpoint::kChat), 0);
+  EXPECT_EQ(n(R"(, "logprobs": true, "top_logprobs": 20)", Endpoint::kChat), 20);
+  EXPECT_EQ(n(R"(, "logprobs": null, "top_logprobs": null)", Endpoint::kChat), -1);
+  EXPECT_EQ(param(R"(, "top_logprobs": 2)", Endpoint::kChat), "top_logprobs");
+  EXPECT_EQ(param(R"(, "logprobs": false, "top_logprobs": 2)", Endpoint::kChat), "top_logprobs");
+  EXPECT_EQ(param(R"(, "logprobs": true, "top_logprobs": 21)", Endpoint::kChat), "top_logprobs");
+  EXPECT_EQ(param(R"(, "logprobs": 2)", Endpoint::kChat), "logprobs");
+  EXPECT_EQ(n("", Endpoint::kCompletion), -1);
+  EXPECT_EQ(n(R"(, "logprobs": 0)", Endpoint::kCompletion), 0);
+  EXPECT_EQ(n(R"(, "logprobs": 5)", Endpoint::kCompletion), 5);
+  EXPECT_EQ(param(R"(, "logprobs": 6)", Endpoint::kCompletion), "logprobs");
+  EXPECT_EQ(param(R"(, "logprobs": true)", Endpoint::kCompletion), "logprobs");
+  EXPECT_EQ(param(R"(, "top_logprobs": 2)", Endpoint::kCompletion), "top_logprobs");
+}
 }  // namespace
 }  // namespace dsv3::server
