@@ -153,9 +153,15 @@ void Scheduler::Loop() {
           ++it;
         }
       }
-      while (free_slots_ > 0 && !queue_.empty()) {
-        admit.push_back(std::move(queue_.front()));
-        queue_.pop_front();
+      // In order, except that a request waits while a sibling (the other choices of one request)
+      // is still to prefill their common prompt: it then copies that cache instead.
+      for (auto it = queue_.begin(); free_slots_ > 0 && it != queue_.end();) {
+        if (SiblingPrefilling(**it, admit)) {
+          ++it;
+          continue;
+        }
+        admit.push_back(std::move(*it));
+        it = queue_.erase(it);
         --free_slots_;
       }
     }
@@ -192,6 +198,21 @@ void Scheduler::Loop() {
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& job : queue_) job->Finish(FinishReason::kCancelled, {});
   queue_.clear();
+}
+
+bool Scheduler::SiblingPrefilling(const Job& job,
+                                  const std::vector<std::shared_ptr<Job>>& admitting) const {
+  const uint64_t group = job.request_.siblings;
+  if (group == 0) return false;
+  for (const std::shared_ptr<Job>& j : admitting) {
+    if (j->request_.siblings == group) return true;
+  }
+  for (const Slot& slot : slots_) {
+    if (slot.active && !slot.active->decoding && slot.active->job->request_.siblings == group) {
+      return true;
+    }
+  }
+  return false;
 }
 
 void Scheduler::Admit(std::shared_ptr<Job> job) {

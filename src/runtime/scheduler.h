@@ -38,6 +38,10 @@ enum class FinishReason { kNone, kStop, kLength, kCancelled };
 struct ServeRequest {
   std::vector<int32_t> prompt;  // not empty
   TextGenerateOptions options;  // max_new_tokens >= 1, sampling, stop strings, stop_at_eos
+  // Requests with the same non-zero value are choices of one request (OpenAI's n): while one
+  // of them prefills their prompt the others wait, then start from a copy of its cache and
+  // decode in the same batches.
+  uint64_t siblings = 0;
 };
 
 // One request's progress, written by the engine thread and read by the caller's thread.
@@ -115,6 +119,8 @@ class Scheduler {
   };
   void Loop();
   void Admit(std::shared_ptr<Job> job);
+  // Whether `job` should wait for a sibling in a slot (or admitted in this round) to prefill.
+  bool SiblingPrefilling(const Job& job, const std::vector<std::shared_ptr<Job>>& admitting) const;
   void Prefill(int32_t slot);
   void DecodeStep();
   // Takes a sampled token; false when the request is finished (and its slot freed).

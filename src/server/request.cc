@@ -379,11 +379,7 @@ ApiRequest Parse(std::string_view body, Endpoint endpoint, const RequestLimits& 
         v->is_number_unsigned() ? v->get<uint64_t>() : static_cast<uint64_t>(v->get<int64_t>());
     r.seeded = true;
   }
-  if (const OrderedJson* v = Field(j, "n")) {
-    if (Integer(*v, "n", 1, std::numeric_limits<int64_t>::max()) != 1) {
-      Reject("n", "only n = 1 is supported");
-    }
-  }
+  if (const OrderedJson* v = Field(j, "n")) r.n = Integer(*v, "n", 1, kMaxChoices);
   for (const char* key : {"frequency_penalty", "presence_penalty"}) {
     if (const OrderedJson* v = Field(j, key)) {
       const double p = Number(*v, key);

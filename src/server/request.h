@@ -37,6 +37,7 @@ struct ApiRequest {
   bool seeded = false;                          // whether `seed` was given
   std::vector<std::string> stop;                // at most kMaxStops, none empty
   bool stream = false, include_usage = false;
+  int64_t n = 1;  // choices, 1 .. kMaxChoices (the server also bounds it by its slots)
 };
 
 struct RequestLimits {
@@ -45,6 +46,7 @@ struct RequestLimits {
 };
 
 inline constexpr size_t kMaxStops = 16;
+inline constexpr int64_t kMaxChoices = 128;    // OpenAI's limit on n
 inline constexpr size_t kMaxLogitBias = 1024;  // logit_bias entries
 
 // The body must be one JSON object of valid UTF-8 (nesting at most kMaxJsonDepth). Every field is

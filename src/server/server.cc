@@ -39,11 +39,16 @@ const ApiError kShuttingDown{503, "the server is shutting down", "server_error",
 
 const char* FinishName(FinishReason r) { return r == FinishReason::kLength ? "length" : "stop"; }
 
-OrderedJson Usage(const Job& job) {
-  return {{"prompt_tokens", job.prompt_tokens()},
-          {"completion_tokens", job.completion_tokens()},
-          {"total_tokens", job.prompt_tokens() + job.completion_tokens()},
-          {"prompt_tokens_details", {{"cached_tokens", job.reused_tokens()}}}};
+// The prompt counts once for all the choices; cached_tokens is the first choice's reuse (the
+// others copy its cache).
+OrderedJson Usage(const std::vector<std::shared_ptr<Job>>& jobs) {
+  const Job& first = *jobs.front();
+  int64_t completion = 0;
+  for (const auto& j : jobs) completion += j->completion_tokens();
+  return {{"prompt_tokens", first.prompt_tokens()},
+          {"completion_tokens", completion},
+          {"total_tokens", first.prompt_tokens() + completion},
+          {"prompt_tokens_details", {{"cached_tokens", first.reused_tokens()}}}};
 }
 
 // Writes one Prometheus metric with its HELP and TYPE lines.
@@ -107,6 +112,7 @@ struct Server::Impl {
   httplib::Server http;
   std::atomic<int64_t> chat_requests{0}, completion_requests{0}, invalid_requests{0};
   std::atomic<uint64_t> next_id{1};
+  std::atomic<uint64_t> next_siblings{0};  // ServeRequest::siblings of requests with n > 1
   std::atomic<bool> stopping{false};
 };
 
@@ -269,13 +275,29 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
   sr.options.generate.sampling = r.sampling;
   if (!r.seeded) sr.options.generate.sampling.seed = std::random_device{}();
   sr.options.stop = r.stop;
-  std::shared_ptr<Job> job = scheduler.Submit(std::move(sr));
-  if (!job) {
-    return SendError(res, stopping ? kShuttingDown
-                                   : ApiError{503,
-                                              "the server is busy: every slot and queue place is "
-                                              "taken",
-                                              "server_error", "", "queue_full"});
+  if (r.n > scheduler.options().parallel) {
+    return Fail(res, {400,
+                      fmt::format("'n' is {}, but the server decodes at most {} requests together "
+                                  "(--parallel)",
+                                  r.n, scheduler.options().parallel),
+                      "invalid_request_error", "n", "invalid_value"});
+  }
+  // n choices: n requests of one sibling group, choice i sampling with seed + i.
+  if (r.n > 1) sr.siblings = ++next_siblings;
+  std::vector<std::shared_ptr<Job>> jobs;
+  for (int64_t i = 0; i < r.n; ++i) {
+    ServeRequest one = sr;
+    one.options.generate.sampling.seed += static_cast<uint64_t>(i);
+    std::shared_ptr<Job> job = scheduler.Submit(std::move(one));
+    if (!job) {
+      for (const auto& j : jobs) j->Cancel();
+      return SendError(res, stopping ? kShuttingDown
+                                     : ApiError{503,
+                                                "the server is busy: every slot and queue place "
+                                                "is taken",
+                                                "server_error", "", "queue_full"});
+    }
+    jobs.push_back(std::move(job));
   }
   ++(chat ? chat_requests : completion_requests);
   OrderedJson head = Head(endpoint, r.stream);
@@ -283,105 +305,131 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
 
   const bool logprobs = r.sampling.logprobs >= 0;
   if (!r.stream) {
-    std::string text;
-    std::vector<TokenLogprobs> lps;
-    while (!job->Wait(&text, kPoll, logprobs ? &lps : nullptr)) {
+    OrderedJson choices = OrderedJson::array();
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      Job& job = *jobs[i];
+      std::string text;
+      std::vector<TokenLogprobs> lps;
+      while (!job.Wait(&text, kPoll, logprobs ? &lps : nullptr)) {
+      }
+      if (job.finish_reason() == FinishReason::kCancelled) {
+        for (const auto& j : jobs) j->Cancel();
+        return SendError(res, kShuttingDown);
+      }
+      OrderedJson choice = {{"index", i}};
+      if (chat) {
+        ReasoningSplitter split(think);
+        ReasoningSplitter::Parts parts = split.Push(text), rest = split.Finish();
+        OrderedJson message = {{"role", "assistant"}, {"content", parts.content + rest.content}};
+        const std::string reasoning = parts.reasoning + rest.reasoning;
+        if (think || !reasoning.empty()) message["reasoning_content"] = reasoning;
+        choice["message"] = message;
+      } else {
+        choice["text"] = text;
+      }
+      int64_t offset = 0;
+      choice["logprobs"] = logprobs ? LogprobsJson(lps, chat, tokenizer, &offset) : OrderedJson();
+      choice["finish_reason"] = FinishName(job.finish_reason());
+      choices.push_back(choice);
     }
-    if (job->finish_reason() == FinishReason::kCancelled) {
-      return SendError(res, kShuttingDown);
-    }
-    OrderedJson choice = {{"index", 0}};
-    if (chat) {
-      ReasoningSplitter split(think);
-      ReasoningSplitter::Parts parts = split.Push(text), rest = split.Finish();
-      OrderedJson message = {{"role", "assistant"}, {"content", parts.content + rest.content}};
-      const std::string reasoning = parts.reasoning + rest.reasoning;
-      if (think || !reasoning.empty()) message["reasoning_content"] = reasoning;
-      choice["message"] = message;
-    } else {
-      choice["text"] = text;
-    }
-    int64_t offset = 0;
-    choice["logprobs"] = logprobs ? LogprobsJson(lps, chat, tokenizer, &offset) : OrderedJson();
-    choice["finish_reason"] = FinishName(job->finish_reason());
-    head["choices"] = OrderedJson::array({choice});
-    head["usage"] = Usage(*job);
+    head["choices"] = choices;
+    head["usage"] = Usage(jobs);
     return SendJson(res, 200, head);
   }
 
-  // Streaming: one SSE event per piece of text. The provider runs on this connection's thread
-  // and waits on the job; a failed write (the client left) cancels the request at once.
-  struct Stream {
+  // Streaming: one SSE event per piece of text of a choice. The provider runs on this
+  // connection's thread and waits on the jobs in turn; a failed write (the client left) cancels
+  // them at once.
+  struct Choice {
     std::shared_ptr<Job> job;
     ReasoningSplitter split;
-    OrderedJson head;
-    bool chat, include_usage, logprobs;
-    const Tokenizer& tokenizer;
-    bool started = false;
+    bool started = false, finished = false;
     int64_t offset = 0;              // completions' text_offset
     std::vector<TokenLogprobs> lps;  // taken, not yet sent
   };
-  auto st = std::make_shared<Stream>(
-      Stream{job, ReasoningSplitter(think), head, chat, r.include_usage, logprobs, tokenizer});
+  struct Stream {
+    std::vector<Choice> choices;
+    OrderedJson head;
+    bool chat, include_usage, logprobs;
+    const Tokenizer& tokenizer;
+    bool ended = false;  // the final chunks are out
+  };
+  auto st = std::make_shared<Stream>(Stream{{}, head, chat, r.include_usage, logprobs, tokenizer});
+  for (auto& job : jobs) st->choices.push_back(Choice{job, ReasoningSplitter(think)});
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
       [st](size_t, httplib::DataSink& sink) {
-        const auto send = [&](const std::string& reasoning, const std::string& content,
-                              const char* finish) {
-          OrderedJson chunk = st->head, choice = {{"index", 0}};
+        const auto send = [&](size_t index, const std::string& reasoning,
+                              const std::string& content, const char* finish) {
+          Choice& c = st->choices[index];
+          OrderedJson chunk = st->head, choice = {{"index", index}};
           if (st->chat) {
             OrderedJson delta = OrderedJson::object();
-            if (!st->started) delta["role"] = "assistant";
+            if (!c.started) delta["role"] = "assistant";
             if (!reasoning.empty()) delta["reasoning_content"] = reasoning;
-            if (!content.empty() || !st->started) delta["content"] = content;
+            if (!content.empty() || !c.started) delta["content"] = content;
             choice["delta"] = delta;
           } else {
             choice["text"] = content;
           }
           // The log-probabilities taken so far ride on the next chunk sent.
           choice["logprobs"] = nullptr;
-          if (st->logprobs && !st->lps.empty()) {
-            choice["logprobs"] = LogprobsJson(st->lps, st->chat, st->tokenizer, &st->offset);
-            st->lps.clear();
+          if (st->logprobs && !c.lps.empty()) {
+            choice["logprobs"] = LogprobsJson(c.lps, st->chat, st->tokenizer, &c.offset);
+            c.lps.clear();
           }
           choice["finish_reason"] = finish ? OrderedJson(finish) : OrderedJson();
           chunk["choices"] = OrderedJson::array({choice});
           if (st->include_usage) chunk["usage"] = nullptr;
-          st->started = true;
+          c.started = true;
           const std::string event = Sse(chunk);
           return sink.write(event.data(), event.size());
         };
-        const auto send_parts = [&](const ReasoningSplitter::Parts& p) {
+        const auto send_parts = [&](size_t index, const ReasoningSplitter::Parts& p) {
           if (p.reasoning.empty() && p.content.empty()) return true;
-          return send(p.reasoning, p.content, nullptr);
+          return send(index, p.reasoning, p.content, nullptr);
         };
-        bool ok = true;
-        if (!st->started && st->chat) ok = send("", "", nullptr);
-        std::string text;
-        const bool finished = st->job->Wait(&text, kPoll, st->logprobs ? &st->lps : nullptr);
-        if (ok && !text.empty()) {
-          ok = send_parts(st->chat ? st->split.Push(text) : ReasoningSplitter::Parts{"", text});
-        }
-        if (ok && !finished) ok = sink.is_writable();
-        if (!ok) {
-          st->job->Cancel();
+        const auto cancel = [&] {
+          for (Choice& c : st->choices) c.job->Cancel();
           return false;
+        };
+        bool ok = true, all_finished = true;
+        const auto wait = std::chrono::milliseconds(
+            std::max<int64_t>(1, kPoll.count() / static_cast<int64_t>(st->choices.size())));
+        for (size_t i = 0; i < st->choices.size() && ok; ++i) {
+          Choice& c = st->choices[i];
+          if (!c.started && st->chat) ok = send(i, "", "", nullptr);
+          if (c.finished) continue;
+          std::string text;
+          c.finished = c.job->Wait(&text, wait, st->logprobs ? &c.lps : nullptr);
+          if (ok && !text.empty()) {
+            ok = send_parts(i, st->chat ? c.split.Push(text) : ReasoningSplitter::Parts{"", text});
+          }
+          if (c.finished && ok && c.job->finish_reason() != FinishReason::kCancelled) {
+            if (st->chat) ok = send_parts(i, c.split.Finish());
+            if (ok) ok = send(i, "", "", FinishName(c.job->finish_reason()));
+          }
+          all_finished &= c.finished;
         }
-        if (!finished) return true;
-        if (st->job->finish_reason() == FinishReason::kCancelled) {
+        if (ok && !all_finished) ok = sink.is_writable();
+        if (!ok) return cancel();
+        if (!all_finished) return true;
+        bool cancelled = false;
+        for (const Choice& c : st->choices) {
+          cancelled |= c.job->finish_reason() == FinishReason::kCancelled;
+        }
+        if (cancelled) {
           const std::string event = Sse(kShuttingDown.ToJson());
           sink.write(event.data(), event.size());
-        } else {
-          if (st->chat && !send_parts(st->split.Finish())) return false;
-          if (!send("", "", FinishName(st->job->finish_reason()))) return false;
-          if (st->include_usage) {
-            OrderedJson chunk = st->head;
-            chunk["choices"] = OrderedJson::array();
-            chunk["usage"] = Usage(*st->job);
-            const std::string event = Sse(chunk);
-            if (!sink.write(event.data(), event.size())) return false;
-          }
+        } else if (st->include_usage) {
+          std::vector<std::shared_ptr<Job>> jobs;
+          for (const Choice& c : st->choices) jobs.push_back(c.job);
+          OrderedJson chunk = st->head;
+          chunk["choices"] = OrderedJson::array();
+          chunk["usage"] = Usage(jobs);
+          const std::string event = Sse(chunk);
+          if (!sink.write(event.data(), event.size())) return false;
         }
         static constexpr std::string_view kDone = "data: [DONE]\n\n";
         sink.write(kDone.data(), kDone.size());
@@ -389,7 +437,9 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
         return true;
       },
       [st](bool success) {
-        if (!success) st->job->Cancel();
+        if (!success) {
+          for (Choice& c : st->choices) c.job->Cancel();
+        }
       });
 }
 

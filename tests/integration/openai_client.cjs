@@ -180,6 +180,39 @@ const scenarios = {
       },
     };
   },
+  // n choices: greedy (all equal to n = 1's answer) and sampled, chat streamed and completions.
+  async choices() {
+    const messages = [{ role: 'user', content: args.prompt }];
+    const one = await client.completions.create({
+      model, prompt: args.prompt, max_tokens: args.n, temperature: 0,
+    });
+    const greedy = await client.completions.create({
+      model, prompt: args.prompt, max_tokens: args.n, temperature: 0, n: 3,
+    });
+    const sampled = await client.completions.create({
+      model, prompt: args.prompt, max_tokens: args.n, temperature: 1, seed: 3, n: 3,
+    });
+    const stream = await client.chat.completions.create({
+      model, messages, max_tokens: args.n, temperature: 1, seed: 3, n: 2, stream: true,
+      stream_options: { include_usage: true },
+    });
+    const streamed = { texts: {}, finish: {}, tokens: null };
+    for await (const c of stream) {
+      if (c.usage) streamed.tokens = c.usage.completion_tokens;
+      for (const ch of c.choices) {
+        streamed.texts[ch.index] = (streamed.texts[ch.index] || '') + (ch.delta.content || '');
+        if (ch.finish_reason) streamed.finish[ch.index] = ch.finish_reason;
+      }
+    }
+    const chat = await client.chat.completions.create({
+      model, messages, max_tokens: args.n, temperature: 1, seed: 3, n: 2,
+    });
+    const texts = (r) => r.choices.map((c) => [c.index, c.text ?? c.message.content]);
+    return {
+      one: one.choices[0].text, greedy: texts(greedy), sampled: texts(sampled),
+      usage: sampled.usage, streamed, chat: texts(chat),
+    };
+  },
   // Fields the server does not implement, as the SDK sends them: each must be refused.
   async unsupported() {
     const out = {};

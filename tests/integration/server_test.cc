@@ -16,6 +16,7 @@
 #include <chrono>
 #include <filesystem>
 #include <regex>
+#include <set>
 #include <thread>
 
 #include "core/json.h"
@@ -237,6 +238,31 @@ TEST_F(ServerTest, OpenAiClientSeesUnsupportedFieldsRefused) {
     EXPECT_EQ(r[field]["code"], "unsupported_parameter") << field;
     EXPECT_EQ(r[field]["param"], field);
   }
+}
+
+// n choices through the SDK: greedy choices all equal the n = 1 answer; sampled ones (seed + i
+// each) differ; streamed chat choices arrive by index, each finished, and equal the same request
+// not streamed; usage counts the prompt once and every choice's tokens.
+TEST_F(ServerTest, OpenAiClientGetsNChoices) {
+  OrderedJson r = Client("choices", {{"prompt", "Once upon a time"}, {"n", 6}});
+  if (r.is_null()) GTEST_SKIP() << "no openai package";
+  ASSERT_EQ(r["greedy"].size(), 3u) << r.dump();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(r["greedy"][i][0], i);
+    EXPECT_EQ(r["greedy"][i][1], r["one"]);
+  }
+  ASSERT_EQ(r["sampled"].size(), 3u);
+  std::set<std::string> distinct;
+  for (const OrderedJson& c : r["sampled"]) distinct.insert(c[1].get<std::string>());
+  EXPECT_GT(distinct.size(), 1u) << r["sampled"].dump();
+  EXPECT_EQ(r["usage"]["completion_tokens"], 18);
+  EXPECT_EQ(r["usage"]["total_tokens"].get<int>(), 18 + r["usage"]["prompt_tokens"].get<int>());
+  for (int i = 0; i < 2; ++i) {
+    const std::string k = std::to_string(i);
+    EXPECT_EQ(r["streamed"]["finish"][k], "length");
+    EXPECT_EQ(r["streamed"]["texts"][k], r["chat"][i][1]) << i;
+  }
+  EXPECT_EQ(r["streamed"]["tokens"], 12);
 }
 
 // Log-probabilities through the SDK (greedy): one entry per generated token, its bytes making up

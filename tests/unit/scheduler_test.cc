@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include "core/error.h"
 #include "tests/test_util.h"
 
@@ -146,6 +148,42 @@ TEST_P(SchedulerKvTest, PrefixReuseAnswersLikeAFreshComputation) {
   EXPECT_EQ(busy->tokens(), Alone(Request(other, 200)));
   EXPECT_EQ(copied->tokens(), Alone(Request(shares, 6)));
   EXPECT_EQ(sched.Stats().prompt_tokens_reused, 30 + 7 + 12 + 15);
+}
+
+// The choices of one request (OpenAI's n): the first prefills the prompt, the others wait for it
+// and copy its cache (all of the prompt but the last token), and each answers what it answers
+// alone with its own seed.
+TEST_P(SchedulerKvTest, SiblingsShareThePromptPrefill) {
+  SchedulerOptions o;
+  o.parallel = 4;
+  o.ctx_size = 256;
+  o.kv_cache = kv_;
+  o.prefill_chunk = 8;  // the prompt takes several passes: the siblings must wait for all
+  Scheduler sched(*model_, *tokenizer_, o);
+  const std::vector<int32_t> prompt = Prompt(5, 30);
+  std::vector<ServeRequest> requests;
+  std::vector<std::shared_ptr<Job>> jobs;
+  for (int i = 0; i < 3; ++i) {
+    ServeRequest r = Request(prompt, 10);
+    r.options.generate.sampling.temperature = 0.9f;
+    r.options.generate.sampling.seed = 40 + i;
+    r.siblings = 7;
+    requests.push_back(r);
+    jobs.push_back(sched.Submit(r));
+  }
+  std::shared_ptr<Job> other = sched.Submit(Request(Prompt(6, 12), 4));  // not a sibling
+  for (auto& j : jobs) WaitDone(*j);
+  WaitDone(*other);
+  EXPECT_EQ(jobs[0]->reused_tokens(), 0);
+  for (int i = 1; i < 3; ++i) EXPECT_EQ(jobs[i]->reused_tokens(), 29) << "choice " << i;
+  EXPECT_EQ(other->reused_tokens(), 0);
+  std::set<std::vector<int32_t>> distinct;
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(jobs[i]->tokens(), Alone(requests[i])) << "choice " << i;
+    distinct.insert(jobs[i]->tokens());
+  }
+  EXPECT_GT(distinct.size(), 1u) << "different seeds, the same answers";
+  EXPECT_EQ(other->tokens(), Alone(Request(Prompt(6, 12), 4)));
 }
 
 TEST_F(SchedulerTest, CancelFreesTheSlotAndAFullQueueRefuses) {

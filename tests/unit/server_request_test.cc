@@ -138,7 +138,9 @@ TEST(ServerRequest, EachBadInputIsAnOpenAiError) {
       {"{" + h + R"("stream": "yes"})", 400, "stream", "invalid_type", "a boolean"},
       {"{" + h + R"("stream_options": {"include_usage": 1}})", 400, "stream_options.include_usage",
        "invalid_type", "a boolean"},
-      {"{" + h + R"("n": 2})", 400, "n", "invalid_value", "n = 1"},
+      {"{" + h + R"("n": 0})", 400, "n", "invalid_value", "between 1 and 128"},
+      {"{" + h + R"("n": 129})", 400, "n", "invalid_value", "at most 128"},
+      {"{" + h + R"("n": 1.5})", 400, "n", "invalid_type", "an integer"},
   };
   for (const BadCase& c : cases) {
     const ApiError e = Bad(c.body);
@@ -190,7 +192,7 @@ TEST(ServerRequest, EveryApiFieldIsImplementedOrRefused) {
       {"stop", R"(["x"])", nullptr, true},
       {"stream", "true", nullptr, true},
       {"stream_options", R"({"include_usage": true})", nullptr, true},
-      {"n", "2", "1", false},
+      {"n", "2", nullptr, true},
       {"user", R"("someone")", nullptr, true},
       {"frequency_penalty", "0.5", nullptr, true},
       {"presence_penalty", "0.5", nullptr, true},
