@@ -47,6 +47,20 @@ double Sampler::Uniform() {
 }
 
 void Sampler::Probabilities(const float* logits, float* probs) {
+  if ((params_.top_k == 0 || params_.top_k >= vocab_) && params_.top_p >= 1) {
+    // No cut: the softmax with temperature in id order (sorting 100k+ candidates would cost
+    // milliseconds per token for nothing).
+    float max = logits[0];
+    for (int64_t i = 1; i < vocab_; ++i) max = std::max(max, logits[i]);
+    double sum = 0;
+    for (int64_t i = 0; i < vocab_; ++i) {
+      const double p = std::exp((logits[i] - max) / params_.temperature);
+      probs[i] = static_cast<float>(p);
+      sum += p;
+    }
+    for (int64_t i = 0; i < vocab_; ++i) probs[i] = static_cast<float>(probs[i] / sum);
+    return;
+  }
   // Candidates sorted by logit (descending, ties to the lower id), cut to top-k.
   for (int64_t i = 0; i < vocab_; ++i) candidates_[i] = {logits[i], static_cast<int32_t>(i)};
   const auto by_logit = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
@@ -119,7 +133,17 @@ bool Sampler::Verify(const float* logits, int32_t draft, const float* q, int32_t
   return false;
 }
 
+void Sampler::set_mask(LogitMask* mask) {
+  mask_ = mask;
+  if (mask_ && adjusted_.empty()) adjusted_.resize(static_cast<size_t>(vocab_));
+}
+
 int32_t Sampler::Sample(const float* logits) {
+  if (mask_ && !adjusts_) {
+    std::copy_n(logits, vocab_, adjusted_.begin());
+    mask_->Apply(adjusted_.data());
+    logits = adjusted_.data();
+  }
   if (adjusts_) {
     std::copy_n(logits, vocab_, adjusted_.begin());
     for (const auto& [id, bias] : params_.logit_bias) adjusted_[id] += bias;
@@ -127,6 +151,7 @@ int32_t Sampler::Sample(const float* logits) {
     for (int64_t v = 0; v < vocab_; ++v) {
       if (counts_[v] > 0) adjusted_[v] -= fp * static_cast<float>(counts_[v]) + pp;
     }
+    if (mask_) mask_->Apply(adjusted_.data());
     logits = adjusted_.data();
   }
   int32_t token;
@@ -137,6 +162,7 @@ int32_t Sampler::Sample(const float* logits) {
     token = Draw(probs_.data());
   }
   if (adjusts_) ++counts_[token];
+  if (mask_) mask_->Accept(token);
   if (params_.logprobs >= 0) Logprobs(logits, token);
   return token;
 }

@@ -36,6 +36,15 @@ struct TokenLogprobs {
   std::vector<std::pair<int32_t, float>> top;  // most likely first, ties to the lower id
 };
 
+// A constraint on the next token (structured output): Apply sets the logits of the tokens that
+// may not come next to -infinity; Accept hears the token chosen.
+class LogitMask {
+ public:
+  virtual ~LogitMask() = default;
+  virtual void Apply(float* logits) = 0;
+  virtual void Accept(int32_t token) = 0;
+};
+
 class Sampler {
  public:
   Sampler(const SamplingParams& params, int64_t vocab);
@@ -44,6 +53,9 @@ class Sampler {
   int32_t Sample(const float* logits);
   // After Sample, with params().logprobs >= 0: that step's log-probabilities.
   const TokenLogprobs& logprobs() const { return logprobs_; }
+  // Sample applies `mask` (not owned; null: none) after bias and penalties, so that the reported
+  // log-probabilities are those of the masked distribution.
+  void set_mask(LogitMask* mask);
 
   // probs[v] for every v < vocab: the distribution Sample() draws from when not greedy
   // (temperature, then the top-k cut, then the top-p nucleus, renormalized; zero elsewhere).
@@ -72,6 +84,7 @@ class Sampler {
   std::vector<float> probs_;                           // [vocab]
   // With bias or penalties: the adjusted logits, and how often each token was chosen.
   bool adjusts_ = false;
+  LogitMask* mask_ = nullptr;
   std::vector<float> adjusted_;  // [vocab]
   std::vector<int32_t> counts_;  // [vocab]
   TokenLogprobs logprobs_;       // top reserved for kMaxTopLogprobs

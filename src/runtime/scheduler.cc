@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "core/error.h"
+#include "runtime/json_constraint.h"
 #include "runtime/sampler.h"
 
 namespace dsv3 {
@@ -49,8 +50,16 @@ struct Scheduler::Active {
         text(tokenizer, c.eos_token_ids, job->request_.options) {
     // Decode steps then append without allocating.
     generated.reserve(static_cast<size_t>(job->request_.options.generate.max_new_tokens));
+    if (job->request_.json_object) {
+      std::vector<int32_t> eos(c.eos_token_ids.begin(), c.eos_token_ids.end());
+      if (tokenizer.eos_id()) eos.push_back(*tokenizer.eos_id());
+      json = std::make_unique<JsonObjectMask>(tokenizer, c.vocab_size, std::move(eos),
+                                              job->request_.options.generate.max_new_tokens);
+      sampler.set_mask(json.get());
+    }
   }
   std::shared_ptr<Job> job;
+  std::unique_ptr<JsonObjectMask> json;  // response_format json_object
   Sampler sampler;
   TokenTextStream text;
   size_t prefilled = 0;   // prompt tokens in the cache

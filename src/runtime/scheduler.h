@@ -42,6 +42,8 @@ struct ServeRequest {
   // of them prefills their prompt the others wait, then start from a copy of its cache and
   // decode in the same batches.
   uint64_t siblings = 0;
+  // The answer is one JSON object (see json_constraint.h), ending with EOS within max_new_tokens.
+  bool json_object = false;
 };
 
 // One request's progress, written by the engine thread and read by the caller's thread.

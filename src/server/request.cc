@@ -258,7 +258,7 @@ constexpr FieldRule kChatFields[] = {
     {"messages", Use::kParsed},
     {"logprobs", Use::kParsed},
     {"top_logprobs", Use::kParsed},
-    {"response_format", Use::kOnly, R"({"type": "text"})"},
+    {"response_format", Use::kParsed},
     {"tools", Use::kOnly, "[]"},
     {"tool_choice", Use::kOnly, R"("none")"},
     {"parallel_tool_calls", Use::kNoEffect},  // tools are refused
@@ -278,6 +278,36 @@ constexpr FieldRule kCompletionFields[] = {
     {"best_of", Use::kOnly, "1"},     // one candidate per choice
     {"suffix", Use::kOnly, R"("")"},  // no text after the insertion point
 };
+
+// response_format: {"type": "text"} (the default) or {"type": "json_object"}; json_schema is
+// refused for now.
+bool JsonObject(const OrderedJson& j) {
+  const OrderedJson* v = Field(j, "response_format");
+  if (v == nullptr) return false;
+  if (!v->is_object()) WrongType("response_format", *v, "an object");
+  const OrderedJson* t = Field(*v, "type");
+  if (t == nullptr || !t->is_string()) {
+    Reject("response_format", "'response_format' needs a 'type': \"text\" or \"json_object\"");
+  }
+  const std::string type = t->get<std::string>();
+  if (type == "json_schema") {
+    Reject("response_format",
+           "'response_format' type \"json_schema\" is not supported yet; use \"json_object\"",
+           "unsupported_parameter");
+  }
+  if (type != "text" && type != "json_object") {
+    Reject(
+        "response_format",
+        fmt::format("'response_format' type \"{}\": expected \"text\" or \"json_object\"", type));
+  }
+  for (const auto& [key, value] : v->items()) {
+    if (key != "type") {
+      Reject("response_format." + key,
+             fmt::format("'response_format.{}' is not a field of type \"{}\"", key, type));
+    }
+  }
+  return type == "json_object";
+}
 
 // -1: no log-probabilities; n >= 0: the chosen token's and n alternatives'. Chat: `logprobs`
 // (boolean) and `top_logprobs` (0-20, needs logprobs); completions: `logprobs` (0-5).
@@ -390,6 +420,7 @@ ApiRequest Parse(std::string_view body, Endpoint endpoint, const RequestLimits& 
   }
   r.sampling.logit_bias = LogitBias(j);
   r.sampling.logprobs = Logprobs(j, endpoint);
+  if (endpoint == Endpoint::kChat) r.json_object = JsonObject(j);
   r.stop = Stops(j);
   if (const OrderedJson* v = Field(j, "stream")) {
     if (!v->is_boolean()) WrongType("stream", *v, "a boolean");

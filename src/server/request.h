@@ -37,7 +37,8 @@ struct ApiRequest {
   bool seeded = false;                          // whether `seed` was given
   std::vector<std::string> stop;                // at most kMaxStops, none empty
   bool stream = false, include_usage = false;
-  int64_t n = 1;  // choices, 1 .. kMaxChoices (the server also bounds it by its slots)
+  int64_t n = 1;             // choices, 1 .. kMaxChoices (the server also bounds it by its slots)
+  bool json_object = false;  // chat: response_format {"type": "json_object"}
 };
 
 struct RequestLimits {

@@ -275,6 +275,16 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
   sr.options.generate.sampling = r.sampling;
   if (!r.seeded) sr.options.generate.sampling.seed = std::random_device{}();
   sr.options.stop = r.stop;
+  if (r.json_object) {
+    if (think) {  // a reasoning model's answer opens with its thoughts, which are not JSON
+      return Fail(res, {400,
+                        "'response_format' json_object is not supported for a reasoning model "
+                        "whose answers start with <think>",
+                        "invalid_request_error", "response_format", "unsupported_parameter"});
+    }
+    sr.json_object = true;
+    sr.options.generate.stop_at_eos = true;
+  }
   if (r.n > scheduler.options().parallel) {
     return Fail(res, {400,
                       fmt::format("'n' is {}, but the server decodes at most {} requests together "

@@ -180,6 +180,34 @@ const scenarios = {
       },
     };
   },
+  // response_format json_object: 100 sampled answers (4 at a time), and 4 streamed.
+  async json() {
+    const messages = [{ role: 'user', content: args.prompt }];
+    const ask = (seed, stream) => client.chat.completions.create({
+      model, messages, max_tokens: args.n, temperature: 1, seed, stream,
+      response_format: { type: 'json_object' },
+    });
+    const answers = [];
+    for (let i = 0; i < 100; i += 4) {
+      const batch = await Promise.all([0, 1, 2, 3].map((k) => ask(i + k, false)));
+      for (const r of batch) {
+        answers.push({ text: r.choices[0].message.content, finish: r.choices[0].finish_reason });
+      }
+    }
+    const streamed = [];
+    for (let i = 0; i < 4; ++i) {
+      let text = '';
+      let finish = null;
+      for await (const c of await ask(1000 + i, true)) {
+        for (const ch of c.choices) {
+          text += ch.delta.content || '';
+          if (ch.finish_reason) finish = ch.finish_reason;
+        }
+      }
+      streamed.push({ text, finish });
+    }
+    return { answers, streamed };
+  },
   // n choices: greedy (all equal to n = 1's answer) and sampled, chat streamed and completions.
   async choices() {
     const messages = [{ role: 'user', content: args.prompt }];
@@ -219,7 +247,9 @@ const scenarios = {
     const messages = [{ role: 'user', content: 'x' }];
     const tries = {
       tools: { tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] },
-      response_format: { response_format: { type: 'json_object' } },
+      response_format: {
+        response_format: { type: 'json_schema', json_schema: { name: 's', schema: {} } },
+      },
       modalities: { modalities: ['text', 'audio'] },
     };
     for (const [name, extra] of Object.entries(tries)) {

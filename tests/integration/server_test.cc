@@ -240,6 +240,24 @@ TEST_F(ServerTest, OpenAiClientSeesUnsupportedFieldsRefused) {
   }
 }
 
+// response_format json_object through the SDK on a model that knows nothing: every one of 100
+// sampled answers (and 4 streamed) parses as a JSON object and ends by EOS within max_tokens.
+TEST_F(ServerTest, OpenAiClientJsonObjectAnswersAllParse) {
+  OrderedJson r = Client("json", {{"prompt", "Answer in JSON"}, {"n", 24}});
+  if (r.is_null()) GTEST_SKIP() << "no openai package";
+  ASSERT_EQ(r["answers"].size(), 100u);
+  ASSERT_EQ(r["streamed"].size(), 4u);
+  for (const char* part : {"answers", "streamed"}) {
+    for (const OrderedJson& a : r[part]) {
+      const std::string text = a["text"].get<std::string>();
+      EXPECT_EQ(a["finish"], "stop") << text;
+      Json j;
+      EXPECT_NO_THROW(j = Json::parse(text)) << text;
+      EXPECT_TRUE(j.is_object()) << text;
+    }
+  }
+}
+
 // n choices through the SDK: greedy choices all equal the n = 1 answer; sampled ones (seed + i
 // each) differ; streamed chat choices arrive by index, each finished, and equal the same request
 // not streamed; usage counts the prompt once and every choice's tokens.

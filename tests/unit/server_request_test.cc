@@ -207,7 +207,7 @@ TEST(ServerRequest, EveryApiFieldIsImplementedOrRefused) {
       {"store", "true", "false", false},
       {"logprobs", "true", nullptr, true},
       {"top_logprobs", "2", nullptr, false},  // without logprobs: true
-      {"response_format", R"({"type": "json_object"})", R"({"type": "text"})", false},
+      {"response_format", R"({"type": "json_object"})", nullptr, true},
       {"tools", R"([{"type": "function", "function": {"name": "f"}}])", "[]", false},
       {"tool_choice", R"("required")", R"("none")", false},
       {"modalities", R"(["text", "audio"])", R"(["text"])", false},
@@ -401,6 +401,42 @@ TEST(ParseRequest, Logprobs) {
   EXPECT_EQ(param(R"(, "logprobs": 6)", Endpoint::kCompletion), "logprobs");
   EXPECT_EQ(param(R"(, "logprobs": true)", Endpoint::kCompletion), "logprobs");
   EXPECT_EQ(param(R"(, "top_logprobs": 2)", Endpoint::kCompletion), "top_logprobs");
+}
+}  // namespace
+}  // namespace dsv3::server
+
+namespace dsv3::server {
+namespace {
+TEST(ParseRequest, ResponseFormat) {
+  const std::string base =
+      R"({"messages": [{"role": "user", "content": "hi"}], "response_format": )";
+  auto parse = [&](const std::string& rf) {
+    return ParseRequest(base + rf + "}", Endpoint::kChat, RequestLimits{"", 4096});
+  };
+  for (const auto& [rf, json] : std::vector<std::pair<std::string, bool>>{
+           {R"({"type": "text"})", false}, {R"({"type": "json_object"})", true}, {"null", false}}) {
+    auto r = parse(rf);
+    ASSERT_TRUE(std::holds_alternative<ApiRequest>(r)) << rf;
+    EXPECT_EQ(std::get<ApiRequest>(r).json_object, json) << rf;
+  }
+  const struct {
+    const char* rf;
+    const char* param;
+    const char* code;
+  } bad[] = {
+      {R"({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})", "response_format",
+       "unsupported_parameter"},
+      {R"({"type": "xml"})", "response_format", "invalid_value"},
+      {R"({})", "response_format", "invalid_value"},
+      {R"("json_object")", "response_format", "invalid_type"},
+      {R"({"type": "json_object", "strict": true})", "response_format.strict", "invalid_value"},
+  };
+  for (const auto& b : bad) {
+    auto r = parse(b.rf);
+    ASSERT_TRUE(std::holds_alternative<ApiError>(r)) << b.rf;
+    EXPECT_EQ(std::get<ApiError>(r).param, b.param) << b.rf;
+    EXPECT_EQ(std::get<ApiError>(r).code, b.code) << b.rf;
+  }
 }
 }  // namespace
 }  // namespace dsv3::server
