@@ -3,14 +3,14 @@
 #include <algorithm>
 #include <limits>
 
+#include "core/unicode.h"
+
 namespace dsv3 {
 namespace {
 constexpr std::string_view kLiterals[3] = {"true", "false", "null"};
 bool IsSpace(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 bool IsDigit(uint8_t c) { return c >= '0' && c <= '9'; }
-bool IsHex(uint8_t c) {
-  return IsDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
+bool IsHex(uint8_t c) { return IsDigit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
 }  // namespace
 
 void JsonPrefix::EndValue() { mode_ = depth_ == 0 ? Mode::kDone : Mode::kAfter; }
@@ -224,7 +224,21 @@ JsonObjectMask::JsonObjectMask(const Tokenizer& tokenizer, int64_t vocab, std::v
       vocab_(vocab),
       eos_(std::move(eos)),
       left_(max_tokens),
-      budgeted_(max_tokens >= JsonPrefix().ClosingBytes() + 1) {}
+      budgeted_(max_tokens >= JsonPrefix().ClosingBytes() + 1),
+      plain_(static_cast<size_t>(vocab), 0) {
+  for (int64_t v = 0; v < vocab; ++v) {
+    const int32_t id = static_cast<int32_t>(v);
+    if (!tokenizer.IsValidId(id) || tokenizer.IsSpecial(id) || IsEos(id)) continue;
+    const std::string_view b = tokenizer.TokenBytes(id);
+    if (b.empty() || FindInvalidUtf8(b) != std::string_view::npos) continue;
+    bool plain = true;
+    for (const char c : b) {
+      const uint8_t u = static_cast<uint8_t>(c);
+      plain &= u >= 0x20 && u != '"' && u != '\\';
+    }
+    plain_[v] = plain;
+  }
+}
 
 bool JsonObjectMask::IsEos(int32_t id) const {
   return std::find(eos_.begin(), eos_.end(), id) != eos_.end();
@@ -233,11 +247,16 @@ bool JsonObjectMask::IsEos(int32_t id) const {
 void JsonObjectMask::Apply(float* logits) {
   constexpr float kOff = -std::numeric_limits<float>::infinity();
   const bool done = state_.complete();
+  // Inside a string, plain tokens keep the state, so they all pass or fail the budget together.
+  const bool in_string = state_.between_string_characters();
+  const bool plain_ok = !budgeted_ || state_.ClosingBytes() + 1 <= left_ - 1;
   bool any = false;
   for (int64_t v = 0; v < vocab_; ++v) {
     const int32_t id = static_cast<int32_t>(v);
     bool ok;
-    if (IsEos(id)) {
+    if (in_string && plain_[v]) {
+      ok = plain_ok;
+    } else if (IsEos(id)) {
       ok = done;
     } else if (done || !tokenizer_.IsValidId(id) || tokenizer_.IsSpecial(id)) {
       ok = false;  // once complete, only EOS: the answer ends promptly

@@ -33,21 +33,24 @@ class JsonPrefix {
   bool complete() const { return mode_ == Mode::kDone; }
   // The fewest bytes that complete the object from here (0 when complete).
   int64_t ClosingBytes() const;
+  // Inside a string, between characters: bytes that are whole UTF-8 characters without '"', '\'
+  // or control characters leave the state as it is.
+  bool between_string_characters() const { return mode_ == Mode::kString && utf8_left_ == 0; }
 
  private:
   enum class Mode : uint8_t {
-    kStart,       // before the object
-    kValue,       // a value must come
-    kArrayFirst,  // after '[': a value or ']'
-    kObjectFirst, // after '{': a key or '}'
-    kKey,         // after ',' in an object: a key
-    kColon,       // after a key
-    kAfter,       // after a value: ',' or the container's close
-    kString,      // inside a string
-    kEscape,      // after '\' in a string
-    kUnicode,     // \u and hex_left_ more hex digits
-    kNumber,      // inside a number (number_ says where)
-    kLiteral,     // inside true / false / null
+    kStart,        // before the object
+    kValue,        // a value must come
+    kArrayFirst,   // after '[': a value or ']'
+    kObjectFirst,  // after '{': a key or '}'
+    kKey,          // after ',' in an object: a key
+    kColon,        // after a key
+    kAfter,        // after a value: ',' or the container's close
+    kString,       // inside a string
+    kEscape,       // after '\' in a string
+    kUnicode,      // \u and hex_left_ more hex digits
+    kNumber,       // inside a number (number_ says where)
+    kLiteral,      // inside true / false / null
     kDone,
   };
   enum class Num : uint8_t { kMinus, kZero, kInt, kDot, kFrac, kE, kESign, kExp };
@@ -57,8 +60,8 @@ class JsonPrefix {
 
   Mode mode_ = Mode::kStart;
   Num number_ = Num::kInt;
-  bool key_ = false;         // the string is an object key
-  uint8_t utf8_left_ = 0;    // continuation bytes still expected in a string
+  bool key_ = false;                         // the string is an object key
+  uint8_t utf8_left_ = 0;                    // continuation bytes still expected in a string
   uint8_t utf8_lo_ = 0x80, utf8_hi_ = 0xBF;  // the next continuation byte's range
   uint8_t hex_left_ = 0;
   uint8_t literal_ = 0, literal_pos_ = 0;  // which of true / false / null, bytes matched
@@ -82,9 +85,12 @@ class JsonObjectMask : public LogitMask {
   const Tokenizer& tokenizer_;
   const int64_t vocab_;
   const std::vector<int32_t> eos_;
-  int64_t left_;  // tokens still allowed, this one included
+  int64_t left_;   // tokens still allowed, this one included
   bool budgeted_;  // whether the budget could close the object at all
   JsonPrefix state_;
+  // [vocab] 1 for tokens of whole UTF-8 characters without '"', '\' or control characters:
+  // inside a string they change nothing, so they are decided without being fed.
+  std::vector<uint8_t> plain_;
 };
 
 }  // namespace dsv3

@@ -27,12 +27,32 @@ TEST(JsonPrefix, AcceptsPrefixesOfObjectsOnly) {
         "{\"a\": \"\xe2\x82", R"({"a": 1e)", R"({"a":1,)"}) {
     EXPECT_TRUE(Valid(ok)) << ok;
   }
-  for (const char* bad :
-       {"[", "1", "\"s\"", "{1", "{\"a\" 1}", "{\"a\": 01}", "{\"a\": 1.}", "{\"a\": .5}",
-        "{\"a\": -}", "{\"a\": +1}", "{\"a\": tru}", "{\"a\": True}", "{\"a\":1,}", "{\"a\":[1,]}",
-        "{\"a\": [}", "{\"a\": 1]", "{}x", "{} {}", "{\"a\": \"\x01\"}", "{\"a\": \"\\x\"}",
-        "{\"a\": \"\\u12g4\"}", "{\"\xc0\xaf\": 1}", "{\"\xed\xa0\x80\": 1}", "{\"\xff\": 1}",
-        "{\"a\": 1e+}", "{'a': 1}"}) {
+  for (const char* bad : {"[",
+                          "1",
+                          "\"s\"",
+                          "{1",
+                          "{\"a\" 1}",
+                          "{\"a\": 01}",
+                          "{\"a\": 1.}",
+                          "{\"a\": .5}",
+                          "{\"a\": -}",
+                          "{\"a\": +1}",
+                          "{\"a\": tru}",
+                          "{\"a\": True}",
+                          "{\"a\":1,}",
+                          "{\"a\":[1,]}",
+                          "{\"a\": [}",
+                          "{\"a\": 1]",
+                          "{}x",
+                          "{} {}",
+                          "{\"a\": \"\x01\"}",
+                          "{\"a\": \"\\x\"}",
+                          "{\"a\": \"\\u12g4\"}",
+                          "{\"\xc0\xaf\": 1}",
+                          "{\"\xed\xa0\x80\": 1}",
+                          "{\"\xff\": 1}",
+                          "{\"a\": 1e+}",
+                          "{'a': 1}"}) {
     EXPECT_FALSE(Valid(bad)) << bad;
   }
   JsonPrefix p;
@@ -121,6 +141,46 @@ TEST_F(JsonMaskTest, AllowsExactlyTheTokensThatContinue) {
   std::fill(logits.begin(), logits.end(), 0.0f);
   mask.Apply(logits.data());
   for (int64_t v = 0; v < V_; ++v) EXPECT_EQ(std::isfinite(logits[v]), v == eos()) << v;
+}
+
+// Inside a string most tokens are decided without being fed (they change nothing there): the
+// mask equals trying every token on a copy of the recognizer, and its cost is printed.
+TEST_F(JsonMaskTest, InsideAStringTheMaskEqualsFeedingEveryToken) {
+  const std::string prefix = "{\"key\": \"some text \xc3";  // a character split across tokens too
+  for (const std::string& p : {prefix.substr(0, prefix.size() - 1), prefix}) {
+    JsonObjectMask mask(*tok_, V_, {eos()}, 1000);
+    JsonPrefix state;
+    ASSERT_TRUE(state.Feed(p));
+    for (const char c : p) {  // the ASCII of the prefix byte by byte (one token each)
+      if (static_cast<uint8_t>(c) >= 0x80) continue;
+      const std::vector<int32_t> ids = tok_->Encode(std::string(1, c));
+      ASSERT_EQ(ids.size(), 1u);
+      mask.Accept(ids[0]);
+    }
+    if (p.size() == prefix.size()) {  // feed the lone lead byte as its byte token
+      bool fed = false;
+      for (int32_t v = 0; v < tok_->vocab_size() && !fed; ++v) {
+        if (tok_->IsValidId(v) && tok_->TokenBytes(v) == "\xc3") mask.Accept(v), fed = true;
+      }
+      ASSERT_TRUE(fed);
+    }
+    std::vector<float> logits(static_cast<size_t>(V_), 0.0f);
+    const auto t0 = std::chrono::steady_clock::now();
+    mask.Apply(logits.data());
+    const double ms =
+        1e3 * std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    int64_t allowed = 0;
+    for (int64_t v = 0; v < V_; ++v) {
+      const int32_t id = static_cast<int32_t>(v);
+      JsonPrefix next = state;
+      const bool want = tok_->IsValidId(id) && !tok_->IsSpecial(id) && id != eos() &&
+                        !tok_->TokenBytes(id).empty() && next.Feed(tok_->TokenBytes(id));
+      EXPECT_EQ(std::isfinite(logits[v]), want) << "token " << v;
+      allowed += want;
+    }
+    std::printf("json_object mask inside a string%s: %.2f ms, %lld tokens allowed\n",
+                p.size() == prefix.size() ? " (mid-character)" : "", ms, (long long)allowed);
+  }
 }
 
 // Random logits (a model that knows nothing) sampled under the mask: every answer is one JSON
