@@ -129,8 +129,6 @@ void MpiGroup::Prepare(const Config& c) {
     MPI_Comm_rank(l.comm, &l.rank);
     l.send_counts.assign(l.size, 0);
     l.recv_counts.assign(l.size, 0);
-    l.send_displs.assign(l.size, 0);
-    l.recv_displs.assign(l.size, 0);
     for (int i = 0; i < 2; ++i) {
       l.byte_counts[i].assign(l.size, 0);
       l.byte_displs[i].assign(l.size, 0);
@@ -395,6 +393,24 @@ void MpiGroup::RoutedExperts(const kernels::MatMulOptions& matmul, const MoeWeig
   Exchange(0, T, own_records_.data(), out);
 }
 
+void MpiGroup::AllToAll(Level& L, const std::vector<int>& send, const std::vector<int>& recv,
+                        int64_t unit, const uint8_t* out, uint8_t* in, const char* what) {
+  std::vector<int>&scount = L.byte_counts[0], &sdispl = L.byte_displs[0];
+  std::vector<int>&rcount = L.byte_counts[1], &rdispl = L.byte_displs[1];
+  int64_t so = 0, ro = 0;
+  for (int d = 0; d < L.size; ++d) {
+    scount[d] = CheckedInt(send[d] * unit, what);
+    sdispl[d] = CheckedInt(so, what);
+    so += scount[d];
+    rcount[d] = CheckedInt(recv[d] * unit, what);
+    rdispl[d] = CheckedInt(ro, what);
+    ro += rcount[d];
+  }
+  Clock clock(stats_.exchange_s);
+  MPI_Alltoallv(out, scount.data(), sdispl.data(), MPI_BYTE, in, rcount.data(), rdispl.data(),
+                MPI_BYTE, L.comm);
+}
+
 void MpiGroup::Exchange(int level, int64_t n, const uint8_t* records, float* partial) {
   Level& L = levels_[level];
   LevelStats& st = stats_.levels[level];
@@ -418,10 +434,7 @@ void MpiGroup::Exchange(int level, int64_t n, const uint8_t* records, float* par
     st.max_fanout = std::max(st.max_fanout, fanout);
   }
   int64_t sent = 0;
-  for (int d = 0; d < L.size; ++d) {
-    L.send_displs[d] = static_cast<int>(sent);
-    sent += L.send_counts[d];
-  }
+  for (int d = 0; d < L.size; ++d) sent += L.send_counts[d];
   Grow(L.send, static_cast<size_t>(sent * rb));
   Grow(L.source, static_cast<size_t>(sent));
   int64_t pos = 0;
@@ -453,25 +466,9 @@ void MpiGroup::Exchange(int level, int64_t n, const uint8_t* records, float* par
     MPI_Alltoall(L.send_counts.data(), 1, MPI_INT, L.recv_counts.data(), 1, MPI_INT, L.comm);
   }
   int64_t received = 0;
-  std::vector<int>&scount = L.byte_counts[0], &sdispl = L.byte_displs[0];
-  std::vector<int>&rcount = L.byte_counts[1], &rdispl = L.byte_displs[1];
-  int64_t so = 0, ro = 0;
-  for (int d = 0; d < L.size; ++d) {
-    scount[d] = CheckedInt(L.send_counts[d] * rb, "dispatch bytes");
-    sdispl[d] = CheckedInt(so, "dispatch bytes");
-    so += scount[d];
-    rcount[d] = CheckedInt(L.recv_counts[d] * rb, "dispatch bytes");
-    rdispl[d] = CheckedInt(ro, "dispatch bytes");
-    ro += rcount[d];
-    L.recv_displs[d] = static_cast<int>(received);
-    received += L.recv_counts[d];
-  }
+  for (int d = 0; d < L.size; ++d) received += L.recv_counts[d];
   Grow(L.recv, static_cast<size_t>(received * rb));
-  {
-    Clock clock(stats_.exchange_s);
-    MPI_Alltoallv(L.send.data(), scount.data(), sdispl.data(), MPI_BYTE, L.recv.data(),
-                  rcount.data(), rdispl.data(), MPI_BYTE, L.comm);
-  }
+  AllToAll(L, L.send_counts, L.recv_counts, rb, L.send.data(), L.recv.data(), "dispatch bytes");
 
   // The experts behind this level, then the partial sums back.
   Grow(L.partial_in, static_cast<size_t>(received * D_));
@@ -492,21 +489,11 @@ void MpiGroup::Exchange(int level, int64_t n, const uint8_t* records, float* par
       std::memcpy(o, p, 4 * D_);
     }
   }
-  so = ro = 0;
   for (int d = 0; d < L.size; ++d) {
-    scount[d] = CheckedInt(L.recv_counts[d] * pb, "combine bytes");
-    sdispl[d] = CheckedInt(so, "combine bytes");
-    so += scount[d];
-    rcount[d] = CheckedInt(L.send_counts[d] * pb, "combine bytes");
-    rdispl[d] = CheckedInt(ro, "combine bytes");
-    ro += rcount[d];
     if (d != L.rank) st.combine_bytes += L.recv_counts[d] * pb;
   }
-  {
-    Clock clock(stats_.exchange_s);
-    MPI_Alltoallv(L.combine_send.data(), scount.data(), sdispl.data(), MPI_BYTE,
-                  L.combine_recv.data(), rcount.data(), rdispl.data(), MPI_BYTE, L.comm);
-  }
+  AllToAll(L, L.recv_counts, L.send_counts, pb, L.combine_send.data(), L.combine_recv.data(),
+           "combine bytes");
 
   // Each record's partial: the sum of what its destinations returned, in destination order.
   std::fill(partial, partial + n * D_, 0.0f);

@@ -156,8 +156,8 @@ class MpiGroup final : public ProcessGroup {
     std::vector<uint8_t> send, recv;
     std::vector<float> partial_in, partial_out;  // [received, D] / [sent, D]
     std::vector<uint8_t> combine_send, combine_recv;
-    std::vector<int32_t> source;  // [sent] the record each sent copy came from
-    std::vector<int> send_counts, recv_counts, send_displs, recv_displs;  // in records
+    std::vector<int32_t> source;                      // [sent] the record each sent copy came from
+    std::vector<int> send_counts, recv_counts;        // in records, per destination
     std::vector<int> byte_counts[2], byte_displs[2];  // in bytes: [0] sent, [1] received
   };
   void Header(int64_t kind, int64_t id, std::initializer_list<int64_t> args);
@@ -167,6 +167,10 @@ class MpiGroup final : public ProcessGroup {
   // Ranks 0 and 1 after a kLink announcement (the others do nothing).
   Link PingPong(int64_t bytes, int reps);
   int DestOf(int level, int64_t expert) const;
+  // MPI_Alltoallv over L.comm of send[d] / recv[d] items of `unit` bytes each way (timed into
+  // the statistics); `what` names the count in the overflow error.
+  void AllToAll(Level& L, const std::vector<int>& send, const std::vector<int>& recv, int64_t unit,
+                const uint8_t* out, uint8_t* in, const char* what);
   // The n records (record_bytes_ each) through level `level` and below; partial [n, D] gets,
   // per record, the weighted sum of its experts' outputs.
   void Exchange(int level, int64_t n, const uint8_t* records, float* partial);

@@ -133,7 +133,9 @@ TEST(ExpertParallel, Float32ExchangeMatchesOneProcess) {
       EXPECT_LE(MaxAbsDiff(got.logits, want.logits), 1e-5f);
       EXPECT_EQ(got.tokens, want.tokens);
       ExpectSameRouting(got.trace, want.trace);
-      if (g.size() == 1) EXPECT_EQ(got.logits, want.logits);  // one rank: the same sums
+      if (g.size() == 1) {  // one rank: the same sums
+        EXPECT_EQ(got.logits, want.logits);
+      }
       // Rank 0 holds only its share of the routed experts.
       EXPECT_EQ(m.report().elsewhere_bytes == 0, g.size() == 1);
       EXPECT_EQ(m.report().main_bytes + m.report().mtp_bytes + m.report().elsewhere_bytes,
@@ -368,8 +370,9 @@ TEST(ExpertParallel, NodeLimitedRoutingAndBytesFollowTheRouting) {
         }
       }
       EXPECT_EQ(g.nodes(), nodes);
-      if (nodes > 1)
+      if (nodes > 1) {
         EXPECT_LE(most_nodes, c.topk_group) << "a token reached more nodes than topk_group";
+      }
       const ep::LevelStats& top = f[0].stats.levels[0];
       EXPECT_EQ(top.max_fanout, f[0].stats.levels_used == 2 ? most_nodes : most_ranks);
       if (f[0].stats.levels_used == 1) {
@@ -408,8 +411,9 @@ TEST(ExpertParallel, WorldsThatCannotSplitTheExpertsAreClearErrors) {
   MpiGroup g({.ranks_per_node = 3});
   SynthModel synth(SynthGrouped());
   const std::string msg = test::ErrorMessage([&] { Model::Load(synth.path(), &g); });
-  if (P % 3 != 0)
+  if (P % 3 != 0) {
     EXPECT_NE(msg.find("--ranks-per-node 3 does not divide"), std::string::npos) << msg;
+  }
 }
 
 }  // namespace
