@@ -25,11 +25,6 @@ namespace {
 namespace ref = kernels::reference;
 using ep::MpiGroup;
 
-int WorldRank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
 int WorldSize() {
   int s = 1;
   MPI_Comm_size(MPI_COMM_WORLD, &s);
