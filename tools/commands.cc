@@ -16,9 +16,6 @@
 #include "tools/ep.h"
 
 namespace dsv3::cli {
-namespace {
-
-using Clock = std::chrono::steady_clock;
 
 std::string Human(double bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -30,6 +27,10 @@ std::string Human(double bytes) {
   return u == 0 ? fmt::format("{:.0f} {}", bytes, units[u])
                 : fmt::format("{:.2f} {}", bytes, units[u]);
 }
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
 
 std::string Count(int64_t n) {
   return n >= 1000000000 ? fmt::format("{:.2f} B", n / 1e9) : fmt::format("{:.2f} M", n / 1e6);

@@ -85,6 +85,9 @@ struct ChatTemplateArgs {
   bool jsonl = false;
 };
 
+// "3.58 GiB": bytes in binary units.
+std::string Human(double bytes);
+
 int RunInfo(const InfoArgs& a);
 int RunBench(const BenchArgs& a);
 int RunLogits(const LogitsArgs& a);

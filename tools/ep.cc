@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/json.h"
 #include "runtime/sampler.h"
+#include "tools/commands.h"
 
 #ifdef DSV3_HAVE_MPI
 #include "ep/mpi_group.h"
@@ -18,12 +19,6 @@ namespace dsv3::cli {
 namespace {
 EpSession* g_session = nullptr;
 
-std::string Bytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) b /= 1024, ++u;
-  return fmt::format("{:.2f} {}", b, units[u]);
-}
 }  // namespace
 
 EpSession* Ep() { return g_session; }
@@ -139,16 +134,16 @@ void EpSession::PrintReport(const Model& model, const BenchOptions& o) const {
     std::printf("rank %d: exchange %.3f ms/step (in MPI, waiting included), experts %.3f ms/step",
                 r, 1e3 * s.exchange_s / n, 1e3 * s.compute_s / n);
     if (r == 0) std::printf(", rest %.3f ms/step", 1e3 * (step_s - s.exchange_s / n));
-    std::printf("; holds %s of weights, resident %s\n", Bytes(f[r].held_bytes).c_str(),
-                Bytes(f[r].rss_bytes).c_str());
+    std::printf("; holds %s of weights, resident %s\n", Human(f[r].held_bytes).c_str(),
+                Human(f[r].rss_bytes).c_str());
     for (int l = 0; l < s.levels_used; ++l) {
       const ep::LevelStats& v = s.levels[l];
       std::printf(
           "  %s: sent %.1f token copies/step (%s dispatch + %s combine per step, %s per "
           "token), kept %.1f, most destinations of one token %lld\n",
-          level_names[l], double(v.records) / n, Bytes(double(v.dispatch_bytes) / n).c_str(),
-          Bytes(double(v.combine_bytes) / n).c_str(),
-          Bytes(double(v.dispatch_bytes + v.combine_bytes) / n).c_str(), double(v.self_records) / n,
+          level_names[l], double(v.records) / n, Human(double(v.dispatch_bytes) / n).c_str(),
+          Human(double(v.combine_bytes) / n).c_str(),
+          Human(double(v.dispatch_bytes + v.combine_bytes) / n).c_str(), double(v.self_records) / n,
           (long long)v.max_fanout);
     }
   }
@@ -159,7 +154,7 @@ void EpSession::PrintReport(const Model& model, const BenchOptions& o) const {
   std::printf(
       "analyzer model (dsv3 analyze tpot): %s per token sent (%lld MoE layers x %g "
       "experts x %lld values x (1 + 2) B)\n",
-      Bytes(modeled).c_str(), (long long)moe_layers, fan_out, (long long)c.hidden_size);
+      Human(modeled).c_str(), (long long)moe_layers, fan_out, (long long)c.hidden_size);
   if (size_ < 2 || moe_layers == 0) return;
   // The link between ranks 0 and 1, and what the analyzer makes of the bytes measured above:
   // rank 0's dispatch and the combine it received, per MoE layer, over that bandwidth.
