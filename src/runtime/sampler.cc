@@ -46,6 +46,13 @@ double Sampler::Uniform() {
   return static_cast<double>(rng_() >> 11) * 0x1p-53;  // 53 random bits, portable
 }
 
+namespace {
+// Candidates (logit, id) by logit, descending, ties to the lower id.
+bool ByLogit(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+  return a.first > b.first || (a.first == b.first && a.second < b.second);
+}
+}  // namespace
+
 void Sampler::Probabilities(const float* logits, float* probs) {
   if ((params_.top_k == 0 || params_.top_k >= vocab_) && params_.top_p >= 1) {
     // No cut: the softmax with temperature in id order (sorting 100k+ candidates would cost
@@ -63,16 +70,13 @@ void Sampler::Probabilities(const float* logits, float* probs) {
   }
   // Candidates sorted by logit (descending, ties to the lower id), cut to top-k.
   for (int64_t i = 0; i < vocab_; ++i) candidates_[i] = {logits[i], static_cast<int32_t>(i)};
-  const auto by_logit = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
-    return a.first > b.first || (a.first == b.first && a.second < b.second);
-  };
   int64_t n = vocab_;
   if (params_.top_k > 0 && params_.top_k < n) {
     std::partial_sort(candidates_.begin(), candidates_.begin() + params_.top_k, candidates_.end(),
-                      by_logit);
+                      ByLogit);
     n = params_.top_k;
   } else {
-    std::sort(candidates_.begin(), candidates_.end(), by_logit);
+    std::sort(candidates_.begin(), candidates_.end(), ByLogit);
   }
   // Softmax with temperature over the candidates, then the top-p nucleus.
   const float max = candidates_[0].first;
@@ -139,17 +143,14 @@ void Sampler::set_mask(LogitMask* mask) {
 }
 
 int32_t Sampler::Sample(const float* logits) {
-  if (mask_ && !adjusts_) {
+  if (adjusts_ || mask_) {  // on a copy: bias and penalties, then the mask
     std::copy_n(logits, vocab_, adjusted_.begin());
-    mask_->Apply(adjusted_.data());
-    logits = adjusted_.data();
-  }
-  if (adjusts_) {
-    std::copy_n(logits, vocab_, adjusted_.begin());
-    for (const auto& [id, bias] : params_.logit_bias) adjusted_[id] += bias;
-    const float fp = params_.frequency_penalty, pp = params_.presence_penalty;
-    for (int64_t v = 0; v < vocab_; ++v) {
-      if (counts_[v] > 0) adjusted_[v] -= fp * static_cast<float>(counts_[v]) + pp;
+    if (adjusts_) {
+      for (const auto& [id, bias] : params_.logit_bias) adjusted_[id] += bias;
+      const float fp = params_.frequency_penalty, pp = params_.presence_penalty;
+      for (int64_t v = 0; v < vocab_; ++v) {
+        if (counts_[v] > 0) adjusted_[v] -= fp * static_cast<float>(counts_[v]) + pp;
+      }
     }
     if (mask_) mask_->Apply(adjusted_.data());
     logits = adjusted_.data();
@@ -182,10 +183,7 @@ void Sampler::Logprobs(const float* logits, int32_t token) {
   const int64_t n = std::min<int64_t>({params_.logprobs, kMaxTopLogprobs, vocab_});
   if (n == 0) return;
   for (int64_t v = 0; v < vocab_; ++v) candidates_[v] = {logits[v], static_cast<int32_t>(v)};
-  std::partial_sort(candidates_.begin(), candidates_.begin() + n, candidates_.end(),
-                    [](const auto& a, const auto& b) {
-                      return a.first > b.first || (a.first == b.first && a.second < b.second);
-                    });
+  std::partial_sort(candidates_.begin(), candidates_.begin() + n, candidates_.end(), ByLogit);
   for (int64_t i = 0; i < n; ++i)
     logprobs_.top.push_back({candidates_[i].second, lp(candidates_[i].second)});
 }
