@@ -350,22 +350,23 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
   // Streaming: one SSE event per piece of text of a choice. The provider runs on this
   // connection's thread and waits on the jobs in turn; a failed write (the client left) cancels
   // them at once.
-  struct Choice {
-    std::shared_ptr<Job> job;
+  struct Choice {  // the stream's state of jobs[i]
     ReasoningSplitter split;
     bool started = false, finished = false;
     int64_t offset = 0;              // completions' text_offset
     std::vector<TokenLogprobs> lps;  // taken, not yet sent
   };
   struct Stream {
+    std::vector<std::shared_ptr<Job>> jobs;
     std::vector<Choice> choices;
     OrderedJson head;
     bool chat, include_usage, logprobs;
     const Tokenizer& tokenizer;
-    bool ended = false;  // the final chunks are out
   };
-  auto st = std::make_shared<Stream>(Stream{{}, head, chat, r.include_usage, logprobs, tokenizer});
-  for (auto& job : jobs) st->choices.push_back(Choice{job, ReasoningSplitter(think)});
+  auto st = std::make_shared<Stream>(
+      Stream{std::move(jobs), {}, head, chat, r.include_usage, logprobs, tokenizer});
+  for (size_t i = 0; i < st->jobs.size(); ++i)
+    st->choices.push_back({.split = ReasoningSplitter(think)});
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
@@ -401,7 +402,7 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
           return send(index, p.reasoning, p.content, nullptr);
         };
         const auto cancel = [&] {
-          for (Choice& c : st->choices) c.job->Cancel();
+          for (const auto& job : st->jobs) job->Cancel();
           return false;
         };
         bool ok = true, all_finished = true;
@@ -412,13 +413,14 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
           if (!c.started && st->chat) ok = send(i, "", "", nullptr);
           if (c.finished) continue;
           std::string text;
-          c.finished = c.job->Wait(&text, wait, st->logprobs ? &c.lps : nullptr);
+          Job& job = *st->jobs[i];
+          c.finished = job.Wait(&text, wait, st->logprobs ? &c.lps : nullptr);
           if (ok && !text.empty()) {
             ok = send_parts(i, st->chat ? c.split.Push(text) : ReasoningSplitter::Parts{"", text});
           }
-          if (c.finished && ok && c.job->finish_reason() != FinishReason::kCancelled) {
+          if (c.finished && ok && job.finish_reason() != FinishReason::kCancelled) {
             if (st->chat) ok = send_parts(i, c.split.Finish());
-            if (ok) ok = send(i, "", "", FinishName(c.job->finish_reason()));
+            if (ok) ok = send(i, "", "", FinishName(job.finish_reason()));
           }
           all_finished &= c.finished;
         }
@@ -426,18 +428,16 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
         if (!ok) return cancel();
         if (!all_finished) return true;
         bool cancelled = false;
-        for (const Choice& c : st->choices) {
-          cancelled |= c.job->finish_reason() == FinishReason::kCancelled;
+        for (const auto& job : st->jobs) {
+          cancelled |= job->finish_reason() == FinishReason::kCancelled;
         }
         if (cancelled) {
           const std::string event = Sse(kShuttingDown.ToJson());
           sink.write(event.data(), event.size());
         } else if (st->include_usage) {
-          std::vector<std::shared_ptr<Job>> jobs;
-          for (const Choice& c : st->choices) jobs.push_back(c.job);
           OrderedJson chunk = st->head;
           chunk["choices"] = OrderedJson::array();
-          chunk["usage"] = Usage(jobs);
+          chunk["usage"] = Usage(st->jobs);
           const std::string event = Sse(chunk);
           if (!sink.write(event.data(), event.size())) return false;
         }
@@ -448,7 +448,7 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
       },
       [st](bool success) {
         if (!success) {
-          for (Choice& c : st->choices) c.job->Cancel();
+          for (const auto& job : st->jobs) job->Cancel();
         }
       });
 }
