@@ -351,6 +351,7 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
   // connection's thread and waits on the jobs in turn; a failed write (the client left) cancels
   // them at once.
   struct Choice {  // the stream's state of jobs[i]
+    explicit Choice(bool think) : split(think) {}
     ReasoningSplitter split;
     bool started = false, finished = false;
     int64_t offset = 0;              // completions' text_offset
@@ -365,8 +366,7 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
   };
   auto st = std::make_shared<Stream>(
       Stream{std::move(jobs), {}, head, chat, r.include_usage, logprobs, tokenizer});
-  for (size_t i = 0; i < st->jobs.size(); ++i)
-    st->choices.push_back({.split = ReasoningSplitter(think)});
+  for (size_t i = 0; i < st->jobs.size(); ++i) st->choices.emplace_back(think);
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
