@@ -85,6 +85,20 @@ RunResult SynthTextModel(const std::string& out) {
                     " --set hidden_size=64 --set num_nextn_predict_layers=0 -o " + out);
 }
 
+std::vector<int32_t> SchedulerPrompt(int seq, int length, int64_t vocab) {
+  std::vector<int32_t> p(length);
+  for (int i = 0; i < length; ++i) p[i] = static_cast<int32_t>((seq * 131 + i * 17 + 3) % vocab);
+  return p;
+}
+
+ServeRequest SchedulerRequest(std::vector<int32_t> prompt, int64_t n) {
+  ServeRequest r;
+  r.prompt = std::move(prompt);
+  r.options.generate.max_new_tokens = n;
+  r.options.generate.stop_at_eos = false;
+  return r;
+}
+
 std::string ErrorMessage(const std::function<void()>& f) {
   try {
     f();

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/json.h"
+#include "runtime/scheduler.h"
 
 namespace dsv3::test {
 
@@ -79,6 +80,11 @@ inline std::string Dsv3Binary() { return DSV3_BINARY; }
 // Writes a tiny random model (hidden_size 64, no MTP layer) carrying the DeepSeek-V3 tokenizer of
 // the test data to `out` with `dsv3 synth`.
 RunResult SynthTextModel(const std::string& out);
+
+// Scheduler tests: a deterministic prompt of `length` ids below `vocab` (different per `seq`), and
+// a request for n new tokens after it that does not stop at EOS.
+std::vector<int32_t> SchedulerPrompt(int seq, int length, int64_t vocab);
+ServeRequest SchedulerRequest(std::vector<int32_t> prompt, int64_t n);
 
 // The message of the dsv3::Error that `f` throws, or "no error".
 std::string ErrorMessage(const std::function<void()>& f);

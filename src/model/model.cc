@@ -151,7 +151,8 @@ void Context::Forward(std::span<const int32_t> tokens, const ForwardOutputs& out
   if (all_logits) std::copy_n(all_logits + (T - 1) * V, V, last_logits_.data());
 }
 
-void Context::ForwardBatch(std::span<const Step> steps, float* logits, bool exact) {
+void Context::ForwardBatch(std::span<const Step> steps, float* logits, bool exact,
+                           const ForwardOutputs& out) {
   int64_t T = 0;
   for (size_t i = 0; i < steps.size(); ++i) {
     CheckSlotTokens(steps[i].tokens, steps[i].slot);
@@ -162,29 +163,43 @@ void Context::ForwardBatch(std::span<const Step> steps, float* logits, bool exac
     T += static_cast<int64_t>(steps[i].tokens.size());
   }
   if (T > max_batch_) Fail("batch of {} tokens exceeds max_batch ({})", T, max_batch_);
+  const bool every_token = !out.logits.empty();
+  if (group_ && (every_token || !out.hidden.empty())) {
+    Fail("the outputs of every token of a batch are not available in a process group");
+  }
+  CheckOutputs(c_, out, T);
+  if (!every_token && logits == nullptr) Fail("ForwardBatch needs somewhere to put the logits");
   if (T == 0) return;
   planned_.clear();
   for (const Step& s : steps) planned_.push_back({s.slot, n_past_[s.slot], s.tokens});
   const kernels::MatMulPath path =
       exact ? kernels::MatMulPath::kPerToken : kernels::MatMulPath::kAuto;
   if (driving()) group_->AnnounceBatch(id_, planned_, path);
-  RunPlanned(planned_, logits, path);
+  RunPlanned(planned_, every_token ? out.logits.data() : logits, path, every_token,
+             out.hidden.empty() ? nullptr : out.hidden.data());
+  const int64_t V = c_.vocab_size;
+  int64_t end = 0;  // every token's logits: each step's last row too, when asked for
+  for (size_t i = 0; i < steps.size(); ++i) {
+    end += static_cast<int64_t>(steps[i].tokens.size());
+    if (every_token && logits) std::copy_n(out.logits.data() + (end - 1) * V, V, logits + i * V);
+  }
   for (const Step& s : steps) n_past_[s.slot] += static_cast<int64_t>(s.tokens.size());
 }
 
 void Context::RunPlanned(std::span<const PlannedStep> steps, float* logits,
-                         kernels::MatMulPath path) {
-  int64_t T = 0, rows = 0;  // this rank's tokens and steps
+                         kernels::MatMulPath path, bool every_token, float* hidden) {
+  int64_t T = 0, rows = 0;  // this rank's tokens and the rows that get logits
   for (const PlannedStep& s : steps) {
     if (!Owns(s.slot)) continue;
     for (size_t k = 0; k < s.tokens.size(); ++k, ++T) {
       tokens_[T] = s.tokens[k];
       step_.slots()[T] = Local(s.slot);
       step_.positions()[T] = s.position + static_cast<int64_t>(k);
+      if (every_token) logit_rows_[rows++] = T;
     }
-    logit_rows_[rows++] = T - 1;
+    if (!every_token) logit_rows_[rows++] = T - 1;
   }
-  if (!group_) return Run(T, rows, logits, nullptr, nullptr, path);
+  if (!group_) return Run(T, rows, logits, nullptr, hidden, path);
   Run(T, rows, own_logits_.data(), nullptr, nullptr, path);
   group_->GatherLogits(steps, own_logits_.data(), logits, c_.vocab_size);
 }

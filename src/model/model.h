@@ -92,11 +92,16 @@ class Context {
   // token. Slots appear at most once; tokens in all <= max_batch. With `exact`, every product
   // runs the per-token path, so each sequence gets bit for bit what it would get decoding alone
   // (use it for steps of one token each; prompt chunks are faster without).
+  // out (optional, each part when not empty) receives the outputs of every token of the batch,
+  // T being the tokens of all steps in order: out.logits [T, vocab] the logits after each token
+  // (then `logits` may be null), out.hidden [T, D] the final hidden states (as Forward's). Not in
+  // a process group (the rows stay on the ranks that own the slots).
   struct Step {
     int32_t slot;
     std::span<const int32_t> tokens;
   };
-  void ForwardBatch(std::span<const Step> steps, float* logits, bool exact = true);
+  void ForwardBatch(std::span<const Step> steps, float* logits, bool exact = true,
+                    const ForwardOutputs& out = {});
   int64_t n_past(int32_t slot) const { return n_past_[slot]; }
   void Truncate(int32_t slot, int64_t n);
   // Slot `to` takes the first n cached positions of slot `from` (a shared prompt prefix).
@@ -107,7 +112,10 @@ class Context {
   // Ranks other than 0 of a process group: run this rank's part of a batch rank 0 announced
   // (steps in global slots; only those this rank owns run here), then hand the logits of its own
   // steps to GatherLogits. Rank 0's ForwardBatch does the same after announcing.
-  void RunPlanned(std::span<const PlannedStep> steps, float* logits, kernels::MatMulPath path);
+  // `every_token`: logits [T, vocab] of all the step's tokens (this process alone); `hidden`, if
+  // not null, their final hidden states [T, D].
+  void RunPlanned(std::span<const PlannedStep> steps, float* logits, kernels::MatMulPath path,
+                  bool every_token = false, float* hidden = nullptr);
   // Ranks other than 0: this rank's part of an announced CopyPrefix.
   void RunCopyPrefix(int32_t from, int32_t to, int64_t n);
 

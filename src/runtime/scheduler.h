@@ -5,6 +5,18 @@
 // would get decoding alone). Requests join and leave between steps. The engine thread must be
 // the only one running a model in the process while the scheduler lives (the thread pool serves
 // one caller at a time).
+//
+// With SchedulerOptions::draft > 0 the requests decode speculatively with the model's MTP module
+// (as SpeculativeDecoder does for one sequence): each step, every decoding request that can
+// draft proposes up to `draft` tokens (the MTP module of all such requests runs in batched
+// passes, chained on its own output after the first draft), and ONE batched main-model pass
+// verifies every request's last token plus its drafts; each request keeps its accepted drafts
+// and the token that follows them, and the rejected positions are dropped by truncating its
+// slot. Greedy requests get exactly the tokens of plain decoding; sampled ones follow
+// speculative sampling (Sampler::Draft / Verify): a seed gives the tokens `dsv3 generate
+// --draft N` gives with it, whatever else runs in the batches (the draft passes take the
+// per-token products too). Requests with a constraint, logprobs, logit bias or penalties decode
+// without drafts in the same passes (speculative sampling does not apply those adjustments).
 #pragma once
 
 #include <atomic>
@@ -12,13 +24,17 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "core/aligned.h"
 #include "model/model.h"
+#include "model/mtp.h"
+#include "runtime/sampler.h"
 #include "runtime/text_generate.h"
 #include "tokenizer/tokenizer.h"
 
@@ -29,6 +45,9 @@ struct SchedulerOptions {
   int64_t ctx_size = 4096;      // cache positions per slot
   int64_t queue = 64;           // requests that may wait for a slot; Submit refuses beyond
   int64_t prefill_chunk = 512;  // prompt tokens per forward pass (as generate -p)
+  // MTP draft tokens per request and step, 0..kMaxDraft; 0: plain decoding. Needs a checkpoint
+  // with an MTP module and no process group.
+  int64_t draft = 0;
   KvCacheType kv_cache = KvCacheType::kF32;
   kernels::MatMulPrecision matmul = kernels::MatMulPrecision::kF32;
 };
@@ -42,8 +61,10 @@ struct ServeRequest {
   // of them prefills their prompt the others wait, then start from a copy of its cache and
   // decode in the same batches.
   uint64_t siblings = 0;
-  // The answer is one JSON object (see json_constraint.h), ending with EOS within max_new_tokens.
-  bool json_object = false;
+  // The answer's constraint (response_format, tool calls): makes the LogitMask that the
+  // request's sampler applies, given the answer's token budget (max_new_tokens). Called on the
+  // engine thread when the request takes a slot, once per choice. Empty: unconstrained.
+  std::function<std::unique_ptr<LogitMask>(int64_t max_tokens)> constraint;
 };
 
 // One request's progress, written by the engine thread and read by the caller's thread.
@@ -91,9 +112,15 @@ struct SchedulerStats {
   int64_t requests_finished = 0, requests_cancelled = 0, requests_rejected = 0;
   int64_t prompt_tokens = 0, prompt_tokens_reused = 0, tokens_generated = 0;
   int64_t decode_steps = 0, decode_tokens = 0;  // batched decode passes, tokens they produced
+  // Speculative decoding (draft > 0): drafts per request and step; draft tokens fed to the
+  // verification passes, and those the main model accepted.
+  int64_t draft = 0, drafts_proposed = 0, drafts_accepted = 0;
   double decode_seconds = 0, prefill_seconds = 0;
   double decode_tokens_per_second() const {
     return decode_seconds > 0 ? decode_tokens / decode_seconds : 0;
+  }
+  double draft_acceptance() const {
+    return drafts_proposed > 0 ? static_cast<double>(drafts_accepted) / drafts_proposed : 0;
   }
 };
 
@@ -105,7 +132,9 @@ class Scheduler {
   Scheduler& operator=(const Scheduler&) = delete;
 
   // Queues a request; null when the queue is full or the scheduler is shut down. A request that
-  // cannot fit a slot (prompt + max_new_tokens - 1 > ctx_size) is a dsv3::Error.
+  // cannot fit a slot (prompt + max_new_tokens - 1 > ctx_size) is a dsv3::Error. (Drafts need
+  // no room beyond that: a request drafts at most the tokens it still has to generate, less
+  // one.)
   std::shared_ptr<Job> Submit(ServeRequest request);
   // Cancels every queued and running request and stops the engine thread.
   void Shutdown();
@@ -125,8 +154,18 @@ class Scheduler {
   bool SiblingPrefilling(const Job& job, const std::vector<std::shared_ptr<Job>>& admitting) const;
   void Prefill(int32_t slot);
   void DecodeStep();
-  // Takes a sampled token; false when the request is finished (and its slot freed).
-  bool Accept(int32_t slot, int32_t token);
+  // Speculative decoding: each drafting request's MTP slots that are missing, then its drafts
+  // (Active::fed[1 ..]), in batched MTP passes.
+  void Draft();
+  // Runs MTP slots mtp_->n_past(slot) .. until - 1 of a slot alone, in prompt-sized chunks; the
+  // tokens that follow them must be in its history (until < history.size()).
+  void CatchUpMtp(int32_t slot, int64_t until);
+  float* Hidden(int32_t slot, int64_t pos) {  // [D] the final hidden state of a cached position
+    return hidden_.data() + (slot * options_.ctx_size + pos) * model_.config().hidden_size;
+  }
+  // Takes a sampled token (its text streamed); returns why the request ends with it, kNone
+  // when it goes on (the token is then the next to feed).
+  FinishReason Take(int32_t slot, int32_t token);
   void Release(int32_t slot, FinishReason reason);
   void PublishStats();
 
@@ -136,9 +175,21 @@ class Scheduler {
   Context ctx_;  // engine thread only
   std::vector<Slot> slots_;
   uint64_t clock_ = 0;
-  std::vector<float> logits_;         // [parallel, vocab]
-  std::vector<int32_t> next_;         // [parallel] tokens sampled in a decode step
+  std::vector<float> logits_;         // [parallel * (draft + 1), vocab]
   std::vector<Context::Step> steps_;  // [parallel] the decode step's batch
+  // Speculative decoding (draft_ > 0), engine thread only. The MTP state of slot s is sequence
+  // s of mtp_: its slots i < mtp_->n_past(s) ran with the hidden state of position i and token
+  // i + 1 of the slot's history (so n_past(s) < history.size(), or 0); hidden_ rows [0,
+  // history.size()) of every slot are valid (every pass writes them, a prefix copy copies them).
+  int64_t draft_ = 0;
+  std::unique_ptr<MtpContext> mtp_;    // a sequence per slot
+  AlignedArray<float> hidden_;         // [parallel, ctx_size, D]
+  AlignedArray<float> verify_hidden_;  // [parallel * (draft + 1), D] of a verification pass
+  AlignedArray<float> mtp_out_;        // [parallel * (draft + 1), D] MTP outputs y of a pass
+  AlignedArray<float> y_;              // [parallel, D] each slot's y, chained into its next draft
+  AlignedArray<float> draft_logits_;   // [parallel, vocab] of an MTP pass
+  AlignedArray<float> draft_probs_;    // [parallel, draft, vocab] q of each draft
+  std::vector<MtpContext::Step> mtp_steps_;  // [parallel] an MTP pass
 
   mutable std::mutex mu_;  // guards queue_, stop_, stats_
   std::condition_variable cv_;

@@ -85,6 +85,37 @@ std::string Content(const OrderedJson& content, const std::string& param) {
   return text;
 }
 
+// An assistant message's tool_calls, as the chat templates read them: [{"id", "type":
+// "function", "function": {"name", "arguments"}}], the arguments a string (of JSON).
+OrderedJson ToolCalls(const OrderedJson& calls, const std::string& param) {
+  OrderedJson out = OrderedJson::array();
+  for (size_t i = 0; i < calls.size(); ++i) {
+    const std::string p = fmt::format("{}[{}]", param, i);
+    const OrderedJson& call = calls[i];
+    if (!call.is_object()) WrongType(p, call, "an object");
+    const OrderedJson* type = Field(call, "type");
+    if (type != nullptr && *type != "function") {
+      Reject(p + ".type", fmt::format("'{}.type' must be \"function\"", p));
+    }
+    const OrderedJson* f = Field(call, "function");
+    if (f == nullptr) {
+      Reject(p + ".function", fmt::format("'{}.function' is required", p), "missing");
+    }
+    if (!f->is_object()) WrongType(p + ".function", *f, "an object");
+    const OrderedJson* name = Field(*f, "name");
+    if (name == nullptr) {
+      Reject(p + ".function.name", fmt::format("'{}.function.name' is required", p), "missing");
+    }
+    const OrderedJson* args = Field(*f, "arguments");
+    OrderedJson c = {{"id", ""}, {"type", "function"}};
+    if (const OrderedJson* id = Field(call, "id")) c["id"] = String(*id, p + ".id");
+    c["function"] = {{"name", String(*name, p + ".function.name")},
+                     {"arguments", args ? String(*args, p + ".function.arguments") : "{}"}};
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
 OrderedJson Messages(const OrderedJson& body) {
   const OrderedJson* messages = Field(body, "messages");
   if (messages == nullptr) {
@@ -113,13 +144,19 @@ OrderedJson Messages(const OrderedJson& body) {
       if (!tool_calls->is_array()) WrongType(p + ".tool_calls", *tool_calls, "an array");
       // The chat templates expect content none beside tool calls.
       msg["content"] = content ? OrderedJson(Content(*content, p + ".content")) : OrderedJson();
-      msg["tool_calls"] = *tool_calls;
+      msg["tool_calls"] = ToolCalls(*tool_calls, p + ".tool_calls");
     } else {
       if (content == nullptr && r != "assistant") {
         Reject(p + ".content", fmt::format("'{}.content' is required", p), "missing");
       }
       msg["content"] = content ? Content(*content, p + ".content") : "";
     }
+    if (r == "tool") {
+      if (const OrderedJson* id = Field(m, "tool_call_id")) {
+        msg["tool_call_id"] = String(*id, p + ".tool_call_id");
+      }
+    }
+    if (const OrderedJson* name = Field(m, "name")) msg["name"] = String(*name, p + ".name");
     out.push_back(std::move(msg));
   }
   return out;
@@ -259,9 +296,9 @@ constexpr FieldRule kChatFields[] = {
     {"logprobs", Use::kParsed},
     {"top_logprobs", Use::kParsed},
     {"response_format", Use::kParsed},
-    {"tools", Use::kOnly, "[]"},
-    {"tool_choice", Use::kOnly, R"("none")"},
-    {"parallel_tool_calls", Use::kNoEffect},  // tools are refused
+    {"tools", Use::kParsed},
+    {"tool_choice", Use::kParsed},
+    {"parallel_tool_calls", Use::kParsed},
     {"modalities", Use::kOnly, R"(["text"])"},
     {"functions", Use::kRefused},
     {"function_call", Use::kRefused},
@@ -279,34 +316,205 @@ constexpr FieldRule kCompletionFields[] = {
     {"suffix", Use::kOnly, R"("")"},  // no text after the insertion point
 };
 
-// response_format: {"type": "text"} (the default) or {"type": "json_object"}; json_schema is
-// refused for now.
-bool JsonObject(const OrderedJson& j) {
+// A name of OpenAI's kind (functions, schemas): 1-64 of a-z, A-Z, 0-9, '_' and '-'.
+std::string Name(const OrderedJson& j, const std::string& param) {
+  const std::string name = String(j, param);
+  const bool ok =
+      !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+               c == '_' || c == '-';
+      });
+  if (!ok) {
+    Reject(param,
+           fmt::format("'{}' must be 1-64 letters, digits, '_' or '-', got '{}'", param, name));
+  }
+  return name;
+}
+
+// `j`'s fields must all be in `known` (else a 400 naming `param`.field).
+void KnownFields(const OrderedJson& j, const std::string& param,
+                 std::initializer_list<std::string_view> known) {
+  for (const auto& [key, value] : j.items()) {
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      Reject(param + "." + key, fmt::format("'{}.{}' is not a supported field", param, key),
+             "unknown_parameter");
+    }
+  }
+}
+
+// A JSON Schema compiled for constrained decoding; errors name `param` and the keyword's path.
+std::shared_ptr<const JsonSchema> Schema(const OrderedJson& schema, const std::string& param) {
+  std::variant<std::shared_ptr<const JsonSchema>, SchemaError> compiled =
+      CompileJsonSchema(Json::parse(schema.dump()));
+  if (const SchemaError* e = std::get_if<SchemaError>(&compiled)) {
+    const std::string where = e->path.empty() ? param : param + "." + e->path;
+    Reject(where, fmt::format("'{}': {}", where, e->message), "invalid_schema");
+  }
+  return std::get<std::shared_ptr<const JsonSchema>>(std::move(compiled));
+}
+
+// response_format: {"type": "text"} (the default), {"type": "json_object"}, or {"type":
+// "json_schema", "json_schema": {"name", "description", "schema", "strict"}}.
+void ResponseFormat(const OrderedJson& j, ApiRequest* r) {
   const OrderedJson* v = Field(j, "response_format");
-  if (v == nullptr) return false;
+  if (v == nullptr) return;
   if (!v->is_object()) WrongType("response_format", *v, "an object");
   const OrderedJson* t = Field(*v, "type");
   if (t == nullptr || !t->is_string()) {
-    Reject("response_format", "'response_format' needs a 'type': \"text\" or \"json_object\"");
+    Reject("response_format",
+           "'response_format' needs a 'type': \"text\", \"json_object\" or \"json_schema\"");
   }
   const std::string type = t->get<std::string>();
-  if (type == "json_schema") {
+  if (type != "text" && type != "json_object" && type != "json_schema") {
     Reject("response_format",
-           "'response_format' type \"json_schema\" is not supported yet; use \"json_object\"",
-           "unsupported_parameter");
-  }
-  if (type != "text" && type != "json_object") {
-    Reject(
-        "response_format",
-        fmt::format("'response_format' type \"{}\": expected \"text\" or \"json_object\"", type));
+           fmt::format("'response_format' type \"{}\": expected \"text\", \"json_object\" or "
+                       "\"json_schema\"",
+                       type));
   }
   for (const auto& [key, value] : v->items()) {
-    if (key != "type") {
+    if (key != "type" && !(key == "json_schema" && type == "json_schema")) {
       Reject("response_format." + key,
              fmt::format("'response_format.{}' is not a field of type \"{}\"", key, type));
     }
   }
-  return type == "json_object";
+  r->json_object = type == "json_object";
+  if (r->json_object) r->json_schema = Schema({{"type", "object"}}, "response_format");
+  if (type != "json_schema") return;
+  const OrderedJson* js = Field(*v, "json_schema");
+  if (js == nullptr) {
+    Reject("response_format.json_schema", "'response_format.json_schema' is required",
+           "missing_required_parameter");
+  }
+  if (!js->is_object()) WrongType("response_format.json_schema", *js, "an object");
+  KnownFields(*js, "response_format.json_schema", {"name", "description", "schema", "strict"});
+  const OrderedJson* name = Field(*js, "name");
+  if (name == nullptr) {
+    Reject("response_format.json_schema.name", "'response_format.json_schema.name' is required",
+           "missing_required_parameter");
+  }
+  Name(*name, "response_format.json_schema.name");
+  if (const OrderedJson* d = Field(*js, "description")) {
+    String(*d, "response_format.json_schema.description");
+  }
+  if (const OrderedJson* s = Field(*js, "strict"); s && !s->is_boolean()) {
+    WrongType("response_format.json_schema.strict", *s, "a boolean");
+  }
+  const OrderedJson* schema = Field(*js, "schema");
+  if (schema && !schema->is_object()) {
+    WrongType("response_format.json_schema.schema", *schema, "an object");
+  }
+  r->json_schema =
+      Schema(schema ? *schema : OrderedJson::object(), "response_format.json_schema.schema");
+}
+
+// tools, tool_choice and parallel_tool_calls.
+void Tools(const OrderedJson& j, ApiRequest* r) {
+  if (const OrderedJson* tools = Field(j, "tools")) {
+    if (!tools->is_array()) WrongType("tools", *tools, "an array of tools");
+    if (tools->size() > kMaxTools) {
+      Reject("tools", fmt::format("'tools' may hold at most {} functions", kMaxTools));
+    }
+    for (size_t i = 0; i < tools->size(); ++i) {
+      const std::string p = fmt::format("tools[{}]", i);
+      const OrderedJson& tool = (*tools)[i];
+      if (!tool.is_object()) WrongType(p, tool, "an object");
+      KnownFields(tool, p, {"type", "function"});
+      const OrderedJson* type = Field(tool, "type");
+      if (type == nullptr || *type != "function") {
+        Reject(p + ".type", fmt::format("'{}.type' must be \"function\"", p));
+      }
+      const OrderedJson* f = Field(tool, "function");
+      if (f == nullptr) {
+        Reject(p + ".function", fmt::format("'{}.function' is required", p),
+               "missing_required_parameter");
+      }
+      if (!f->is_object()) WrongType(p + ".function", *f, "an object");
+      KnownFields(*f, p + ".function", {"name", "description", "parameters", "strict"});
+      const OrderedJson* name = Field(*f, "name");
+      if (name == nullptr) {
+        Reject(p + ".function.name", fmt::format("'{}.function.name' is required", p),
+               "missing_required_parameter");
+      }
+      const std::string n = Name(*name, p + ".function.name");
+      for (const OrderedJson& other : r->tools) {
+        if (other["function"]["name"] == n) {
+          Reject(p + ".function.name", fmt::format("two tools are named '{}'", n));
+        }
+      }
+      if (const OrderedJson* d = Field(*f, "description")) {
+        String(*d, p + ".function.description");
+      }
+      if (const OrderedJson* s = Field(*f, "strict"); s && !s->is_boolean()) {
+        WrongType(p + ".function.strict", *s, "a boolean");
+      }
+      const OrderedJson* params = Field(*f, "parameters");
+      const std::string pp = p + ".function.parameters";
+      if (params && !params->is_object()) WrongType(pp, *params, "an object (a JSON Schema)");
+      if (params) {
+        const OrderedJson* ptype = Field(*params, "type");
+        if (ptype == nullptr || *ptype != "object") {
+          Reject(pp + ".type", fmt::format("'{}.type' must be \"object\"", pp));
+        }
+      }
+      r->tool_parameters.push_back(Schema(params ? *params : OrderedJson{{"type", "object"}}, pp));
+      r->tools.push_back(tool);
+    }
+  }
+  const bool any = !r->tools.empty();
+  r->tool_choice = any ? ToolChoice::kAuto : ToolChoice::kNone;
+  if (const OrderedJson* c = Field(j, "tool_choice")) {
+    if (c->is_string()) {
+      const std::string s = c->get<std::string>();
+      if (s == "none") {
+        r->tool_choice = ToolChoice::kNone;
+      } else if (s == "auto") {
+        r->tool_choice = any ? ToolChoice::kAuto : ToolChoice::kNone;
+      } else if (s == "required") {
+        r->tool_choice = ToolChoice::kRequired;
+      } else {
+        Reject("tool_choice", fmt::format("'tool_choice' must be \"none\", \"auto\", "
+                                          "\"required\" or a function, got \"{}\"",
+                                          s));
+      }
+    } else if (c->is_object()) {
+      KnownFields(*c, "tool_choice", {"type", "function"});
+      const OrderedJson* type = Field(*c, "type");
+      if (type == nullptr || *type != "function") {
+        Reject("tool_choice.type", "'tool_choice.type' must be \"function\"");
+      }
+      const OrderedJson* f = Field(*c, "function");
+      if (f == nullptr || !f->is_object()) {
+        Reject("tool_choice.function", "'tool_choice.function' must be {\"name\": ...}");
+      }
+      KnownFields(*f, "tool_choice.function", {"name"});
+      const OrderedJson* name = Field(*f, "name");
+      if (name == nullptr) {
+        Reject("tool_choice.function.name", "'tool_choice.function.name' is required",
+               "missing_required_parameter");
+      }
+      r->tool_name = String(*name, "tool_choice.function.name");
+      r->tool_choice = ToolChoice::kFunction;
+      const bool known = std::any_of(r->tools.begin(), r->tools.end(), [&](const OrderedJson& t) {
+        return t["function"]["name"] == r->tool_name;
+      });
+      if (!known && any) {
+        Reject("tool_choice.function.name",
+               fmt::format("'tool_choice' names '{}', which is not in 'tools'", r->tool_name));
+      }
+    } else {
+      WrongType("tool_choice", *c, "a string or an object");
+    }
+    if (!any && r->tool_choice != ToolChoice::kNone) {
+      Reject("tool_choice", "'tool_choice' other than \"none\" needs 'tools'");
+    }
+  }
+  r->parallel_tool_calls = Boolean(j, "parallel_tool_calls", true);
+  if (any && (r->json_object || r->json_schema) && r->tool_choice != ToolChoice::kNone) {
+    Reject("response_format",
+           "'response_format' json_object or json_schema cannot be combined with 'tools' "
+           "(unless 'tool_choice' is \"none\")",
+           "unsupported_parameter");
+  }
 }
 
 // -1: no log-probabilities; n >= 0: the chosen token's and n alternatives'. Chat: `logprobs`
@@ -420,7 +628,10 @@ ApiRequest Parse(std::string_view body, Endpoint endpoint, const RequestLimits& 
   }
   r.sampling.logit_bias = LogitBias(j);
   r.sampling.logprobs = Logprobs(j, endpoint);
-  if (endpoint == Endpoint::kChat) r.json_object = JsonObject(j);
+  if (endpoint == Endpoint::kChat) {
+    ResponseFormat(j, &r);
+    Tools(j, &r);
+  }
   r.stop = Stops(j);
   if (const OrderedJson* v = Field(j, "stream")) {
     if (!v->is_boolean()) WrongType("stream", *v, "a boolean");

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "core/json.h"
+#include "runtime/json_schema.h"
 #include "runtime/sampler.h"
 
 namespace dsv3::server {
@@ -27,6 +29,10 @@ struct ApiError {
   OrderedJson ToJson() const;
 };
 
+// tool_choice: "none" (never call), "auto" (the model decides), "required" (at least one call),
+// or {"type": "function", "function": {"name": ...}} (call that one).
+enum class ToolChoice { kNone, kAuto, kRequired, kFunction };
+
 struct ApiRequest {
   Endpoint endpoint = Endpoint::kChat;
   std::string model;                            // as sent ("" when absent)
@@ -39,6 +45,16 @@ struct ApiRequest {
   bool stream = false, include_usage = false;
   int64_t n = 1;             // choices, 1 .. kMaxChoices (the server also bounds it by its slots)
   bool json_object = false;  // chat: response_format {"type": "json_object"}
+  // chat: the answer's schema: response_format {"type": "json_schema", "json_schema": {"name",
+  // "schema", ...}}, or {"type": "object"} for json_object.
+  std::shared_ptr<const JsonSchema> json_schema;
+  // chat: `tools` as sent ([{"type": "function", "function": {"name", "description",
+  // "parameters"}}], each checked) and each function's compiled `parameters` (absent: any object).
+  OrderedJson tools = OrderedJson::array();
+  std::vector<std::shared_ptr<const JsonSchema>> tool_parameters;
+  ToolChoice tool_choice = ToolChoice::kAuto;  // kNone when there are no tools
+  std::string tool_name;                       // kFunction: the function that must be called
+  bool parallel_tool_calls = true;             // more than one call per answer
 };
 
 struct RequestLimits {
@@ -49,6 +65,7 @@ struct RequestLimits {
 inline constexpr size_t kMaxStops = 16;
 inline constexpr int64_t kMaxChoices = 128;    // OpenAI's limit on n
 inline constexpr size_t kMaxLogitBias = 1024;  // logit_bias entries
+inline constexpr size_t kMaxTools = 128;       // OpenAI's limit on `tools`
 
 // The body must be one JSON object of valid UTF-8 (nesting at most kMaxJsonDepth). Every field is
 // read, accepted as without effect, or refused with a 400 naming it (see docs/server.md for the

@@ -10,8 +10,10 @@
 
 #include "core/error.h"
 #include "core/unicode.h"
+#include "runtime/json_schema.h"
 #include "server/reasoning.h"
 #include "server/request.h"
+#include "server/tools.h"
 #include "tokenizer/chat_template.h"
 
 namespace dsv3::server {
@@ -38,6 +40,25 @@ const ApiError kShuttingDown{503, "the server is shutting down", "server_error",
                              "shutting_down"};
 
 const char* FinishName(FinishReason r) { return r == FinishReason::kLength ? "length" : "stop"; }
+
+// OpenAI's tool_calls entries for `calls`, numbered from `first`; ids
+// "call_<response>_<choice>_<k>"
+// (<response>: the number of the response id "chatcmpl-<n>").
+OrderedJson ToolCallsJson(const std::vector<ToolCall>& calls, const std::string& response_id,
+                          size_t choice, int64_t first, bool stream) {
+  const std::string id = response_id.substr(response_id.find('-') + 1);
+  OrderedJson out = OrderedJson::array();
+  for (size_t k = 0; k < calls.size(); ++k) {
+    const int64_t n = first + static_cast<int64_t>(k);
+    OrderedJson c = OrderedJson::object();
+    if (stream) c["index"] = n;
+    c["id"] = fmt::format("call_{}_{}_{}", id, choice, n);
+    c["type"] = "function";
+    c["function"] = {{"name", calls[k].name}, {"arguments", calls[k].arguments}};
+    out.push_back(std::move(c));
+  }
+  return out;
+}
 
 // The prompt counts once for all the choices; cached_tokens is the first choice's reuse (the
 // others copy its cache).
@@ -70,6 +91,8 @@ struct Server::Impl {
     } catch (const Error& e) {
       no_template = e.what();  // chat requests get this error; completions still work
     }
+    tool_markup = FindToolMarkup(tokenizer, tokenizer.config().chat_template);
+    vocabulary = std::make_shared<SchemaVocabulary>(tokenizer, model.config().vocab_size, EosIds());
     limits.model_name = options.model_name;
     limits.ctx_size = options.scheduler.ctx_size;
     Routes();
@@ -99,6 +122,13 @@ struct Server::Impl {
     return std::get<R>(std::move(parsed));
   }
   std::string Metrics() const;
+  // The ids that end an answer: the model's EOS ids and the tokenizer's.
+  std::vector<int32_t> EosIds() const {
+    std::vector<int32_t> eos(model.config().eos_token_ids.begin(),
+                             model.config().eos_token_ids.end());
+    if (tokenizer.eos_id()) eos.push_back(*tokenizer.eos_id());
+    return eos;
+  }
   OrderedJson Head(Endpoint endpoint, bool chunk) const;
 
   const Model& model;
@@ -107,6 +137,9 @@ struct Server::Impl {
   Scheduler scheduler;
   std::unique_ptr<ChatTemplate> chat_template;
   std::string no_template;
+  std::optional<ToolMarkup> tool_markup;  // null: the tokenizer has no tool-call markers
+  // The vocabulary as the json_schema and tool-call masks walk it, built once.
+  std::shared_ptr<const SchemaVocabulary> vocabulary;
   RequestLimits limits;
   const int64_t created;
   httplib::Server http;
@@ -248,7 +281,25 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
     if (chat) {
       if (!chat_template)
         return Fail(res, {400, no_template, "invalid_request_error", "messages", ""});
-      const std::string text = chat_template->Apply(r.messages, /*add_generation_prompt=*/true);
+      const bool tools = !r.tools.empty();
+      if (tools && !tool_markup) {
+        return Fail(res, {400,
+                          "'tools': this model's tokenizer has no DeepSeek tool-call tokens "
+                          "(<｜tool▁calls▁begin｜> ...)",
+                          "invalid_request_error", "tools", "unsupported_parameter"});
+      }
+      std::string text = chat_template->Apply(r.messages, /*add_generation_prompt=*/true);
+      if (tools) {
+        // Templates that show the tools render them from `tools`; for the others (V3's, R1's)
+        // they are described in a system message.
+        const OrderedJson extra = {{"tools", r.tools}};
+        std::string with = chat_template->Apply(r.messages, true, extra);
+        if (with == text) {
+          with = chat_template->Apply(WithToolPrompt(r.messages, r.tools, tool_markup->format),
+                                      true, extra);
+        }
+        text = std::move(with);
+      }
       think = OpensThink(text);
       sr.prompt = tokenizer.Encode(text);
     } else {
@@ -275,16 +326,45 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
   sr.options.generate.sampling = r.sampling;
   if (!r.seeded) sr.options.generate.sampling.seed = std::random_device{}();
   sr.options.stop = r.stop;
-  if (r.json_object) {
-    if (think) {  // a reasoning model's answer opens with its thoughts, which are not JSON
+  if (r.json_schema) {  // response_format json_object ({"type": "object"}) or json_schema
+    if (think) {        // a reasoning model's answer opens with its thoughts, which are not JSON
       return Fail(res, {400,
-                        "'response_format' json_object is not supported for a reasoning model "
-                        "whose answers start with <think>",
+                        fmt::format("'response_format' {} is not supported for a reasoning model "
+                                    "whose answers start with <think>",
+                                    r.json_object ? "json_object" : "json_schema"),
                         "invalid_request_error", "response_format", "unsupported_parameter"});
     }
-    sr.json_object = true;
+    sr.constraint = [this, schema = r.json_schema](int64_t max_tokens) {
+      return std::make_unique<JsonSchemaMask>(vocabulary, max_tokens, schema);
+    };
     sr.options.generate.stop_at_eos = true;
   }
+  // Tools: the calls are constrained to the markup, the names and each function's parameters.
+  const bool tools = chat && !r.tools.empty();
+  if (tools) {
+    auto tc = std::make_shared<ToolConstraint>();
+    tc->parallel = r.parallel_tool_calls;
+    tc->mode = r.tool_choice == ToolChoice::kNone   ? ToolConstraint::Mode::kNone
+               : r.tool_choice == ToolChoice::kAuto ? ToolConstraint::Mode::kAuto
+                                                    : ToolConstraint::Mode::kRequired;
+    for (size_t i = 0; i < r.tools.size(); ++i) {
+      const std::string name = r.tools[i]["function"]["name"].get<std::string>();
+      if (r.tool_choice == ToolChoice::kFunction && name != r.tool_name) continue;
+      tc->names.push_back(name);
+      tc->parameters.push_back(r.tool_parameters[i]);
+    }
+    if (think && tc->mode == ToolConstraint::Mode::kRequired) {
+      return Fail(res, {400,
+                        "'tool_choice' \"required\" or a function is not supported for a "
+                        "reasoning model whose answers start with <think> (use \"auto\")",
+                        "invalid_request_error", "tool_choice", "unsupported_parameter"});
+    }
+    sr.constraint = [this, tc, markup = *tool_markup](int64_t max_tokens) {
+      return std::make_unique<ToolCallMask>(vocabulary, max_tokens, markup, tc);
+    };
+    sr.options.generate.stop_at_eos = true;
+  }
+  const bool parse_calls = tools && r.tool_choice != ToolChoice::kNone;
   if (r.n > scheduler.options().parallel) {
     return Fail(res, {400,
                       fmt::format("'n' is {}, but the server decodes at most {} requests together "
@@ -327,19 +407,34 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
         return SendError(res, kShuttingDown);
       }
       OrderedJson choice = {{"index", i}};
+      const char* finish = FinishName(job.finish_reason());
       if (chat) {
         ReasoningSplitter split(think);
         ReasoningSplitter::Parts parts = split.Push(text), rest = split.Finish();
-        OrderedJson message = {{"role", "assistant"}, {"content", parts.content + rest.content}};
+        std::string content = parts.content + rest.content;
+        std::vector<ToolCall> calls;
+        if (parse_calls) {
+          ToolCallParser parser;
+          ToolCallParser::Parts p = parser.Push(content), q = parser.Finish();
+          content = p.content + q.content;
+          calls = std::move(p.calls);
+          calls.insert(calls.end(), q.calls.begin(), q.calls.end());
+        }
+        OrderedJson message = {{"role", "assistant"}};
+        message["content"] = calls.empty() || !content.empty() ? OrderedJson(content) : nullptr;
         const std::string reasoning = parts.reasoning + rest.reasoning;
         if (think || !reasoning.empty()) message["reasoning_content"] = reasoning;
+        if (!calls.empty()) {
+          message["tool_calls"] = ToolCallsJson(calls, head["id"].get<std::string>(), i, 0, false);
+        }
         choice["message"] = message;
+        if (!calls.empty() && job.finish_reason() == FinishReason::kStop) finish = "tool_calls";
       } else {
         choice["text"] = text;
       }
       int64_t offset = 0;
       choice["logprobs"] = logprobs ? LogprobsJson(lps, chat, tokenizer, &offset) : OrderedJson();
-      choice["finish_reason"] = FinishName(job.finish_reason());
+      choice["finish_reason"] = finish;
       choices.push_back(choice);
     }
     head["choices"] = choices;
@@ -353,6 +448,7 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
   struct Choice {  // the stream's state of jobs[i]
     explicit Choice(bool think) : split(think) {}
     ReasoningSplitter split;
+    ToolCallParser calls;  // with tools: the content's calls
     bool started = false, finished = false;
     int64_t offset = 0;              // completions' text_offset
     std::vector<TokenLogprobs> lps;  // taken, not yet sent
@@ -361,18 +457,19 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
     std::vector<std::shared_ptr<Job>> jobs;
     std::vector<Choice> choices;
     OrderedJson head;
-    bool chat, include_usage, logprobs;
+    bool chat, include_usage, logprobs, parse_calls;
     const Tokenizer& tokenizer;
   };
   auto st = std::make_shared<Stream>(
-      Stream{std::move(jobs), {}, head, chat, r.include_usage, logprobs, tokenizer});
+      Stream{std::move(jobs), {}, head, chat, r.include_usage, logprobs, parse_calls, tokenizer});
   for (size_t i = 0; i < st->jobs.size(); ++i) st->choices.emplace_back(think);
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
       "text/event-stream",
       [st](size_t, httplib::DataSink& sink) {
         const auto send = [&](size_t index, const std::string& reasoning,
-                              const std::string& content, const char* finish) {
+                              const std::string& content, const char* finish,
+                              const std::vector<ToolCall>& calls = {}) {
           Choice& c = st->choices[index];
           OrderedJson chunk = st->head, choice = {{"index", index}};
           if (st->chat) {
@@ -380,6 +477,12 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
             if (!c.started) delta["role"] = "assistant";
             if (!reasoning.empty()) delta["reasoning_content"] = reasoning;
             if (!content.empty() || !c.started) delta["content"] = content;
+            if (!calls.empty()) {
+              // One delta per call, whole: id, name and all its arguments at once.
+              delta["tool_calls"] =
+                  ToolCallsJson(calls, st->head["id"].get<std::string>(), index,
+                                c.calls.calls() - static_cast<int64_t>(calls.size()), true);
+            }
             choice["delta"] = delta;
           } else {
             choice["text"] = content;
@@ -397,9 +500,21 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
           const std::string event = Sse(chunk);
           return sink.write(event.data(), event.size());
         };
-        const auto send_parts = [&](size_t index, const ReasoningSplitter::Parts& p) {
-          if (p.reasoning.empty() && p.content.empty()) return true;
-          return send(index, p.reasoning, p.content, nullptr);
+        const auto send_parts = [&](size_t index, const ReasoningSplitter::Parts& p,
+                                    bool last = false) {
+          if (!st->parse_calls) {
+            if (p.reasoning.empty() && p.content.empty()) return true;
+            return send(index, p.reasoning, p.content, nullptr);
+          }
+          ToolCallParser& parser = st->choices[index].calls;
+          ToolCallParser::Parts t = parser.Push(p.content);
+          if (last) {
+            ToolCallParser::Parts f = parser.Finish();
+            t.content += f.content;
+            t.calls.insert(t.calls.end(), f.calls.begin(), f.calls.end());
+          }
+          if (p.reasoning.empty() && t.content.empty() && t.calls.empty()) return true;
+          return send(index, p.reasoning, t.content, nullptr, t.calls);
         };
         const auto cancel = [&] {
           for (const auto& job : st->jobs) job->Cancel();
@@ -419,8 +534,9 @@ void Server::Impl::Complete(const httplib::Request& req, httplib::Response& res,
             ok = send_parts(i, st->chat ? c.split.Push(text) : ReasoningSplitter::Parts{"", text});
           }
           if (c.finished && ok && job.finish_reason() != FinishReason::kCancelled) {
-            if (st->chat) ok = send_parts(i, c.split.Finish());
-            if (ok) ok = send(i, "", "", FinishName(job.finish_reason()));
+            if (st->chat) ok = send_parts(i, c.split.Finish(), /*last=*/true);
+            const bool called = c.calls.calls() > 0 && job.finish_reason() == FinishReason::kStop;
+            if (ok) ok = send(i, "", "", called ? "tool_calls" : FinishName(job.finish_reason()));
           }
           all_finished &= c.finished;
         }
@@ -480,6 +596,11 @@ std::string Server::Impl::Metrics() const {
          static_cast<double>(s.tokens_generated));
   Metric(&out, "dsv3_decode_steps_total", "counter", "Batched decode passes.",
          static_cast<double>(s.decode_steps));
+  Metric(&out, "dsv3_drafts_proposed_total", "counter",
+         "MTP draft tokens fed to verification passes (--draft).",
+         static_cast<double>(s.drafts_proposed));
+  Metric(&out, "dsv3_drafts_accepted_total", "counter", "MTP draft tokens the main model accepted.",
+         static_cast<double>(s.drafts_accepted));
   Metric(&out, "dsv3_decode_seconds_total", "counter", "Time spent in batched decode passes.",
          s.decode_seconds);
   Metric(&out, "dsv3_prefill_seconds_total", "counter", "Time spent prefilling prompts.",

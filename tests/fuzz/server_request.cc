@@ -3,6 +3,7 @@
 // respects the limits, or an OpenAI-shaped 4xx error that serializes.
 #include <string_view>
 #include <variant>
+#include <vector>
 
 #include "core/unicode.h"
 #include "server/request.h"
@@ -49,6 +50,27 @@ DSV3_FUZZ_TARGET(server_request) {
                       "sampling parameters out of range accepted");
     if (endpoint == Endpoint::kChat) {
       dsv3::fuzz::Check(r.messages.is_array() && !r.messages.empty(), "chat without messages");
+      dsv3::fuzz::Check(r.tools.size() == r.tool_parameters.size() && r.tools.size() <= kMaxTools,
+                        "tools without their compiled parameters");
+      if (r.tools.empty()) {
+        dsv3::fuzz::Check(r.tool_choice == ToolChoice::kNone, "a tool choice without tools");
+      }
+      if (r.tool_choice == ToolChoice::kFunction) {
+        bool found = false;
+        for (const auto& t : r.tools) found |= t["function"]["name"] == r.tool_name;
+        dsv3::fuzz::Check(found, "tool_choice names a function not in tools");
+      }
+      // The compiled schemas run: the body's own bytes fed to their recognizers.
+      std::vector<const dsv3::JsonSchema*> schemas;
+      if (r.json_schema) schemas.push_back(r.json_schema.get());
+      for (const auto& p : r.tool_parameters) schemas.push_back(p.get());
+      for (const dsv3::JsonSchema* schema : schemas) {
+        dsv3::SchemaPrefix prefix(schema);
+        for (const char c : body) {
+          if (!prefix.Feed(static_cast<uint8_t>(c))) break;
+          dsv3::fuzz::Check(prefix.ClosingBytes() >= 0, "negative closing bytes");
+        }
+      }
     }
   }
 }

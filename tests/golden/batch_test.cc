@@ -1,6 +1,8 @@
 // Several sequences in one forward pass (Context::ForwardBatch, for serving): decode steps of
-// many sequences batched together give bit for bit the logits each gets alone; mixed prompt and
-// decode batches agree within float noise; prefix copies continue like the original.
+// many sequences batched together give bit for bit the logits each gets alone, as do steps of
+// several tokens each (speculative verification) with every token's logits and hidden states;
+// mixed prompt and decode batches agree within float noise; prefix copies continue like the
+// original.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -76,6 +78,54 @@ TEST_P(BatchTest, BatchedDecodeIsBitIdenticalToDecodingAlone) {
     }
   }
   for (int s = 0; s < kSeqs; ++s) EXPECT_EQ(batch.n_past(s), lengths[s] + kSteps);
+}
+
+// A verification pass of the serving scheduler: each sequence feeds a few tokens (its last one
+// and its drafts); every token's logits and final hidden states equal bit for bit those of the
+// same tokens run alone (fewer than kGemmMinTokens: the decode path), and the per-step rows
+// are the steps' last.
+TEST_P(BatchTest, StepsOfSeveralTokensGiveEveryTokensOutputsExactly) {
+  const int64_t V = model_->config().vocab_size, D = model_->config().hidden_size;
+  const int kSeqs = 4;
+  const int lengths[kSeqs] = {5, 1, 12, 7}, fed[kSeqs] = {3, 1, 7, 5};
+  Context batch(*model_, {64, 64, AttentionImpl::kAuto, kSeqs});
+  std::vector<float> last(kSeqs * V);
+  std::vector<std::vector<int32_t>> prompts(kSeqs), more(kSeqs);
+  std::vector<Context::Step> steps;
+  int64_t T = 0;
+  for (int s = 0; s < kSeqs; ++s) {
+    prompts[s] = Prompt(s, lengths[s]);
+    more[s] = Prompt(s + 10, fed[s]);
+    const Context::Step step{s, prompts[s]};
+    batch.ForwardBatch(std::span<const Context::Step>(&step, 1), last.data(), /*exact=*/false);
+    T += fed[s];
+  }
+  for (int s = kSeqs - 1; s >= 0; --s) steps.push_back({s, more[s]});
+  std::vector<float> logits(T * V), hidden(T * D);
+  batch.ForwardBatch(steps, last.data(), /*exact=*/true, {.logits = logits, .hidden = hidden});
+  int64_t row = 0;
+  for (const Context::Step& step : steps) {
+    const int s = step.slot, n = fed[s];
+    Context alone(*model_, {64, 64, AttentionImpl::kAuto});
+    alone.Forward(prompts[s]);
+    std::vector<float> want_logits(n * V), want_hidden(n * D);
+    alone.Forward(more[s], {.logits = want_logits, .hidden = want_hidden});
+    EXPECT_EQ(std::memcmp(logits.data() + row * V, want_logits.data(), n * V * sizeof(float)), 0)
+        << "sequence " << s;
+    EXPECT_EQ(std::memcmp(hidden.data() + row * D, want_hidden.data(), n * D * sizeof(float)), 0)
+        << "sequence " << s;
+    const int64_t i = &step - steps.data();
+    EXPECT_EQ(std::memcmp(last.data() + i * V, want_logits.data() + (n - 1) * V, V * sizeof(float)),
+              0)
+        << "sequence " << s;
+    EXPECT_EQ(batch.n_past(s), lengths[s] + n);
+    row += n;
+  }
+  // Outputs too small for the batch are refused before anything runs.
+  std::vector<float> small((T - 1) * V);
+  EXPECT_THROW(batch.ForwardBatch(steps, nullptr, true, {.logits = small}), Error);
+  EXPECT_THROW(batch.ForwardBatch(steps, nullptr, true, {.hidden = hidden}), Error);  // no logits
+  EXPECT_EQ(batch.n_past(0), lengths[0] + fed[0]);
 }
 
 TEST_P(BatchTest, MixedPromptAndDecodeBatchAgrees) {

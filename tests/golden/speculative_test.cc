@@ -1,12 +1,15 @@
 // Speculative decoding with the MTP module: greedy output identical to plain decoding on every
 // reference sequence for 1, 2 and 3 drafts; the MTP cache consistent with the accepted tokens;
-// sampled output with the plain sampler's distribution (a fixed-seed chi-square test).
+// sampled output with the plain sampler's distribution (a fixed-seed chi-square test); the
+// module batched over several sequences (the serving scheduler's drafts) exact.
 #include "runtime/speculative.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 
+#include "core/error.h"
 #include "model/model.h"
 #include "model/mtp.h"
 #include "model/synth.h"
@@ -125,6 +128,67 @@ TEST_F(SpeculativeTest, MtpCacheMatchesAFreshPass) {
     for (int64_t i = 0; i < want.width(); ++i) worst = std::max(worst, std::fabs(x[i] - y[i]));
   }
   EXPECT_LE(worst, 1e-4f);
+}
+
+// MtpContext::ForwardBatch over several sequences with exact products gives each sequence bit
+// for bit what Forward gives it alone (steps below kGemmMinTokens); a copied prefix continues like
+// the original, a truncated sequence runs its slots again.
+TEST_F(SpeculativeTest, BatchedMtpStepsMatchEachSequenceAlone) {
+  const int64_t D = model_->config().hidden_size, V = model_->config().vocab_size;
+  const int kSeqs = 3;
+  const int64_t before[kSeqs] = {6, 2, 9}, now[kSeqs] = {3, 1, 5};  // 9 slots in the batch
+  std::vector<std::vector<float>> hidden(kSeqs);
+  std::vector<std::vector<int32_t>> next(kSeqs);
+  for (int s = 0; s < kSeqs; ++s) {
+    const int64_t n = before[s] + now[s];
+    for (int64_t i = 0; i < n * D; ++i) hidden[s].push_back(std::sin(0.37f * (i + 1) * (s + 1)));
+    for (int64_t i = 0; i < n; ++i) next[s].push_back(static_cast<int32_t>((s * 97 + i * 31) % V));
+  }
+  MtpContext batch(*model_, 0, {64, 64, AttentionImpl::kAuto, kSeqs});
+  for (int s = 0; s < kSeqs; ++s) {
+    const MtpContext::Step step{s, hidden[s].data(),
+                                std::span<const int32_t>(next[s].data(), before[s])};
+    batch.ForwardBatch(std::span<const MtpContext::Step>(&step, 1), nullptr, /*exact=*/false);
+  }
+  std::vector<MtpContext::Step> steps;
+  int64_t T = 0;
+  for (int s = kSeqs - 1; s >= 0; --s) {
+    steps.push_back({s, hidden[s].data() + before[s] * D,
+                     std::span<const int32_t>(next[s].data() + before[s], now[s])});
+    T += now[s];
+  }
+  std::vector<float> logits(kSeqs * V), y(T * D);
+  batch.ForwardBatch(steps, logits.data(), /*exact=*/true, {.hidden = y});
+  int64_t row = 0;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const int s = steps[i].seq;
+    MtpContext alone(*model_, 0, {64, 64, AttentionImpl::kAuto});
+    alone.Forward(hidden[s].data(), D, std::span<const int32_t>(next[s].data(), before[s]));
+    std::vector<float> want_y(now[s] * D);
+    alone.Forward(hidden[s].data() + before[s] * D, D,
+                  std::span<const int32_t>(next[s].data() + before[s], now[s]), {.hidden = want_y});
+    EXPECT_EQ(std::memcmp(logits.data() + i * V, alone.last_logits(), V * sizeof(float)), 0)
+        << "sequence " << s;
+    EXPECT_EQ(std::memcmp(y.data() + row * D, want_y.data(), now[s] * D * sizeof(float)), 0)
+        << "sequence " << s;
+    EXPECT_EQ(batch.n_past(s), before[s] + now[s]);
+    row += now[s];
+  }
+  // Sequence 0 takes 4 slots of sequence 2 and runs 2 more of it; sequence 2, cut back to 4,
+  // runs the same 2 again: the same outputs (both continue the same cache rows).
+  batch.CopyPrefix(2, 0, 4);
+  batch.Truncate(2, 4);
+  EXPECT_EQ(batch.n_past(0), 4);
+  EXPECT_EQ(batch.n_past(2), 4);
+  const std::vector<MtpContext::Step> again = {
+      {0, hidden[2].data() + 4 * D, std::span<const int32_t>(next[2].data() + 4, 2)},
+      {2, hidden[2].data() + 4 * D, std::span<const int32_t>(next[2].data() + 4, 2)}};
+  std::vector<float> twice(2 * V);
+  batch.ForwardBatch(again, twice.data(), /*exact=*/true);
+  EXPECT_EQ(std::memcmp(twice.data(), twice.data() + V, V * sizeof(float)), 0);
+  EXPECT_THROW(
+      batch.ForwardBatch(std::vector<MtpContext::Step>{again[0], again[0]}, twice.data(), true),
+      Error);  // a sequence twice
 }
 
 // A vocabulary of 8 makes distributions easy to compare: the second and third tokens over

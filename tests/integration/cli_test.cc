@@ -175,6 +175,63 @@ TEST(Cli, BenchReportsSpeedAndTheMtpRun) {
   ExpectCleanError(RunCommand(Cmd("bench -m " + dir + " --draft 9")), "--draft");
 }
 
+// bench-serve on a checkpoint with an MTP module and a tokenizer: each concurrency without and
+// with drafts (the same tokens decoded, the draft counters moving); --no-mtp and a checkpoint
+// without MTP run without drafts only; serve and bench-serve refuse drafts out of range.
+TEST(Cli, BenchServeReportsTokensPerSecondWithAndWithoutDrafts) {
+  const std::string tok = TestData("tokenizer/deepseek_v3");
+  DSV3_REQUIRE_DATA(tok + "/tokenizer.json");
+  TempDir tmp;
+  const std::string m = tmp / "m";
+  const RunResult synth = RunCommand(Cmd("synth --no-progress --preset tiny --seed 3 --tokenizer " +
+                                         tok + " --set hidden_size=64 -o " + m));
+  ASSERT_EQ(synth.status, 0) << synth.output();
+  const std::string bench = "bench-serve -m " + m + " --concurrency 1,2 -p 8 -n 12 -t 1";
+  const RunResult r = RunCommand(Cmd(bench + " --draft 2 --json"));
+  ASSERT_EQ(r.status, 0) << r.output();
+  const Json j = Json::parse(r.out);
+  EXPECT_EQ(j["draft"], 2);
+  ASSERT_EQ(j["runs"].size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    const Json& run = j["runs"][i];
+    const int64_t n = i < 2 ? 1 : 2;
+    EXPECT_EQ(run["concurrency"], n);
+    EXPECT_EQ(run["draft"], i % 2 == 0 ? 0 : 2);
+    EXPECT_EQ(run["decode_tokens"], n * 11);  // every token but the first of each request
+    EXPECT_GT(run["decode_tokens_per_second"].get<double>(), 0);
+    if (i % 2 == 0) {
+      EXPECT_EQ(run["drafts_proposed"], 0);
+      EXPECT_EQ(run["decode_steps"], 11);
+    } else {
+      EXPECT_GT(run["drafts_proposed"].get<int64_t>(), 0);
+      EXPECT_LE(run["drafts_accepted"].get<int64_t>(), run["drafts_proposed"].get<int64_t>());
+      EXPECT_LE(run["decode_steps"].get<int64_t>(), 11);
+      EXPECT_GT(run["speedup_vs_no_drafts"].get<double>(), 0);
+    }
+  }
+  const RunResult text = RunCommand(Cmd(bench));  // --draft 1 by default
+  ASSERT_EQ(text.status, 0) << text.output();
+  EXPECT_THAT(text.out, HasSubstr("concurrency   2:"));
+  EXPECT_THAT(text.out, HasSubstr("MTP draft 1:"));
+  EXPECT_THAT(text.out, HasSubstr("vs no drafts"));
+  const RunResult off = RunCommand(Cmd(bench + " --no-mtp --json"));
+  ASSERT_EQ(off.status, 0) << off.output();
+  EXPECT_EQ(Json::parse(off.out)["runs"].size(), 2u);
+  EXPECT_EQ(Json::parse(off.out)["draft"], 0);
+  const RunResult no_mtp =
+      RunCommand(Cmd("synth --no-progress --preset tiny --seed 3 --tokenizer " + tok +
+                     " --set hidden_size=64 --set "
+                     "num_nextn_predict_layers=0 -o " +
+                     (tmp / "plain")));
+  ASSERT_EQ(no_mtp.status, 0) << no_mtp.output();
+  const RunResult plain = RunCommand(
+      Cmd("bench-serve -m " + (tmp / "plain") + " --concurrency 1 -p 4 -n 4 -t 1 --json"));
+  ASSERT_EQ(plain.status, 0) << plain.output();
+  EXPECT_EQ(Json::parse(plain.out)["runs"].size(), 1u);
+  ExpectCleanError(RunCommand(Cmd(bench + " --draft 7")), "--draft");
+  ExpectCleanError(RunCommand(Cmd("serve -m " + m + " --draft 0")), "--draft");
+}
+
 // bench reports the bytes each decode phase read per second: every phase has a figure, and
 // figure times the phase's time per step, summed over the phases, gives back the weight bytes
 // per token plus the latent cache rows the steps attended to.

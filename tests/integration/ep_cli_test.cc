@@ -42,7 +42,9 @@ TEST_F(EpCliTest, GenerateGivesTheSameTokensOnAnyNumberOfRanks) {
     ASSERT_EQ(got.status, 0) << got.output();
     EXPECT_EQ(got.out, want.out) << n << " ranks";
     const RunResult two_level = RunCommand(Mpi(n, args + " --ranks-per-node 2"));
-    if (n % 2 == 0) EXPECT_EQ(two_level.out, want.out) << n << " ranks, 2 per node";
+    if (n % 2 == 0) {
+      EXPECT_EQ(two_level.out, want.out) << n << " ranks, 2 per node";
+    }
   }
   const RunResult fp8 = RunCommand(Mpi(2, args + " --ep-exchange fp8 --no-mtp"));
   EXPECT_EQ(fp8.status, 0) << fp8.output();

@@ -180,12 +180,13 @@ const scenarios = {
       },
     };
   },
-  // response_format json_object: 100 sampled answers (4 at a time), and 4 streamed.
+  // response_format (json_object, or args.response_format): 100 sampled answers (4 at a time),
+  // and 4 streamed.
   async json() {
     const messages = [{ role: 'user', content: args.prompt }];
     const ask = (seed, stream) => client.chat.completions.create({
       model, messages, max_tokens: args.n, temperature: 1, seed, stream,
-      response_format: { type: 'json_object' },
+      response_format: args.response_format || { type: 'json_object' },
     });
     const answers = [];
     for (let i = 0; i < 100; i += 4) {
@@ -246,11 +247,16 @@ const scenarios = {
     const out = {};
     const messages = [{ role: 'user', content: 'x' }];
     const tries = {
-      tools: { tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] },
-      response_format: {
-        response_format: { type: 'json_schema', json_schema: { name: 's', schema: {} } },
-      },
       modalities: { modalities: ['text', 'audio'] },
+      audio: { audio: { voice: 'alloy', format: 'mp3' } },
+      prediction: { prediction: { type: 'content', content: 'x' } },
+      schema: {
+        response_format: {
+          type: 'json_schema',
+          json_schema: { name: 's', schema: { type: 'object', properties: { x: { type: 'string', pattern: 'a+' } } } },
+        },
+      },
+      tool_parameters: { tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'string' } } }] },
     };
     for (const [name, extra] of Object.entries(tries)) {
       try {
@@ -260,6 +266,60 @@ const scenarios = {
         out[name] = { status: e.status, code: e.code ?? null, param: e.param ?? null };
       }
     }
+    return out;
+  },
+  // Tools: required, a named function, auto (pushed to call by a logit bias on the calls
+  // marker), none, streamed calls, and a conversation carrying calls and their results.
+  async tools() {
+    const messages = [{ role: 'user', content: args.prompt }];
+    const ask = (extra) => client.chat.completions.create({
+      model, messages, max_tokens: args.n, temperature: 1, tools: args.tools, ...extra,
+    });
+    const answer = (r) => ({
+      content: r.choices[0].message.content,
+      calls: (r.choices[0].message.tool_calls || []).map((c) => ({
+        id: c.id, type: c.type, name: c.function.name, arguments: c.function.arguments,
+      })),
+      finish: r.choices[0].finish_reason,
+    });
+    const out = { required: [], named: [], streamed: [] };
+    for (let i = 0; i < 8; ++i) out.required.push(answer(await ask({ seed: i, tool_choice: 'required' })));
+    for (let i = 0; i < 4; ++i) {
+      out.named.push(answer(await ask({
+        seed: i, tool_choice: { type: 'function', function: { name: args.tools[1].function.name } },
+      })));
+    }
+    const bias = { [args.marker]: 100 };
+    out.auto = answer(await ask({ seed: 1, logit_bias: bias, parallel_tool_calls: false }));
+    out.none = answer(await ask({ seed: 1, logit_bias: bias, tool_choice: 'none' }));
+    for (let i = 0; i < 3; ++i) {
+      const calls = {};
+      let content = '';
+      let finish = null;
+      for await (const c of await ask({ seed: 50 + i, tool_choice: 'required', stream: true })) {
+        for (const ch of c.choices) {
+          content += ch.delta.content || '';
+          for (const t of ch.delta.tool_calls || []) {
+            const k = calls[t.index] || (calls[t.index] = { id: '', name: '', arguments: '' });
+            if (t.id) k.id = t.id;
+            if (t.function && t.function.name) k.name += t.function.name;
+            if (t.function && t.function.arguments) k.arguments += t.function.arguments;
+          }
+          if (ch.finish_reason) finish = ch.finish_reason;
+        }
+      }
+      out.streamed.push({ content, calls: Object.values(calls), finish });
+    }
+    const call = out.required[0].calls[0];
+    const turn = await client.chat.completions.create({
+      model, max_tokens: 4, temperature: 0, tools: args.tools,
+      messages: [
+        ...messages,
+        { role: 'assistant', content: null, tool_calls: [{ id: call.id, type: 'function', function: { name: call.name, arguments: call.arguments } }] },
+        { role: 'tool', tool_call_id: call.id, content: '{"ok": true}' },
+      ],
+    });
+    out.turn = { finish: turn.choices[0].finish_reason, prompt_tokens: turn.usage.prompt_tokens };
     return out;
   },
 };

@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "core/json.h"
+#include "runtime/json_schema.h"
 #include "tests/server_process.h"
 #include "tests/test_util.h"
 
@@ -228,23 +229,9 @@ TEST_F(ServerTest, OpenAiClientLogitBiasForcesAToken) {
   EXPECT_EQ(r["text"], Repeat(" the", 6));
 }
 
-// Fields the server does not implement are refused, not dropped: the SDK sees a 400 naming the
-// field.
-TEST_F(ServerTest, OpenAiClientSeesUnsupportedFieldsRefused) {
-  OrderedJson r = Client("unsupported", OrderedJson::object());
-  if (r.is_null()) GTEST_SKIP() << "no openai package";
-  for (const char* field : {"tools", "response_format", "modalities"}) {
-    EXPECT_EQ(r[field]["status"], 400) << field << ": " << r[field].dump();
-    EXPECT_EQ(r[field]["code"], "unsupported_parameter") << field;
-    EXPECT_EQ(r[field]["param"], field);
-  }
-}
-
-// response_format json_object through the SDK on a model that knows nothing: every one of 100
-// sampled answers (and 4 streamed) parses as a JSON object and ends by EOS within max_tokens.
-TEST_F(ServerTest, OpenAiClientJsonObjectAnswersAllParse) {
-  OrderedJson r = Client("json", {{"prompt", "Answer in JSON"}, {"n", 24}});
-  if (r.is_null()) GTEST_SKIP() << "no openai package";
+// The "json" scenario's 100 answers and 4 streamed ones: each ends by EOS within max_tokens and
+// parses, as an object (json_object) or validating against `schema`.
+void ExpectJsonAnswers(const OrderedJson& r, const JsonSchema* schema) {
   ASSERT_EQ(r["answers"].size(), 100u);
   ASSERT_EQ(r["streamed"].size(), 4u);
   for (const char* part : {"answers", "streamed"}) {
@@ -252,10 +239,127 @@ TEST_F(ServerTest, OpenAiClientJsonObjectAnswersAllParse) {
       const std::string text = a["text"].get<std::string>();
       EXPECT_EQ(a["finish"], "stop") << text;
       Json j;
-      EXPECT_NO_THROW(j = Json::parse(text)) << text;
-      EXPECT_TRUE(j.is_object()) << text;
+      ASSERT_NO_THROW(j = Json::parse(text)) << text;
+      std::string why;
+      if (schema) {
+        EXPECT_TRUE(ValidatesJsonSchema(*schema, j, &why)) << why << ": " << text;
+      } else {
+        EXPECT_TRUE(j.is_object()) << text;
+      }
     }
   }
+}
+
+// Fields the server does not implement are refused, not dropped: the SDK sees a 400 naming the
+// field; so do schema keywords the constraint cannot enforce.
+TEST_F(ServerTest, OpenAiClientSeesUnsupportedFieldsRefused) {
+  OrderedJson r = Client("unsupported", OrderedJson::object());
+  if (r.is_null()) GTEST_SKIP() << "no openai package";
+  for (const char* field : {"modalities", "audio", "prediction"}) {
+    EXPECT_EQ(r[field]["status"], 400) << field << ": " << r[field].dump();
+    EXPECT_EQ(r[field]["code"], "unsupported_parameter") << field;
+    EXPECT_EQ(r[field]["param"], field);
+  }
+  EXPECT_EQ(r["schema"]["status"], 400) << r["schema"].dump();
+  EXPECT_EQ(r["schema"]["code"], "invalid_schema");
+  EXPECT_EQ(r["schema"]["param"], "response_format.json_schema.schema.properties.x.pattern");
+  EXPECT_EQ(r["tool_parameters"]["status"], 400) << r["tool_parameters"].dump();
+  EXPECT_EQ(r["tool_parameters"]["param"], "tools[0].function.parameters.type");
+}
+
+// response_format json_schema through the SDK on a model that knows nothing: every one of 100
+// sampled answers (and 4 streamed) parses and validates against the schema.
+TEST_F(ServerTest, OpenAiClientJsonSchemaAnswersAllValidate) {
+  const OrderedJson schema = OrderedJson::parse(R"({
+      "type": "object",
+      "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "mood": {"enum": ["happy", "sad", 3, null]},
+        "tags": {"type": "array", "items": {"type": "object",
+                 "properties": {"k": {"type": ["string", "null"]}, "v": {"type": "number"}},
+                 "required": ["v"], "additionalProperties": false}}
+      },
+      "required": ["name", "age", "mood"],
+      "additionalProperties": false})");
+  const OrderedJson format = {
+      {"type", "json_schema"},
+      {"json_schema", {{"name", "answer"}, {"strict", true}, {"schema", schema}}}};
+  OrderedJson r =
+      Client("json", {{"prompt", "Answer in JSON"}, {"n", 48}, {"response_format", format}});
+  if (r.is_null()) GTEST_SKIP() << "no openai package";
+  auto compiled = CompileJsonSchema(Json::parse(schema.dump()));
+  ASSERT_TRUE(std::holds_alternative<std::shared_ptr<const JsonSchema>>(compiled));
+  ExpectJsonAnswers(r, std::get<std::shared_ptr<const JsonSchema>>(compiled).get());
+}
+
+// Tools through the SDK on a model that knows nothing, so the calls come from the constraint:
+// "required" and a named function always call (names offered, arguments valid for the
+// function's schema, ids, finish_reason "tool_calls"), streamed calls arrive as deltas by index;
+// "auto" calls once the model opens the calls marker (pushed by a logit bias) and only once with
+// parallel_tool_calls false; "none" never calls; a conversation with calls and results renders.
+TEST_F(ServerTest, OpenAiClientGetsToolCalls) {
+  const OrderedJson tools = OrderedJson::parse(R"([
+      {"type": "function", "function": {"name": "get_weather", "description": "The weather.",
+       "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                      "unit": {"enum": ["celsius", "fahrenheit"]}},
+                      "required": ["city", "unit"]}}},
+      {"type": "function", "function": {"name": "get_time",
+       "parameters": {"type": "object", "properties": {"zone": {"type": "integer"}},
+                      "required": ["zone"]}}}])");
+  const RunResult tok = RunCommand(
+      Cmd("tokenize --tokenizer " + TokDir() + " -p \"" + "<｜tool▁calls▁begin｜>" + "\""));
+  ASSERT_EQ(tok.status, 0) << tok.output();
+  const std::string marker = tok.out.substr(0, tok.out.find_first_of(" \n"));
+  OrderedJson r = Client("tools", {{"prompt", "What is the weather in Paris?"},
+                                   {"n", 64},
+                                   {"tools", tools},
+                                   {"marker", marker}});
+  if (r.is_null()) GTEST_SKIP() << "no openai package";
+  std::vector<std::shared_ptr<const JsonSchema>> schemas;
+  for (const OrderedJson& t : tools) {
+    schemas.push_back(std::get<std::shared_ptr<const JsonSchema>>(
+        CompileJsonSchema(Json::parse(t["function"]["parameters"].dump()))));
+  }
+  const auto check_calls = [&](const OrderedJson& a, const char* only) {
+    ASSERT_GE(a["calls"].size(), 1u) << a.dump();
+    EXPECT_EQ(a["finish"], "tool_calls") << a.dump();
+    for (const OrderedJson& c : a["calls"]) {
+      const std::string name = c["name"];
+      const size_t k = name == "get_weather" ? 0 : name == "get_time" ? 1 : 2;
+      ASSERT_LT(k, 2u) << a.dump();
+      if (only) {
+        EXPECT_EQ(name, only);
+      }
+      EXPECT_THAT(c["id"].get<std::string>(), ::testing::StartsWith("call_"));
+      Json args;
+      ASSERT_NO_THROW(args = Json::parse(c["arguments"].get<std::string>())) << a.dump();
+      std::string why;
+      EXPECT_TRUE(ValidatesJsonSchema(*schemas[k], args, &why)) << why << ": " << a.dump();
+    }
+  };
+  ASSERT_EQ(r["required"].size(), 8u);
+  for (const OrderedJson& a : r["required"]) check_calls(a, nullptr);
+  for (const OrderedJson& a : r["named"]) check_calls(a, "get_time");
+  for (const OrderedJson& a : r["streamed"]) {
+    check_calls(a, nullptr);
+    EXPECT_EQ(a["content"], "") << a.dump();
+  }
+  check_calls(r["auto"], nullptr);
+  EXPECT_EQ(r["auto"]["calls"].size(), 1u) << r["auto"].dump();
+  EXPECT_EQ(r["none"]["calls"].size(), 0u) << r["none"].dump();
+  EXPECT_NE(r["none"]["finish"], "tool_calls");
+  EXPECT_EQ(r["none"]["content"].get<std::string>().find("tool"), std::string::npos);
+  EXPECT_NE(r["turn"]["finish"], nullptr);
+  EXPECT_GT(r["turn"]["prompt_tokens"].get<int64_t>(), 0);
+}
+
+// response_format json_object through the SDK on a model that knows nothing: every one of 100
+// sampled answers (and 4 streamed) parses as a JSON object and ends by EOS within max_tokens.
+TEST_F(ServerTest, OpenAiClientJsonObjectAnswersAllParse) {
+  OrderedJson r = Client("json", {{"prompt", "Answer in JSON"}, {"n", 24}});
+  if (r.is_null()) GTEST_SKIP() << "no openai package";
+  ExpectJsonAnswers(r, nullptr);
 }
 
 // n choices through the SDK: greedy choices all equal the n = 1 answer; sampled ones (seed + i

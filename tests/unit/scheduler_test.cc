@@ -28,16 +28,10 @@ class SchedulerTest : public ::testing::Test {
     tokenizer_ = Tokenizer::Load(tok);
   }
   std::vector<int32_t> Prompt(int seq, int length) const {
-    std::vector<int32_t> p(length);
-    for (int i = 0; i < length; ++i) p[i] = (seq * 131 + i * 17 + 3) % model_->config().vocab_size;
-    return p;
+    return test::SchedulerPrompt(seq, length, model_->config().vocab_size);
   }
   static ServeRequest Request(std::vector<int32_t> prompt, int64_t n) {
-    ServeRequest r;
-    r.prompt = std::move(prompt);
-    r.options.generate.max_new_tokens = n;
-    r.options.generate.stop_at_eos = false;
-    return r;
+    return test::SchedulerRequest(std::move(prompt), n);
   }
   // What `dsv3 generate` computes: one context, the prompt in chunks of min(prompt, 512).
   std::vector<int32_t> Alone(const ServeRequest& r) const {

@@ -72,14 +72,17 @@ TEST(ServerRequest, MessageShapes) {
       {"role": "developer", "content": "Be brief."},
       {"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "you"}]},
       {"role": "assistant", "content": null},
-      {"role": "assistant", "content": null, "tool_calls": [{"type": "function"}]},
-      {"role": "tool", "content": "42"}]})");
+      {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+       "function": {"name": "f", "arguments": "{\"x\": 1}"}}, {"function": {"name": "g"}}]},
+      {"role": "tool", "tool_call_id": "call_1", "content": "42"}]})");
   const OrderedJson want = OrderedJson::parse(R"([
       {"role": "system", "content": "Be brief."},
       {"role": "user", "content": "Hi you"},
       {"role": "assistant", "content": ""},
-      {"role": "assistant", "content": null, "tool_calls": [{"type": "function"}]},
-      {"role": "tool", "content": "42"}])");
+      {"role": "assistant", "content": null, "tool_calls": [
+       {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}},
+       {"id": "", "type": "function", "function": {"name": "g", "arguments": "{}"}}]},
+      {"role": "tool", "content": "42", "tool_call_id": "call_1"}])");
   EXPECT_EQ(r.messages, want);
 }
 
@@ -208,8 +211,9 @@ TEST(ServerRequest, EveryApiFieldIsImplementedOrRefused) {
       {"logprobs", "true", nullptr, true},
       {"top_logprobs", "2", nullptr, false},  // without logprobs: true
       {"response_format", R"({"type": "json_object"})", nullptr, true},
-      {"tools", R"([{"type": "function", "function": {"name": "f"}}])", "[]", false},
-      {"tool_choice", R"("required")", R"("none")", false},
+      {"tools", R"([{"type": "function", "function": {"name": "f"}}])", nullptr, true},
+      {"tool_choice", R"("required")", R"("none")", false},  // without tools
+      {"parallel_tool_calls", "false", nullptr, true},
       {"modalities", R"(["text", "audio"])", R"(["text"])", false},
       {"audio", R"({"voice": "alloy", "format": "mp3"})", nullptr, false},
       {"functions", R"([{"name": "f"}])", nullptr, false},
@@ -424,18 +428,116 @@ TEST(ParseRequest, ResponseFormat) {
     const char* param;
     const char* code;
   } bad[] = {
-      {R"({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})", "response_format",
-       "unsupported_parameter"},
+      {R"({"type": "json_schema"})", "response_format.json_schema", "missing_required_parameter"},
+      {R"({"type": "json_schema", "json_schema": {"schema": {}}})",
+       "response_format.json_schema.name", "missing_required_parameter"},
+      {R"({"type": "json_schema", "json_schema": {"name": "a b"}})",
+       "response_format.json_schema.name", "invalid_value"},
+      {R"({"type": "json_schema", "json_schema": {"name": "x", "extra": 1}})",
+       "response_format.json_schema.extra", "unknown_parameter"},
+      {R"({"type": "json_schema", "json_schema": {"name": "x", "schema": []}})",
+       "response_format.json_schema.schema", "invalid_type"},
+      {R"({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object",
+          "properties": {"a": {"type": "string", "minLength": 2}}}}})",
+       "response_format.json_schema.schema.properties.a.minLength", "invalid_schema"},
+      {R"({"type": "json_schema", "json_schema": {"name": "x", "schema": {"anyOf": []}}})",
+       "response_format.json_schema.schema.anyOf", "invalid_schema"},
       {R"({"type": "xml"})", "response_format", "invalid_value"},
       {R"({})", "response_format", "invalid_value"},
       {R"("json_object")", "response_format", "invalid_type"},
       {R"({"type": "json_object", "strict": true})", "response_format.strict", "invalid_value"},
+      {R"({"type": "json_object", "json_schema": {}})", "response_format.json_schema",
+       "invalid_value"},
   };
   for (const auto& b : bad) {
     auto r = parse(b.rf);
     ASSERT_TRUE(std::holds_alternative<ApiError>(r)) << b.rf;
     EXPECT_EQ(std::get<ApiError>(r).param, b.param) << b.rf;
     EXPECT_EQ(std::get<ApiError>(r).code, b.code) << b.rf;
+  }
+  auto ok = parse(R"({"type": "json_schema", "json_schema": {"name": "x", "strict": true,
+      "schema": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}})");
+  ASSERT_TRUE(std::holds_alternative<ApiRequest>(ok));
+  const ApiRequest& r = std::get<ApiRequest>(ok);
+  ASSERT_NE(r.json_schema, nullptr);
+  EXPECT_FALSE(r.json_object);
+  EXPECT_TRUE(ValidatesJsonSchema(*r.json_schema, Json::parse(R"({"a": 1})")));
+  EXPECT_FALSE(ValidatesJsonSchema(*r.json_schema, Json::parse(R"({"a": "1"})")));
+}
+
+TEST(ParseRequest, Tools) {
+  const std::string base = R"({"messages": [{"role": "user", "content": "hi"}], )";
+  auto parse = [&](const std::string& rest) {
+    return ParseRequest(base + rest + "}", Endpoint::kChat, RequestLimits{"", 4096});
+  };
+  const std::string tools = R"("tools": [
+      {"type": "function", "function": {"name": "get_weather", "description": "Weather.",
+       "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                      "required": ["city"]}, "strict": true}},
+      {"type": "function", "function": {"name": "noop"}}])";
+  auto r = parse(tools);
+  ASSERT_TRUE(std::holds_alternative<ApiRequest>(r));
+  const ApiRequest& a = std::get<ApiRequest>(r);
+  ASSERT_EQ(a.tools.size(), 2u);
+  ASSERT_EQ(a.tool_parameters.size(), 2u);
+  EXPECT_EQ(a.tools[1]["function"]["name"], "noop");
+  EXPECT_EQ(a.tool_choice, ToolChoice::kAuto);
+  EXPECT_TRUE(a.parallel_tool_calls);
+  EXPECT_TRUE(ValidatesJsonSchema(*a.tool_parameters[0], Json::parse(R"({"city": "x"})")));
+  EXPECT_FALSE(ValidatesJsonSchema(*a.tool_parameters[0], Json::parse(R"({})")));
+  EXPECT_TRUE(ValidatesJsonSchema(*a.tool_parameters[1], Json::parse(R"({"any": [1]})")));
+  const struct {
+    std::string rest;
+    ToolChoice choice;
+    std::string name;
+    bool parallel;
+  } good[] = {
+      {tools + R"(, "tool_choice": "none")", ToolChoice::kNone, "", true},
+      {tools + R"(, "tool_choice": "required", "parallel_tool_calls": false)",
+       ToolChoice::kRequired, "", false},
+      {tools + R"(, "tool_choice": {"type": "function", "function": {"name": "noop"}})",
+       ToolChoice::kFunction, "noop", true},
+      {R"("tool_choice": "auto")", ToolChoice::kNone, "", true},
+      {R"("tools": [], "tool_choice": "none")", ToolChoice::kNone, "", true},
+  };
+  for (const auto& g : good) {
+    auto p = parse(g.rest);
+    ASSERT_TRUE(std::holds_alternative<ApiRequest>(p)) << g.rest;
+    EXPECT_EQ(std::get<ApiRequest>(p).tool_choice, g.choice) << g.rest;
+    EXPECT_EQ(std::get<ApiRequest>(p).tool_name, g.name) << g.rest;
+    EXPECT_EQ(std::get<ApiRequest>(p).parallel_tool_calls, g.parallel) << g.rest;
+  }
+  const struct {
+    std::string rest;
+    const char* param;
+  } bad[] = {
+      {R"("tools": {})", "tools"},
+      {R"("tools": [{"type": "retrieval"}])", "tools[0].type"},
+      {R"("tools": [{"type": "function"}])", "tools[0].function"},
+      {R"("tools": [{"type": "function", "function": {}}])", "tools[0].function.name"},
+      {R"("tools": [{"type": "function", "function": {"name": "a.b"}}])", "tools[0].function.name"},
+      {R"("tools": [{"type": "function", "function": {"name": "f", "x": 1}}])",
+       "tools[0].function.x"},
+      {R"("tools": [{"type": "function", "function": {"name": "f"}},
+                    {"type": "function", "function": {"name": "f"}}])",
+       "tools[1].function.name"},
+      {R"("tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}])",
+       "tools[0].function.parameters.type"},
+      {R"("tools": [{"type": "function", "function": {"name": "f", "parameters":
+          {"type": "object", "properties": {"a": {"format": "date"}}}}}])",
+       "tools[0].function.parameters.properties.a.format"},
+      {tools + R"(, "tool_choice": "sometimes")", "tool_choice"},
+      {tools + R"(, "tool_choice": {"type": "function", "function": {"name": "other"}})",
+       "tool_choice.function.name"},
+      {R"("tool_choice": "required")", "tool_choice"},
+      {tools + R"(, "parallel_tool_calls": 1)", "parallel_tool_calls"},
+      {tools + R"(, "response_format": {"type": "json_object"})", "response_format"},
+  };
+  for (const auto& b : bad) {
+    auto p = parse(b.rest);
+    ASSERT_TRUE(std::holds_alternative<ApiError>(p)) << b.rest;
+    EXPECT_EQ(std::get<ApiError>(p).param, b.param) << b.rest;
+    EXPECT_EQ(std::get<ApiError>(p).status, 400) << b.rest;
   }
 }
 }  // namespace

@@ -1,25 +1,36 @@
-// Structured output (json_object): the byte-level JSON recognizer, the shortest closing it
-// counts, and the token mask over the real DeepSeek-V3 vocabulary sampling random "models" into
-// answers that all parse as objects within their token budget.
-#include "runtime/json_constraint.h"
-
+// Structured output (json_object, the schema {"type": "object"}): the byte-level JSON
+// recognizer on free objects, the shortest closing it counts, and the token mask over the real
+// DeepSeek-V3 vocabulary sampling random "models" into answers that all parse as objects within
+// their token budget.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <random>
 
 #include "core/json.h"
+#include "runtime/json_schema.h"
 #include "tests/test_util.h"
 
 namespace dsv3 {
 namespace {
 
+// json_object's schema: any object.
+const JsonSchema* AnyObject() {
+  static const std::shared_ptr<const JsonSchema> schema =
+      std::get<std::shared_ptr<const JsonSchema>>(CompileJsonSchema(Json{{"type", "object"}}));
+  return schema.get();
+}
+std::shared_ptr<const JsonSchema> AnyObjectShared() {
+  return std::get<std::shared_ptr<const JsonSchema>>(CompileJsonSchema(Json{{"type", "object"}}));
+}
+
 bool Valid(std::string_view prefix) {
-  JsonPrefix p;
+  SchemaPrefix p(AnyObject());
   return p.Feed(prefix);
 }
 
-TEST(JsonPrefix, AcceptsPrefixesOfObjectsOnly) {
+TEST(JsonObjectPrefix, AcceptsPrefixesOfObjectsOnly) {
   for (const char* ok :
        {"", " ", "{", "{}", " {\n\"a\" : 1 }", R"({"a": [1, -2.5e+3, 0, true, false, null]})",
         R"({"k": {"x": {}}, "l": [[], [{}]]})", R"({"s": "\u00e9\n\"\\\/"})",
@@ -55,18 +66,18 @@ TEST(JsonPrefix, AcceptsPrefixesOfObjectsOnly) {
                           "{'a': 1}"}) {
     EXPECT_FALSE(Valid(bad)) << bad;
   }
-  JsonPrefix p;
+  SchemaPrefix p(AnyObject());
   EXPECT_TRUE(p.Feed("{\"a\": [1, 2]} \n"));
   EXPECT_TRUE(p.complete());
-  JsonPrefix deep;
+  SchemaPrefix deep(AnyObject());
   std::string nest = "{\"a\":";
-  for (int i = 1; i < JsonPrefix::kMaxDepth; ++i) nest += "[";
+  for (int i = 1; i < SchemaPrefix::kMaxDepth; ++i) nest += "[";
   EXPECT_TRUE(deep.Feed(nest));
   EXPECT_FALSE(deep.Feed("["));  // one more than kMaxDepth
 }
 
 // The fewest bytes that close the object, by hand, and that appending them does close it.
-TEST(JsonPrefix, CountsTheShortestClosing) {
+TEST(JsonObjectPrefix, CountsTheShortestClosing) {
   const struct {
     const char* prefix;
     const char* closing;
@@ -91,7 +102,7 @@ TEST(JsonPrefix, CountsTheShortestClosing) {
       {"{}", ""},
   };
   for (const auto& c : cases) {
-    JsonPrefix p;
+    SchemaPrefix p(AnyObject());
     ASSERT_TRUE(p.Feed(c.prefix)) << c.prefix;
     EXPECT_EQ(p.ClosingBytes(), static_cast<int64_t>(std::string_view(c.closing).size()))
         << c.prefix;
@@ -107,14 +118,19 @@ class JsonMaskTest : public ::testing::Test {
     DSV3_REQUIRE_DATA(dir + "/tokenizer.json");
     tok_ = Tokenizer::Load(dir);
     V_ = tok_->vocab_size() + 16;  // a model vocabulary with ids the tokenizer lacks
+    vocabulary_ = std::make_shared<SchemaVocabulary>(*tok_, V_, std::vector<int32_t>{eos()});
+  }
+  JsonSchemaMask Mask(int64_t max_tokens) const {
+    return JsonSchemaMask(vocabulary_, max_tokens, AnyObjectShared());
   }
   std::unique_ptr<Tokenizer> tok_;
+  std::shared_ptr<const SchemaVocabulary> vocabulary_;
   int64_t V_ = 0;
   int32_t eos() const { return *tok_->eos_id(); }
 };
 
 TEST_F(JsonMaskTest, AllowsExactlyTheTokensThatContinue) {
-  JsonObjectMask mask(*tok_, V_, {eos()}, 1000);
+  JsonSchemaMask mask = Mask(1000);
   for (int32_t id : tok_->Encode("{\"key\":")) mask.Accept(id);
   std::vector<float> logits(static_cast<size_t>(V_), 0.0f);
   mask.Apply(logits.data());
@@ -148,8 +164,8 @@ TEST_F(JsonMaskTest, AllowsExactlyTheTokensThatContinue) {
 TEST_F(JsonMaskTest, InsideAStringTheMaskEqualsFeedingEveryToken) {
   const std::string prefix = "{\"key\": \"some text \xc3";  // a character split across tokens too
   for (const std::string& p : {prefix.substr(0, prefix.size() - 1), prefix}) {
-    JsonObjectMask mask(*tok_, V_, {eos()}, 1000);
-    JsonPrefix state;
+    JsonSchemaMask mask = Mask(1000);
+    SchemaPrefix state(AnyObject());
     ASSERT_TRUE(state.Feed(p));
     for (const char c : p) {  // the ASCII of the prefix byte by byte (one token each)
       if (static_cast<uint8_t>(c) >= 0x80) continue;
@@ -172,7 +188,7 @@ TEST_F(JsonMaskTest, InsideAStringTheMaskEqualsFeedingEveryToken) {
     int64_t allowed = 0;
     for (int64_t v = 0; v < V_; ++v) {
       const int32_t id = static_cast<int32_t>(v);
-      JsonPrefix next = state;
+      SchemaPrefix next = state;
       const bool want = tok_->IsValidId(id) && !tok_->IsSpecial(id) && id != eos() &&
                         !tok_->TokenBytes(id).empty() && next.Feed(tok_->TokenBytes(id));
       EXPECT_EQ(std::isfinite(logits[v]), want) << "token " << v;
@@ -194,7 +210,7 @@ TEST_F(JsonMaskTest, HundredSampledAnswersAllParse) {
   for (int trial = 0; trial < 100; ++trial) {
     const int64_t budget = 3 + trial % 24;
     for (float& l : logits) l = normal(rng);  // this answer's "model"; the draws differ per step
-    JsonObjectMask mask(*tok_, V_, {eos()}, budget);
+    JsonSchemaMask mask = Mask(budget);
     SamplingParams sp;
     sp.temperature = 1.0f;
     sp.seed = static_cast<uint64_t>(trial);
