@@ -576,6 +576,52 @@ TEST_F(ServerTest, SigtermDuringAStreamExitsCleanly) {
   EXPECT_THAT(own.log(), HasSubstr("serving m on http://127.0.0.1:"));
 }
 
+// A checkpoint with an MTP layer is served with drafts (--draft 2): greedy chat answers, whole and
+// streamed, equal `dsv3 generate`'s, and /metrics counts the drafts.
+TEST_F(ServerTest, MtpDraftsServeWhatGenerateGives) {
+  const std::string mtp = *dir_ / "mtp";
+  const RunResult synth =
+      RunCommand(Cmd("synth --no-progress --preset tiny --seed 5 --tokenizer " + TokDir() +
+                     " --set hidden_size=64 --set num_nextn_predict_layers=1 -o " + mtp));
+  ASSERT_EQ(synth.status, 0) << synth.output();
+  ServerProcess own("-m " + mtp + " --port 0 --parallel 2 --ctx-size 256 -t 1 --draft 2",
+                    *dir_ / "mtp.log");
+  ASSERT_GT(own.port(), 0) << own.log();
+  EXPECT_THAT(own.log(), HasSubstr("MTP draft 2"));
+  const RunResult gen = RunCommand(Cmd("generate -m " + mtp + " -t 1 -n 16 -p 'Hello!'"));
+  ASSERT_EQ(gen.status, 0) << gen.output();
+  const std::string want = gen.out.substr(0, gen.out.size() - 1);
+  httplib::Client http("127.0.0.1", own.port());
+  http.set_read_timeout(60);
+  const std::string body =
+      R"({"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 16, "temperature": 0)";
+  const httplib::Result whole = http.Post("/v1/chat/completions", body + "}", "application/json");
+  ASSERT_TRUE(whole);
+  ASSERT_EQ(whole->status, 200) << whole->body;
+  EXPECT_EQ(OrderedJson::parse(whole->body)["choices"][0]["message"]["content"], want);
+  const httplib::Result stream =
+      http.Post("/v1/chat/completions", body + R"(, "stream": true})", "application/json");
+  ASSERT_TRUE(stream);
+  std::string content;
+  for (size_t pos = 0; (pos = stream->body.find("data: {", pos)) != std::string::npos;) {
+    const size_t end = stream->body.find("\n\n", pos);
+    const OrderedJson delta =
+        OrderedJson::parse(stream->body.substr(pos + 6, end - pos - 6))["choices"][0]["delta"];
+    if (delta.contains("content")) content += delta["content"];
+    pos = end;
+  }
+  EXPECT_EQ(content, want);
+  const httplib::Result metrics = http.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  const std::smatch m = [&] {
+    std::smatch found;
+    std::regex_search(metrics->body, found, std::regex("dsv3_drafts_proposed_total ([0-9]+)"));
+    return found;
+  }();
+  ASSERT_EQ(m.size(), 2u) << metrics->body;
+  EXPECT_GT(std::stoll(m[1].str()), 0) << metrics->body;
+}
+
 // An R1-style chat template (the generation prompt opens <think>): the answer goes to
 // reasoning_content until </think>, in whole responses and in stream deltas.
 TEST_F(ServerTest, ThinkingGoesToReasoningContent) {
