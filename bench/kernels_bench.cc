@@ -4,8 +4,10 @@
 // activations in the AMX products (as `dsv3 --matmul bf16`).
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/aligned.h"
@@ -13,8 +15,10 @@
 #include "core/parallel.h"
 #include "kernels/amx.h"
 #include "kernels/attention.h"
+#include "kernels/gemm.h"
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
+#include "kernels/quant_gemm.h"
 #include "kernels/targets.h"
 
 namespace dsv3::kernels {
@@ -152,6 +156,75 @@ void BM_AttentionBlockAmxBf16(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * S * CR * 2);
 }
 
+// The three float32 products of a linear layer y = x W^T in training, x [T, in], W [out, in]
+// (Sgemm, gemm.h): product 0 forward y = x W^T, 1 data gradient dx = dy W, 2 weight gradient
+// dW += dy^T x (a reduction over the T tokens). Reports GFLOP/s (2 per multiply-add).
+void BM_Sgemm(benchmark::State& state) {
+  const int64_t T = state.range(0), in = state.range(1), out = state.range(2);
+  const int64_t product = state.range(3);
+  const std::vector<float> x = Activations(T * in), w = Activations(out * in);
+  const std::vector<float> dy = Activations(T * out);
+  std::vector<float> y(T * out), dx(T * in), dw(out * in);
+  for (auto _ : state) {
+    switch (product) {
+      case 0:
+        Sgemm(Trans::kN, Trans::kT, T, out, in, x.data(), in, w.data(), in, 0, y.data(), out);
+        break;
+      case 1:
+        Sgemm(Trans::kN, Trans::kN, T, in, out, dy.data(), out, w.data(), in, 0, dx.data(), in);
+        break;
+      default:
+        Sgemm(Trans::kT, Trans::kN, out, in, T, dy.data(), out, x.data(), in, 1, dw.data(), in);
+        break;
+    }
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2e-9 * static_cast<double>(T * in * out),
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+  const char* names[] = {"fwd", "dgrad", "wgrad"};
+  state.SetLabel(std::string(names[std::min<int64_t>(product, 2)]) + " " + ActiveTarget());
+}
+
+// The forward product of an FP8 linear layer y = x W^T (Bf16Gemm, quant_gemm.h) over T tokens,
+// x [T, K] and W [N, K] as BF16 bits: {T, K, N, scaled (1x128 / per-row 128-block scales, else
+// none), dot (vdpbf16ps allowed where the CPU has it)}. Reports GFLOP/s (2 per multiply-add).
+void BM_Bf16Gemm(benchmark::State& state) {
+  const int64_t T = state.range(0), K = state.range(1), N = state.range(2);
+  const bool scaled = state.range(3) != 0, dot = state.range(4) != 0;
+  const std::vector<float> xf = Activations(T * K), wf = Activations(N * K);
+  std::vector<uint16_t> x(T * K), w(N * K);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = F32ToBF16(xf[i]);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = F32ToBF16(wf[i]);
+  const std::vector<float> sx(T * (K / 128), 0.5f), sw(N * (K / 128), 0.25f);
+  std::vector<float> y(T * N);
+  SetBf16DotEnabled(dot);
+  for (auto _ : state) {
+    Bf16Gemm(T, N, K, x.data(), K, scaled ? sx.data() : nullptr, K / 128, w.data(), K,
+             scaled ? sw.data() : nullptr, K / 128, 0.0f, y.data(), N);
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(2e-9 * static_cast<double>(T * K * N),
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+  const bool vdp = Bf16DotEnabled() && (ActiveTarget() == "AVX3" || ActiveTarget() == "AMX");
+  state.SetLabel(ActiveTarget() + (vdp ? "+vdpbf16ps" : "") + (scaled ? " scaled" : ""));
+  SetBf16DotEnabled(true);
+}
+
+// 1x128-tile FP8 quantization of activations [rows, cols]: bytes/s of float32 read plus codes
+// written.
+void BM_QuantizeE4M3Tiles(benchmark::State& state) {
+  const int64_t rows = state.range(0), cols = state.range(1);
+  const std::vector<float> x = Activations(rows * cols);
+  std::vector<uint16_t> q(rows * cols);
+  std::vector<float> scales(rows * (cols / 128));
+  for (auto _ : state) {
+    QuantizeE4M3Tiles(x.data(), rows, cols, cols, false, q.data(), cols, scales.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * rows * cols * 6);
+  state.SetLabel(ActiveTarget());
+}
+
 void BM_RmsNorm(benchmark::State& state) {
   const int64_t n = state.range(0);
   const std::vector<float> x = Activations(n), w = Activations(n);
@@ -195,6 +268,17 @@ BENCHMARK(BM_AttentionBlockAmxBf16)
     ->Args({128, 4096, 0})
     ->Args({128, 4096, 1})
     ->UseRealTime();
+// A small and a DeepSeek-V2-Lite expert-sized linear layer over 2048 tokens: {T, in, out, product}.
+BENCHMARK(BM_Sgemm)
+    ->ArgsProduct({{2048}, {256}, {512}, {0, 1, 2}})
+    ->ArgsProduct({{2048}, {2048}, {1408}, {0, 1, 2}})
+    ->UseRealTime();
+// FP8 linear layers over 2048 tokens (as BM_Sgemm): {T, K, N, scaled, dot}.
+BENCHMARK(BM_Bf16Gemm)
+    ->ArgsProduct({{2048}, {256}, {512}, {0, 1}, {1, 0}})
+    ->ArgsProduct({{2048}, {2048}, {1408}, {0, 1}, {1, 0}})
+    ->UseRealTime();
+BENCHMARK(BM_QuantizeE4M3Tiles)->Args({2048, 2048})->UseRealTime();
 BENCHMARK(BM_RmsNorm)->Arg(7168);
 BENCHMARK(BM_Softmax)->Arg(8192);
 
