@@ -16,6 +16,7 @@
 #include "tools/commands.h"
 #include "tools/ep.h"
 #include "tools/serve.h"
+#include "tools/train_tokenizer.h"
 
 namespace {
 
@@ -251,6 +252,7 @@ int Main(int argc, char** argv, dsv3::cli::EpSession& ep) {
 
   dsv3::cli::AnalyzeCommand analyze(app);
   dsv3::cli::ServeCommands serve(app);
+  dsv3::cli::TrainTokenizerCommand train_tokenizer(app);
   AddCommon(serve.serve(), common);
   AddCommon(serve.bench(), common);
 
@@ -277,6 +279,7 @@ int Main(int argc, char** argv, dsv3::cli::EpSession& ep) {
   if (ep.rank() != 0 && !model_command) return 0;
   try {
     if (analyze.selected()) return analyze.Run();
+    if (train_tokenizer.selected()) return train_tokenizer.Run();
     ApplyCommon(common, ep);
     if (model_command) ep.Configure(ep_args);
     if (*info_cmd) return dsv3::cli::RunInfo(info);

@@ -6,8 +6,9 @@
 
 namespace dsv3 {
 
-Progress::Progress(std::string label, uint64_t total, bool enabled)
+Progress::Progress(std::string label, uint64_t total, bool enabled, std::string unit)
     : label_(std::move(label)),
+      unit_(std::move(unit)),
       total_(total),
       enabled_(enabled),
       tty_(isatty(STDERR_FILENO) != 0),
@@ -44,10 +45,17 @@ void Progress::Print(bool final_line) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double pct =
       total_ ? 100.0 * static_cast<double>(done_) / static_cast<double>(total_) : 100;
+  const char* end = (final_line || !tty_) ? "\n" : "";
+  if (!unit_.empty()) {
+    std::fprintf(stderr, "%s%s: %5.1f%%  %llu/%llu %s  %.1f s%s", tty_ ? "\r" : "", label_.c_str(),
+                 pct, static_cast<unsigned long long>(done_),
+                 static_cast<unsigned long long>(total_), unit_.c_str(), secs, end);
+    std::fflush(stderr);
+    return;
+  }
   const double mib = static_cast<double>(done_) / (1 << 20);
   std::fprintf(stderr, "%s%s: %5.1f%%  %.0f MiB  %.1f s  %.0f MiB/s%s", tty_ ? "\r" : "",
-               label_.c_str(), pct, mib, secs, secs > 0 ? mib / secs : 0.0,
-               (final_line || !tty_) ? "\n" : "");
+               label_.c_str(), pct, mib, secs, secs > 0 ? mib / secs : 0.0, end);
   std::fflush(stderr);
 }
 
