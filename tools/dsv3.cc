@@ -16,6 +16,7 @@
 #include "tools/commands.h"
 #include "tools/ep.h"
 #include "tools/serve.h"
+#include "tools/train.h"
 #include "tools/train_tokenizer.h"
 
 namespace {
@@ -253,6 +254,8 @@ int Main(int argc, char** argv, dsv3::cli::EpSession& ep) {
   dsv3::cli::AnalyzeCommand analyze(app);
   dsv3::cli::ServeCommands serve(app);
   dsv3::cli::TrainTokenizerCommand train_tokenizer(app);
+  dsv3::cli::TrainCommand train(app);
+  AddCommon(train.command(), common);
   AddCommon(serve.serve(), common);
   AddCommon(serve.bench(), common);
 
@@ -283,6 +286,7 @@ int Main(int argc, char** argv, dsv3::cli::EpSession& ep) {
     ApplyCommon(common, ep);
     if (model_command) ep.Configure(ep_args);
     if (*info_cmd) return dsv3::cli::RunInfo(info);
+    if (train.selected()) return train.Run();
     if (*serve.serve() || *serve.bench()) return serve.Run();
     if (*logits_cmd) {
       logits.attention = attention == "expanded"   ? dsv3::AttentionImpl::kExpanded

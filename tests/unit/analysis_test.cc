@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "analysis/arch.h"
 #include "analysis/comm.h"
@@ -316,6 +317,82 @@ TEST(AnalysisPlot, ScriptHoldsTheCurves) {
   EXPECT_NE(s.find("\n6 7.68e-07 7.68e-07\n"), std::string::npos) << s;
   EXPECT_NE(s.find("title 'it''s (GQA (2 KV heads), 64 B/token)'"), std::string::npos) << s;
   EXPECT_NE(s.find("set output 'out.svg'"), std::string::npos);
+}
+
+// Two runs' train_log.jsonl as src/train/trainer.cc writes them: step lines, validation lines.
+TEST(AnalysisLossPlot, ScriptHoldsBothRuns) {
+  const test::TempDir tmp;
+  std::filesystem::create_directories(tmp / "fp8");
+  test::WriteFile(tmp / "fp8/train_log.jsonl",
+                  "{\"step\":1,\"loss\":9.5,\"ce\":9.25,\"mtp_ce\":9.5,\"balance\":0.001,"
+                  "\"lr\":0.001}\n"
+                  "{\"step\":2,\"loss\":8.5,\"ce\":8.125,\"mtp_ce\":8.5,\"balance\":0.001,"
+                  "\"lr\":0.002}\n"
+                  "\n"
+                  "{\"step\":2,\"valid_ce\":8.0625,\"valid_ppl\":3176.3}\n");
+  test::WriteFile(tmp / "b.jsonl", "{\"step\":1,\"ce\":7.5}\n{\"step\":2,\"ce\":7}\n");
+  const std::vector<LossLog> logs = {ReadLossLog(tmp / "fp8/train_log.jsonl", ""),
+                                     ReadLossLog(tmp / "b.jsonl", "bf16 it's")};
+  EXPECT_EQ(logs[0].label, "fp8");  // the folder name
+  ASSERT_EQ(logs[0].train.size(), 2u);
+  ASSERT_EQ(logs[0].valid.size(), 1u);
+  EXPECT_TRUE(logs[1].valid.empty());
+  const std::string s = LossPlotScript(logs, "svg", "loss.svg");
+  EXPECT_NE(s.find("set output 'loss.svg'"), std::string::npos) << s;
+  // The data inline: main CE by step, validation CE by step.
+  EXPECT_NE(s.find("$train0 << EOD\n1 9.25\n2 8.125\nEOD\n"), std::string::npos) << s;
+  EXPECT_NE(s.find("$valid0 << EOD\n2 8.0625\nEOD\n"), std::string::npos) << s;
+  EXPECT_NE(s.find("$train1 << EOD\n1 7.5\n2 7\nEOD\n"), std::string::npos) << s;
+  EXPECT_EQ(s.find("$valid1"), std::string::npos) << s;  // no validation lines, no series
+  // The series, one color per log, the labels quoted.
+  EXPECT_NE(s.find("$train0 using 1:2 with lines linewidth 1 linecolor rgb '#1f77b4' title "
+                   "'fp8 train CE'"),
+            std::string::npos)
+      << s;
+  EXPECT_NE(s.find("$valid0 using 1:2 with linespoints"), std::string::npos) << s;
+  EXPECT_NE(s.find("rgb '#1f77b4' title 'fp8 valid CE'"), std::string::npos) << s;
+  EXPECT_NE(s.find("rgb '#d62728' title 'bf16 it''s train CE'"), std::string::npos) << s;
+  EXPECT_NE(s.find("set ylabel 'loss (nats/token)'"), std::string::npos) << s;
+}
+
+TEST(AnalysisLossPlot, MovingAverageOverOnePercent) {
+  EXPECT_EQ(SmoothingWindow(1), 1);
+  EXPECT_EQ(SmoothingWindow(199), 1);
+  EXPECT_EQ(SmoothingWindow(1000), 11);
+  // 400 steps: a window of 5. ce = step, so the centered mean is the step itself inside; the
+  // windows at the ends average what there is: step 1 (1 + 2 + 3) / 3, step 400 (398 + 399 + 400)
+  // / 3.
+  LossLog log;
+  log.label = "run";
+  for (int64_t step = 1; step <= 400; ++step) log.train.emplace_back(step, step);
+  const std::string s = LossPlotScript({log}, "svg", "x.svg");
+  EXPECT_NE(s.find("\n1 2\n2 2.5\n3 3\n4 4\n"), std::string::npos) << s.substr(0, 400);
+  EXPECT_NE(s.find("\n399 398.5\n400 399\nEOD"), std::string::npos);
+  EXPECT_NE(s.find("'run train CE (moving mean of 5 steps)'"), std::string::npos);
+}
+
+TEST(AnalysisLossPlot, BadLogsNameTheFileAndLine) {
+  const test::TempDir tmp;
+  const auto error = [](const std::string& path) {
+    return ErrorMessage([&] { ReadLossLog(path, ""); });
+  };
+  EXPECT_NE(error(tmp / "missing.jsonl").find("missing.jsonl: cannot open"), std::string::npos);
+  test::WriteFile(tmp / "bad.jsonl", "{\"step\":1,\"ce\":2}\nnot json\n");
+  EXPECT_NE(error(tmp / "bad.jsonl").find("bad.jsonl:2: invalid JSON"), std::string::npos)
+      << error(tmp / "bad.jsonl");
+  test::WriteFile(tmp / "array.jsonl", "[1, 2]\n");
+  EXPECT_NE(error(tmp / "array.jsonl").find("array.jsonl:1: expected a JSON object"),
+            std::string::npos);
+  test::WriteFile(tmp / "null.jsonl", "{\"step\":1,\"ce\":null}\n");
+  EXPECT_NE(error(tmp / "null.jsonl").find("null.jsonl:1: 'ce' is not a number"),
+            std::string::npos);
+  test::WriteFile(tmp / "valid.jsonl", "{\"step\":1,\"valid_ce\":2}\n");
+  EXPECT_NE(error(tmp / "valid.jsonl").find("valid.jsonl: no training step lines"),
+            std::string::npos);
+  EXPECT_NE(ErrorMessage([&] {
+              PlotLossCurves({tmp / "bad.jsonl"}, {"a", "b"}, tmp / "x.svg");
+            }).find("2 --label for 1 --plot"),
+            std::string::npos);
 }
 
 // ---- bad input ----------------------------------------------------------------------------------

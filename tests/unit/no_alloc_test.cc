@@ -1,5 +1,5 @@
-// The decode loop allocates nothing: global operator new is counted while a synthetic model
-// decodes token after token.
+// The decode loop and the training step allocate nothing: global operator new is counted while a
+// synthetic model decodes token after token, and while the trainer runs steps after its first.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -10,6 +10,8 @@
 #include "model/synth.h"
 #include "runtime/sampler.h"
 #include "tests/test_util.h"
+#include "train/optimizer.h"
+#include "train/train_model.h"
 
 namespace {
 std::atomic<int64_t> g_allocations{0};
@@ -66,6 +68,36 @@ TEST(DecodeLoop, AllocatesNothing) {
   }
   EXPECT_EQ(g_allocations.load() - before, 0);
   EXPECT_EQ(ctx.n_past(), 4 + 1 + 16);
+}
+
+// Forward, backward, AdamW and the bias update of every precision on the v3-tiny config (q_lora,
+// MoE with groups, MTP): the first step sizes the scratch, the next ones allocate nothing.
+TEST(TrainStep, AllocatesNothingAfterTheFirst) {
+  const std::string dir = test::TestData("models/v3-tiny");
+  DSV3_REQUIRE_DATA(dir);
+  const Config config = Config::Load(dir);
+  for (const train::Precision precision :
+       {train::Precision::kF32, train::Precision::kBF16, train::Precision::kFP8}) {
+    SCOPED_TRACE(train::PrecisionName(precision));
+    train::Params p(config);
+    p.Init(0.02, 1);
+    train::TrainModel model(p, 2, 24, train::Objective{}, precision);
+    train::AdamW opt(p, train::AdamWOptions{});
+    std::vector<int32_t> tokens(2 * 25);
+    auto step = [&](int k) {
+      for (size_t i = 0; i < tokens.size(); ++i)
+        tokens[i] = static_cast<int32_t>((i * 31 + k * 7) % config.vocab_size);
+      model.Forward(tokens.data());
+      p.ZeroGrads();
+      model.Backward();
+      opt.Step(p, 1e-3);
+      train::UpdateRoutingBiases(p, model.moe_stats(), 1e-3f);
+    };
+    step(0);
+    const int64_t before = g_allocations.load();
+    for (int k = 1; k <= 3; ++k) step(k);
+    EXPECT_EQ(g_allocations.load() - before, 0);
+  }
 }
 
 }  // namespace
