@@ -142,6 +142,10 @@ double LearningRate(const TrainOptions& o, int64_t step) {
 TrainSummary Train(const TrainOptions& o) {
   Check(o);
   const Config config = Config::FromJson(ReadJsonFile(o.config, kMaxConfigJsonBytes), o.config);
+  if (config.max_position_embeddings > 0 && o.seq > config.max_position_embeddings) {
+    Fail("train: --seq {} is longer than {}'s max_position_embeddings {}", o.seq, o.config,
+         config.max_position_embeddings);
+  }
   const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::Load(o.tokenizer);
   if (tokenizer->vocab_size() > config.vocab_size) {
     Fail("{}: the tokenizer has {} ids but {} has vocab_size {}", tokenizer->source(),

@@ -173,6 +173,13 @@ TEST_F(TrainCli, BadInputGetsOneCleanError) {
       RunCommand(Train(tmp / "o6", "--steps 4 --resume " + (tmp / "o4"), {{"--batch", "2"}})),
       {"train_state.safetensors", "batch"});
   ExpectCleanError(RunCommand(Train(tmp / "o7", "--steps 0")), "--steps");
+  ExpectCleanError(RunCommand(Train(tmp / "o9", "--steps 2", {{"--seq", "2048"}})),
+                   {"--seq 2048", "max_position_embeddings 1024"});
+  std::string deep = kConfig;
+  deep.replace(deep.find("\"num_nextn_predict_layers\": 1"), 29, "\"num_nextn_predict_layers\": 2");
+  WriteFile(tmp / "deep.json", deep);
+  ExpectCleanError(RunCommand(Train(tmp / "o10", "--steps 2", {{"--config", tmp / "deep.json"}})),
+                   "num_nextn_predict_layers 2");
   ExpectCleanError(RunCommand(Train(tmp / "o8", "--steps 4 --resume " + (tmp / "nothing"))),
                    "nothing");
 }
