@@ -15,6 +15,7 @@
 #include "tools/cli_options.h"
 #include "tools/commands.h"
 #include "tools/ep.h"
+#include "tools/perplexity.h"
 #include "tools/serve.h"
 #include "tools/train.h"
 #include "tools/train_tokenizer.h"
@@ -256,6 +257,8 @@ int Main(int argc, char** argv, dsv3::cli::EpSession& ep) {
   dsv3::cli::TrainTokenizerCommand train_tokenizer(app);
   dsv3::cli::TrainCommand train(app);
   AddCommon(train.command(), common);
+  dsv3::cli::PerplexityCommand perplexity(app);
+  AddCommon(perplexity.command(), common);
   AddCommon(serve.serve(), common);
   AddCommon(serve.bench(), common);
 
@@ -287,6 +290,7 @@ int Main(int argc, char** argv, dsv3::cli::EpSession& ep) {
     if (model_command) ep.Configure(ep_args);
     if (*info_cmd) return dsv3::cli::RunInfo(info);
     if (train.selected()) return train.Run();
+    if (perplexity.selected()) return perplexity.Run();
     if (*serve.serve() || *serve.bench()) return serve.Run();
     if (*logits_cmd) {
       logits.attention = attention == "expanded"   ? dsv3::AttentionImpl::kExpanded

@@ -75,6 +75,10 @@ Json RunIdentity(const TrainOptions& o, const TokenData& data) {
 
 struct Eval {
   double ce = 0, mtp_ce = 0;
+  // Per MoE layer (main layers, then MTP): its Hugging Face index and max / mean expert load over
+  // the full validation batches (1 is perfect balance).
+  std::vector<int64_t> moe_layers;
+  std::vector<double> load_max_over_mean;
 };
 
 // Mean cross-entropy over every window of `data`, in order, B windows per forward (the last
@@ -83,10 +87,19 @@ Eval Validate(TrainModel& model, const TokenData& data, std::vector<int32_t>& to
   const int64_t B = model.batch(), T = model.seq(), W = data.windows();
   double ce = 0, mtp = 0;
   int64_t counted = 0;
+  std::vector<std::vector<int64_t>> load;  // [MoE layers][E]
   for (int64_t w0 = 0; w0 < W; w0 += B) {
     const int64_t n = std::min(B, W - w0);
     for (int64_t b = 0; b < B; ++b) data.Window(b < n ? w0 + b : 0, tokens.data() + b * (T + 1));
     model.Forward(tokens.data());
+    if (n == B) {  // a padded batch would count window 0 twice
+      const std::vector<MoeLayerStats>& stats = model.moe_stats();
+      load.resize(stats.size());
+      for (size_t l = 0; l < stats.size(); ++l) {
+        load[l].resize(stats[l].load.size());
+        for (size_t e = 0; e < stats[l].load.size(); ++e) load[l][e] += stats[l].load[e];
+      }
+    }
     const std::vector<float>& pc = model.ce_per_position();
     const std::vector<float>& pm = model.mtp_ce_per_position();
     for (int64_t i = 0; i < n * T; ++i) ce += pc[i];
@@ -97,6 +110,16 @@ Eval Validate(TrainModel& model, const TokenData& data, std::vector<int32_t>& to
   Eval e;
   e.ce = ce / static_cast<double>(counted * T);
   e.mtp_ce = mtp / static_cast<double>(counted * (T - 1));
+  for (size_t l = 0; l < load.size() && !load[l].empty(); ++l) {
+    int64_t max = 0, sum = 0;
+    for (int64_t x : load[l]) {
+      max = std::max(max, x);
+      sum += x;
+    }
+    e.moe_layers.push_back(model.moe_stats()[l].layer);
+    e.load_max_over_mean.push_back(
+        sum > 0 ? static_cast<double>(max) * static_cast<double>(load[l].size()) / sum : 0.0);
+  }
   return e;
 }
 
@@ -226,6 +249,10 @@ TrainSummary Train(const TrainOptions& o) {
     summary.valid_mtp_ce = e.mtp_ce;
     Json j{{"step", step}, {"valid_ce", e.ce}, {"valid_ppl", std::exp(e.ce)}};
     if (config.num_nextn_predict_layers > 0) j["valid_mtp_ce"] = e.mtp_ce;
+    if (!e.moe_layers.empty()) {
+      j["moe_layers"] = e.moe_layers;
+      j["load_max_over_mean"] = e.load_max_over_mean;
+    }
     log.Add(j);
     if (o.progress)
       std::fprintf(stderr, "step %lld: validation loss %.4f (perplexity %.2f)\n",

@@ -147,6 +147,57 @@ TEST_F(TrainCli, StoppedAndResumedRunEqualsUninterruptedBitForBit) {
   EXPECT_EQ(ReadFile(a + "/train_state.safetensors"), ReadFile(c + "/train_state.safetensors"));
 }
 
+// `dsv3 perplexity` on the saved fp32 checkpoint with -c equal to --seq scores the same windows
+// as the trainer's validation: the same mean cross-entropy, from the inference engine's forward
+// pass (1e-4 relative: two float32 implementations). The validation record also carries the
+// expert load balance of every MoE layer.
+TEST_F(TrainCli, PerplexityOfTheCheckpointIsTheValidationLoss) {
+  const std::string out = Path("ppl_run");
+  RunResult r = RunCommand(Train(out, "--steps 12 --precision fp32 --save-dtype f32"));
+  ASSERT_EQ(r.status, 0) << r.output();
+  Json last;
+  std::ifstream in(out + "/train_log.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const Json j = Json::parse(line);
+    if (j.contains("valid_ce")) last = j;
+  }
+  ASSERT_TRUE(last.contains("valid_ce"));
+  // Layer 1 (MoE) and the MTP layer (2); max/mean load is at least 1, at most E = 8.
+  ASSERT_EQ(last["moe_layers"], Json::parse("[1, 2]"));
+  for (double x : last["load_max_over_mean"].get<std::vector<double>>()) {
+    EXPECT_GE(x, 1.0);
+    EXPECT_LE(x, 8.0);
+  }
+  const double want = last["valid_ce"].get<double>();
+  r = RunCommand(Cmd("perplexity -m " + out + " -f " + Path("valid.txt") +
+                     " -c 32 --json --no-progress -t 2"));
+  ASSERT_EQ(r.status, 0) << r.output();
+  const Json p = Json::parse(r.out);
+  EXPECT_NEAR(p["mean_ce"].get<double>(), want, 1e-4 * want) << r.output();
+  EXPECT_NEAR(p["perplexity"].get<double>(), std::exp(p["mean_ce"].get<double>()), 1e-9);
+  EXPECT_EQ(p["scored_tokens"].get<int64_t>(), p["windows"].get<int64_t>() * 32);
+  // The text report, as llama.cpp prints it.
+  r = RunCommand(Cmd("perplexity -m " + out + " -f " + Path("valid.txt") + " -c 32 --chunks 2"));
+  ASSERT_EQ(r.status, 0) << r.output();
+  EXPECT_THAT(r.out, ::testing::HasSubstr("[1]"));
+  EXPECT_THAT(r.out, ::testing::HasSubstr("[2]"));
+  EXPECT_THAT(r.out, ::testing::Not(::testing::HasSubstr("[3]")));
+  EXPECT_THAT(r.out, ::testing::HasSubstr("Final estimate: PPL = "));
+  // Bad input: one clean error naming what is wrong.
+  TempDir tmp;
+  WriteFile(tmp / "short.txt", "Once upon a time");
+  ExpectCleanError(RunCommand(Cmd("perplexity -m " + out + " -f " + (tmp / "short.txt"))),
+                   {"short.txt", "fewer than one window", "-c"});
+  WriteFile(tmp / "bad.txt", std::string("Once upon a time\n\xff there was", 29));
+  ExpectCleanError(RunCommand(Cmd("perplexity -m " + out + " -f " + (tmp / "bad.txt"))),
+                   {"bad.txt", "UTF-8", "offset 17"});
+  ExpectCleanError(RunCommand(Cmd("perplexity -m " + out + " -f " + (tmp / "none.txt"))),
+                   "none.txt");
+  ExpectCleanError(
+      RunCommand(Cmd("perplexity -m " + out + " -f " + Path("valid.txt") + " -c 2000")),
+      "max_position_embeddings");
+}
+
 TEST_F(TrainCli, BadInputGetsOneCleanError) {
   TempDir tmp;
   WriteFile(tmp / "empty.txt", "");
