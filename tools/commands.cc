@@ -288,16 +288,22 @@ int RunGenerate(const GenerateArgs& a) {
   g.sampling = a.sampling;
   g.stop_at_eos = !a.ignore_eos;
   GenerateStats stats;
-  bool first = true;
+  std::vector<int32_t> tokens;
   Generate(
       *gen.context, prompt, g, &stats,
       [&](int32_t token) {
-        std::printf(first ? "%d" : ",%d", token);
-        std::fflush(stdout);
-        first = false;
+        if (!a.json) {
+          std::printf(tokens.empty() ? "%d" : ",%d", token);
+          std::fflush(stdout);
+        }
+        tokens.push_back(token);
         return true;
       },
       gen.speculative.get());
+  if (a.json) {
+    PrintGenerateJson(stats, *gen.context, tokens, nullptr);
+    return 0;
+  }
   std::printf("\n");
   std::fflush(stdout);
   PrintGenerateStats(stats, *gen.context);
@@ -348,6 +354,29 @@ void PrintGenerateStats(const GenerateStats& stats, const Context& ctx) {
       (long long)ctx.cache().bytes_per_token(), (long long)c.num_hidden_layers,
       (long long)c.kv_width(), ctx.cache().type() == KvCacheType::kBF16 ? "BF16 values" : "floats");
   if (!stats.drafts_checked.empty()) std::fprintf(stderr, "dsv3: %s\n", MtpSummary(stats).c_str());
+}
+
+void PrintGenerateJson(const GenerateStats& stats, const Context& ctx,
+                       const std::vector<int32_t>& tokens, const std::string* text) {
+  Json j{{"ids", tokens},
+         {"prompt_tokens", stats.prompt_tokens},
+         {"new_tokens", stats.new_tokens},
+         {"prefill_seconds", stats.prefill_seconds},
+         {"prefill_tokens_per_second", stats.prefill_tokens_per_second()},
+         {"decode_tokens", stats.decode_tokens},
+         {"decode_steps", stats.decode_steps},
+         {"decode_seconds", stats.decode_seconds},
+         {"decode_tokens_per_second", stats.decode_tokens_per_second()},
+         {"kv_cache_bytes_per_token", ctx.cache().bytes_per_token()}};
+  if (text) j["text"] = *text;
+  if (!stats.drafts_checked.empty()) {
+    j["mtp"] = {{"draft", stats.drafts_checked.size()},
+                {"drafts_checked", stats.drafts_checked},
+                {"drafts_accepted", stats.drafts_accepted},
+                {"tokens_per_main_step", stats.tokens_per_step()}};
+  }
+  std::printf("%s\n", j.dump().c_str());
+  std::fflush(stdout);
 }
 
 int RunBench(const BenchArgs& a) {

@@ -41,6 +41,7 @@ struct GenerateArgs {
   int64_t n = 32;
   int64_t ctx_size = 0;  // 0: prompt + n
   bool ignore_eos = false;
+  bool json = false;  // one JSON object on stdout at the end instead of streamed output
   SamplingParams sampling;
   bool no_mtp = false;  // plain decoding even when the checkpoint has an MTP module
   int64_t draft = 1;    // MTP draft tokens per step
@@ -126,6 +127,10 @@ bool UseMtp(const Model& m, bool no_mtp);
 // prefill / decode tokens/s, KV-cache bytes per token and MTP acceptance, on stderr.
 void PrintGenerateStats(const GenerateStats& stats, const Context& ctx);
 std::string MtpSummary(const GenerateStats& stats);
+// generate --json: the generated ids (and text, when given) with the statistics PrintGenerateStats
+// shows, as one JSON object on stdout.
+void PrintGenerateJson(const GenerateStats& stats, const Context& ctx,
+                       const std::vector<int32_t>& tokens, const std::string* text);
 
 // "1,2,3" -> {1, 2, 3}; throws dsv3::Error on anything else.
 std::vector<int32_t> ParseIds(const std::string& text);

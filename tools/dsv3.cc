@@ -133,6 +133,9 @@ int Main(int argc, char** argv, dsv3::cli::EpSession& ep) {
   gen_cmd->add_option("-c,--ctx-size", gen.ctx_size,
                       "KV cache size in tokens (default: prompt + n)");
   gen_cmd->add_flag("--ignore-eos", gen.ignore_eos, "keep generating after an EOS token");
+  gen_cmd->add_flag("--json", gen.json,
+                    "print one JSON object at the end (ids, text, timings, KV-cache bytes per "
+                    "token, MTP drafts checked and accepted) instead of streaming");
   gen_cmd->add_flag("--no-mtp", gen.no_mtp,
                     "plain decoding even when the checkpoint has MTP layers");
   gen_cmd->add_option("--draft", gen.draft, "MTP draft tokens per step, 1-6 (default 1)")

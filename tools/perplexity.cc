@@ -84,8 +84,7 @@ int PerplexityCommand::Run() const {
   o.context.kv_cache = a.kv_cache;
   o.context.matmul = a.matmul;
   Progress progress("perplexity", static_cast<uint64_t>(windows), !a.no_progress, "windows");
-  const PerplexityResult r =
-      Perplexity(*m, ids, o, [&](int64_t, double) { progress.Add(1); });
+  const PerplexityResult r = Perplexity(*m, ids, o, [&](int64_t, double) { progress.Add(1); });
   progress.Finish();
 
   if (a.json) {

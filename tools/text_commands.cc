@@ -196,6 +196,12 @@ int RunGenerateText(const GenerateArgs& a) {
   o.generate.sampling = a.sampling;
   o.generate.stop_at_eos = !a.ignore_eos;
   o.stop = a.stop;
+  if (a.json) {
+    const TextGenerateResult r = GenerateText(
+        ctx, *tok, prompt, o, [](std::string_view) {}, gen.speculative.get());
+    PrintGenerateJson(r.stats, ctx, r.tokens, &r.text);
+    return 0;
+  }
   const TextGenerateResult r = GenerateText(ctx, *tok, prompt, o, PrintText, gen.speculative.get());
   PrintText("\n");
   PrintGenerateStats(r.stats, ctx);

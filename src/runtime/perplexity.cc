@@ -31,8 +31,8 @@ PerplexityResult Perplexity(const Model& model, std::span<const int32_t> ids,
          ctx, c.max_position_embeddings);
   }
   if (N < ctx + 1) {
-    Fail("perplexity: the text has {} tokens, fewer than one window of {} + 1; use a smaller -c",
-         N, ctx);
+    Fail("perplexity: the text has {} tokens, fewer than one window of {} + 1; use a smaller -c", N,
+         ctx);
   }
   int64_t windows = (N - 1) / ctx;
   if (options.max_windows > 0) windows = std::min(windows, options.max_windows);

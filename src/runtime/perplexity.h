@@ -16,18 +16,18 @@
 namespace dsv3 {
 
 struct PerplexityOptions {
-  int64_t ctx = 512;       // positions scored per window
-  int64_t max_windows = 0; // 0: every full window of the text
-  int64_t chunk = 128;     // tokens per forward pass (bounds the logits buffer: [chunk, vocab])
-  ContextOptions context;  // capacity and max_batch are set from ctx and chunk
+  int64_t ctx = 512;        // positions scored per window
+  int64_t max_windows = 0;  // 0: every full window of the text
+  int64_t chunk = 128;      // tokens per forward pass (bounds the logits buffer: [chunk, vocab])
+  ContextOptions context;   // capacity and max_batch are set from ctx and chunk
 };
 
 struct PerplexityResult {
-  int64_t tokens = 0;   // in the stream
-  int64_t windows = 0;  // run
-  int64_t scored = 0;   // positions scored (windows * ctx)
-  double mean_ce = 0;   // nats per scored token
-  double stderr_ce = 0; // standard error of mean_ce over the scored tokens
+  int64_t tokens = 0;             // in the stream
+  int64_t windows = 0;            // run
+  int64_t scored = 0;             // positions scored (windows * ctx)
+  double mean_ce = 0;             // nats per scored token
+  double stderr_ce = 0;           // standard error of mean_ce over the scored tokens
   std::vector<double> window_ce;  // [windows] mean per window
   double seconds = 0;
   double perplexity() const;
@@ -36,9 +36,8 @@ struct PerplexityResult {
 // Fails (dsv3::Error) when the stream holds fewer than ctx + 1 tokens or ctx + 1 exceeds the
 // model's max_position_embeddings. on_window (optional) sees each finished window's index and the
 // running mean.
-PerplexityResult Perplexity(const Model& model, std::span<const int32_t> ids,
-                            const PerplexityOptions& options,
-                            const std::function<void(int64_t window, double running_ce)>&
-                                on_window = {});
+PerplexityResult Perplexity(
+    const Model& model, std::span<const int32_t> ids, const PerplexityOptions& options,
+    const std::function<void(int64_t window, double running_ce)>& on_window = {});
 
 }  // namespace dsv3

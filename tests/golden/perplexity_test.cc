@@ -2,6 +2,8 @@
 // cross-entropy of each reference sequence, computed here in double from the reference's own
 // prefill logits (../shared/testdata/models/*/reference.json), equals dsv3's figure for one
 // window over the sequence. Several windows equal the windows run one by one.
+#include "runtime/perplexity.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,7 +11,6 @@
 
 #include "core/error.h"
 #include "model/model.h"
-#include "runtime/perplexity.h"
 #include "tests/test_util.h"
 
 namespace dsv3 {
@@ -72,11 +73,10 @@ TEST_P(PerplexityTest, WindowsAreIndependentAndThePartialOneIsDropped) {
   o.ctx = ctx;
   o.chunk = 7;
   std::vector<double> seen;
-  const PerplexityResult all =
-      Perplexity(*model, ids, o, [&](int64_t w, double running) {
-        seen.push_back(running);
-        EXPECT_EQ(static_cast<int64_t>(seen.size()), w + 1);
-      });
+  const PerplexityResult all = Perplexity(*model, ids, o, [&](int64_t w, double running) {
+    seen.push_back(running);
+    EXPECT_EQ(static_cast<int64_t>(seen.size()), w + 1);
+  });
   ASSERT_EQ(all.windows, 3);
   EXPECT_EQ(all.scored, 3 * ctx);
   ASSERT_EQ(seen.size(), 3u);

@@ -136,6 +136,43 @@ TEST(Cli, GenerateReportsSpeedAndKvBytes) {
   EXPECT_THAT(r.output(), HasSubstr("KV cache 960 bytes/token"));
 }
 
+// generate --json: the same greedy ids as the streamed output, with the statistics and the MTP
+// drafts counted (v3-tiny has an MTP layer; --no-mtp leaves the field out).
+TEST(Cli, GenerateJsonHasTheIdsAndTheStatistics) {
+  const std::string dir = TestData(kV3Tiny);
+  DSV3_REQUIRE_DATA(dir);
+  const Reference ref(dir);
+  for (const Json& seq : ref.json()["sequences"]) {
+    if (seq["length"] != 7) continue;
+    const std::string ids = Join(seq["tokens"].get<std::vector<int32_t>>());
+    const RunResult r =
+        RunCommand(Cmd("generate -m " + dir + " --ids " + ids + " -n 32 --ignore-eos --json -t 1"));
+    ASSERT_EQ(r.status, 0) << r.output();
+    const Json j = Json::parse(r.out);
+    EXPECT_EQ(j["ids"], seq["greedy"]["new_tokens"]);
+    EXPECT_EQ(j["prompt_tokens"], 7);
+    EXPECT_EQ(j["new_tokens"], 32);
+    EXPECT_EQ(j["kv_cache_bytes_per_token"], 960);
+    ASSERT_TRUE(j.contains("mtp")) << r.out;
+    EXPECT_EQ(j["mtp"]["draft"], 1);
+    const int64_t checked = j["mtp"]["drafts_checked"][0],
+                  accepted = j["mtp"]["drafts_accepted"][0];
+    EXPECT_GT(checked, 0);
+    EXPECT_LE(accepted, checked);
+    const int64_t steps = j["decode_steps"], decoded = j["decode_tokens"];
+    EXPECT_EQ(decoded, 31);  // the first new token comes from the prompt's pass
+    EXPECT_NEAR(j["mtp"]["tokens_per_main_step"].get<double>(),
+                static_cast<double>(decoded) / static_cast<double>(steps), 1e-12);
+    const RunResult plain = RunCommand(
+        Cmd("generate -m " + dir + " --ids " + ids + " -n 32 --ignore-eos --json --no-mtp -t 1"));
+    ASSERT_EQ(plain.status, 0) << plain.output();
+    const Json p = Json::parse(plain.out);
+    EXPECT_EQ(p["ids"], j["ids"]);
+    EXPECT_FALSE(p.contains("mtp"));
+    EXPECT_EQ(p["decode_steps"], 31);
+  }
+}
+
 TEST(Cli, BenchReportsSpeedAndTheMtpRun) {
   const std::string dir = TestData(kV3Tiny);
   DSV3_REQUIRE_DATA(dir);

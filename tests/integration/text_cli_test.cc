@@ -240,6 +240,15 @@ TEST_F(TextModelCli, GenerateFromTextPrompts) {
   const RunResult decoded =
       RunCommand(Cmd("detokenize -m " + model() + " --skip-special-tokens --ids " + id_list));
   EXPECT_EQ(text.out, decoded.out);
+  // --json carries the same text and ids.
+  const RunResult json = RunCommand(
+      Cmd("generate -m " + model() + " -p 'Hello!' -n 12 " + "--ignore-eos -t 1 --json"));
+  ASSERT_EQ(json.status, 0) << json.output();
+  const Json j = Json::parse(json.out);
+  EXPECT_EQ(j["text"].get<std::string>() + "\n", text.out);
+  std::string json_ids;
+  for (const Json& id : j["ids"]) json_ids += (json_ids.empty() ? "" : ",") + id.dump();
+  EXPECT_EQ(json_ids, id_list);
   // A stop string from inside that text cuts it there.
   const std::string full = text.out.substr(0, text.out.size() - 1);
   if (full.size() >= 8 && full.find('\'') == std::string::npos) {
