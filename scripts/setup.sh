@@ -8,7 +8,7 @@ PACKAGES=(
   libhwy-dev nlohmann-json3-dev libcli11-dev libfmt-dev libpcre2-dev
   libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  gnuplot-nox clang-format
+  gnuplot-nox clang-format python3
   libopenmpi-dev openmpi-bin
 )
 # Needed only for the fuzzing build (clang + libFuzzer and the sanitizer runtimes): set by
