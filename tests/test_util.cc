@@ -79,6 +79,26 @@ RunResult RunCommand(const std::string& command) {
   return r;
 }
 
+std::string NpmPackageDir(const std::string& folder, const std::string& package, std::string* why) {
+  const std::string dir = std::filesystem::path(Dsv3Binary()).parent_path().string() + "/" + folder;
+  const std::string marker = dir + "/.installed-" + package;
+  if (std::filesystem::exists(marker)) return dir;
+  if (RunCommand("node --version").status != 0) {
+    *why = "node is not installed";
+    return "";
+  }
+  std::filesystem::create_directories(dir);
+  const RunResult r = RunCommand("flock " + dir + "/.lock sh -c 'test -f " + marker +
+                                 " || { npm install --prefix " + dir +
+                                 " --no-audit --no-fund --no-save --loglevel=error " + package +
+                                 " && touch " + marker + "; }'");
+  if (r.status != 0 || !std::filesystem::exists(marker)) {
+    *why = "npm install " + package + " failed: " + r.output();
+    return "";
+  }
+  return dir;
+}
+
 RunResult SynthTextModel(const std::string& out) {
   return RunCommand(Dsv3Binary() + " synth --no-progress --preset tiny --seed 3 --tokenizer " +
                     TestData("tokenizer/deepseek_v3") +

@@ -77,6 +77,13 @@ RunResult RunCommand(const std::string& command);
 // The dsv3 binary built next to the tests.
 inline std::string Dsv3Binary() { return DSV3_BINARY; }
 
+// The folder (`folder` next to the dsv3 binary) whose node_modules holds the npm `package`
+// ("name@version"), installed there on first use, or "" with the reason in `why` when node or the
+// package cannot be had. ctest runs tests in parallel: the install runs once, under a lock, and a
+// marker written after it succeeds is what later callers check, so none sees a half-written
+// package or reinstalls it under a running one.
+std::string NpmPackageDir(const std::string& folder, const std::string& package, std::string* why);
+
 // Writes a tiny random model (hidden_size 64, no MTP layer) carrying the DeepSeek-V3 tokenizer of
 // the test data to `out` with `dsv3 synth`.
 RunResult SynthTextModel(const std::string& out);

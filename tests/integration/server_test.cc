@@ -61,21 +61,7 @@ std::string Repeat(const std::string& s, int n) {
 // Returns the folder holding node_modules/openai, installing it there first if needed (under a
 // lock: ctest runs tests in parallel), or "" when node or the package cannot be had.
 std::string OpenAiPackageDir(std::string* why) {
-  const std::string dir = fs::path(Dsv3Binary()).parent_path().string() + "/npm";
-  if (fs::exists(dir + "/node_modules/openai/package.json")) return dir;
-  if (RunCommand("node --version").status != 0) {
-    *why = "node is not installed";
-    return "";
-  }
-  fs::create_directories(dir);
-  const RunResult r =
-      RunCommand("flock " + dir + "/.lock npm install --prefix " + dir +
-                 " --no-audit --no-fund --no-save --loglevel=error " + kOpenAiPackage);
-  if (r.status != 0 || !fs::exists(dir + "/node_modules/openai/package.json")) {
-    *why = "npm install " + std::string(kOpenAiPackage) + " failed: " + r.output();
-    return "";
-  }
-  return dir;
+  return test::NpmPackageDir("npm", kOpenAiPackage, why);
 }
 
 // A running `dsv3 serve ARGS`.

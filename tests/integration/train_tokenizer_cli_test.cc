@@ -54,24 +54,9 @@ std::string SmallText() {
   return text;
 }
 
-// The folder holding node_modules/tokenizers, installing it there first if needed (under a lock:
-// ctest runs tests in parallel), or "" with the reason when node or the package cannot be had.
+// The folder holding node_modules/tokenizers (installed on first use), or "" with the reason.
 std::string TokenizersPackageDir(std::string* why) {
-  const std::string dir = fs::path(Dsv3Binary()).parent_path().string() + "/npm-tokenizers";
-  if (RunCommand("node --version").status != 0) {
-    *why = "node is not installed";
-    return "";
-  }
-  if (fs::exists(dir + "/node_modules/tokenizers/package.json")) return dir;
-  fs::create_directories(dir);
-  const RunResult r =
-      RunCommand("flock " + dir + "/.lock npm install --prefix " + dir +
-                 " --no-audit --no-fund --no-save --loglevel=error " + kTokenizersPackage);
-  if (r.status != 0 || !fs::exists(dir + "/node_modules/tokenizers/package.json")) {
-    *why = "npm install " + std::string(kTokenizersPackage) + " failed: " + r.output();
-    return "";
-  }
-  return dir;
+  return test::NpmPackageDir("npm-tokenizers", kTokenizersPackage, why);
 }
 
 TEST(TrainTokenizerCli, WritesFilesThatTokenizeLoads) {
