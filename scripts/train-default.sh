@@ -6,11 +6,11 @@
 # the bias update); measures MTP acceptance of the best fp8 run on the validation stories and
 # prints the report.
 #
-#   scripts/train-default.sh              # everything (about 2 h on 2 cores)
+#   scripts/train-default.sh              # everything (about 2.5 h on 2 cores)
 #   STEPS=200 SEEDS=0 scripts/train-default.sh   # a quick look
 #
 # Environment: OUT (default /tmp/dsv3-train-default), STEPS (2000: ~4 M tokens, ~4 epochs),
-# SEEDS ("0 1"), ABLATION_STEPS (500), JOBS (runs at a time, default 2 with one thread each),
+# SEEDS ("0 1 2"), ABLATION_STEPS (500), JOBS (runs at a time, default 2 with one thread each),
 # MTP_STORIES (validation stories for the acceptance, default 100), DSV3_SHARED (../shared).
 # A run already finished in OUT is kept; one that stopped part way is resumed from its state
 # when it saved one (--save-every), else started again.
@@ -21,7 +21,7 @@ SHARED="${DSV3_SHARED:-../shared}"
 CORPUS="$SHARED/corpus/tinystories"
 OUT="${OUT:-/tmp/dsv3-train-default}"
 STEPS="${STEPS:-2000}"
-SEEDS="${SEEDS:-0 1}"
+SEEDS="${SEEDS:-0 1 2}"
 ABLATION_STEPS="${ABLATION_STEPS:-500}"
 JOBS="${JOBS:-2}"
 MTP_STORIES="${MTP_STORIES:-100}"
