@@ -71,22 +71,11 @@ wait
 
 # MTP acceptance and the speculative speedup of the best fp8 run (lowest final validation CE):
 # the one models/dsv3-tinystories-10m ships.
-model=$(/usr/bin/python3 - "$OUT/runs" $SEEDS <<'PY'
-import json, sys
-best = None
-for seed in sys.argv[2:]:
-    run = f"{sys.argv[1]}/fp8-s{seed}"
-    with open(f"{run}/train_log.jsonl", encoding="utf-8") as f:
-        ce = [json.loads(l)["valid_ce"] for l in f if '"valid_ce"' in l][-1]
-    if best is None or ce < best[0]:
-        best = (ce, run)
-print(best[1])
-PY
-)
+model=$(/usr/bin/python3 scripts/train_report.py --runs "$OUT/runs" --best-fp8)
 echo "train-default: the best fp8 run is $model"
 /usr/bin/python3 scripts/mtp_acceptance.py --dsv3 "$DSV3" -m "$model" --valid "$CORPUS/valid.txt" \
   --stories "$MTP_STORIES" -o "$OUT/mtp.json"
-"$DSV3" bench -m "$model" -p 128 -n 128 -t "$(nproc)" --json > "$OUT/bench.json"
+"$DSV3" bench -m "$model" -p 128 -n 128 -t 1,2 --json > "$OUT/bench.json"
 "$DSV3" perplexity -m "$model" -f "$CORPUS/valid.txt" -c 256 --json --no-progress \
   > "$OUT/perplexity.json"
 

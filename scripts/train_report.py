@@ -43,6 +43,8 @@ def main():
     p.add_argument("--mtp", help="scripts/mtp_acceptance.py output")
     p.add_argument("--bench", help="dsv3 bench --json output")
     p.add_argument("--perplexity", help="dsv3 perplexity --json output")
+    p.add_argument("--best-fp8", action="store_true",
+                   help="only print the path of the fp8 run with the lowest final validation CE")
     a = p.parse_args()
 
     runs = {}
@@ -57,9 +59,15 @@ def main():
             steps, valids = load_log(log)
             if steps and valids:
                 runs[name] = {"kind": m.group(1), "seed": int(m.group(2)), "steps": steps,
-                              "valids": valids}
+                              "valids": valids, "path": os.path.join(a.runs, entry)}
     if not runs:
         sys.exit(f"train_report: no finished run logs under {a.runs}")
+    if a.best_fp8:
+        fp8 = [r for r in runs.values() if r["kind"] == "fp8"]
+        if not fp8:
+            sys.exit(f"train_report: no finished fp8 run under {a.runs}")
+        print(min(fp8, key=lambda r: r["valids"][-1]["valid_ce"])["path"])
+        return
 
     print("| run | precision | seed | steps | tokens | final valid CE | valid PPL | MTP valid CE "
           "| train tokens/s |")
