@@ -19,6 +19,7 @@
 #include "kernels/matmul.h"
 #include "kernels/ops.h"
 #include "kernels/quant_gemm.h"
+#include "kernels/stream.h"
 #include "kernels/targets.h"
 
 namespace dsv3::kernels {
@@ -87,7 +88,27 @@ void BM_MatVec(benchmark::State& state, DType dtype) {
     benchmark::DoNotOptimize(y.data());
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * m.w.bytes());
-  state.SetLabel(ActiveTarget());
+  const bool lookup = Fp8LookupEnabled() && dtype == DType::kF8E4M3 &&
+                      (ActiveTarget() == "AVX3" || ActiveTarget() == "AMX");
+  state.SetLabel(ActiveTarget() + (lookup ? "+vpermi2b" : ""));
+}
+
+// The STREAM-style read the decode products are measured against: a 1 GiB float32 sum split
+// over the threads as MatMul splits rows (bytes/s).
+void BM_StreamRead(benchmark::State& state) {
+  const size_t n = (size_t{1} << 30) / sizeof(float);
+  AlignedArray<float> buffer(n, /*zero=*/false);
+  ParallelFor(static_cast<int64_t>(n), 4096, [&](int64_t b, int64_t e, int) {
+    std::fill(buffer.data() + b, buffer.data() + e, 1.0f);
+  });
+  std::vector<float> sums(static_cast<size_t>(NumThreads()));
+  for (auto _ : state) {
+    ParallelFor(static_cast<int64_t>(n), 4096, [&](int64_t b, int64_t e, int t) {
+      sums[t] += SumFloats(buffer.data() + b, static_cast<size_t>(e - b));
+    });
+    benchmark::DoNotOptimize(sums.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * n * sizeof(float)));
 }
 
 // Prefill: T tokens, FLOP/s as items (2 per multiply-add).
@@ -197,6 +218,7 @@ void BM_Bf16Gemm(benchmark::State& state) {
   for (size_t i = 0; i < w.size(); ++i) w[i] = F32ToBF16(wf[i]);
   const std::vector<float> sx(T * (K / 128), 0.5f), sw(N * (K / 128), 0.25f);
   std::vector<float> y(T * N);
+  const bool was = Bf16DotEnabled();
   SetBf16DotEnabled(dot);
   for (auto _ : state) {
     Bf16Gemm(T, N, K, x.data(), K, scaled ? sx.data() : nullptr, K / 128, w.data(), K,
@@ -207,7 +229,7 @@ void BM_Bf16Gemm(benchmark::State& state) {
                                                  benchmark::Counter::kIsIterationInvariantRate);
   const bool vdp = Bf16DotEnabled() && (ActiveTarget() == "AVX3" || ActiveTarget() == "AMX");
   state.SetLabel(ActiveTarget() + (vdp ? "+vdpbf16ps" : "") + (scaled ? " scaled" : ""));
-  SetBf16DotEnabled(true);
+  SetBf16DotEnabled(was);
 }
 
 // 1x128-tile FP8 quantization of activations [rows, cols]: bytes/s of float32 read plus codes
@@ -248,11 +270,14 @@ void BM_Softmax(benchmark::State& state) {
 
 // Decode from memory: 1 GiB matrices, beyond any cache (this machine type has a 300 MiB L3);
 // and from cache: 8 MiB (a DeepSeek-V2-Lite expert is 1408 x 2048).
+BENCHMARK(BM_StreamRead)->UseRealTime();
 BENCHMARK_CAPTURE(BM_MatVec, fp8_dram, DType::kF8E4M3)->Args({524288, 2048})->UseRealTime();
 BENCHMARK_CAPTURE(BM_MatVec, bf16_dram, DType::kBF16)->Args({262144, 2048})->UseRealTime();
 BENCHMARK_CAPTURE(BM_MatVec, f32_dram, DType::kF32)->Args({131072, 2048})->UseRealTime();
 BENCHMARK_CAPTURE(BM_MatVec, fp8_cache, DType::kF8E4M3)->Args({4096, 2048})->UseRealTime();
 BENCHMARK_CAPTURE(BM_MatVec, bf16_cache, DType::kBF16)->Args({2048, 2048})->UseRealTime();
+BENCHMARK_CAPTURE(BM_MatVec, fp8_l2, DType::kF8E4M3)->Args({256, 2048})->UseRealTime();
+BENCHMARK_CAPTURE(BM_MatVec, bf16_l2, DType::kBF16)->Args({128, 2048})->UseRealTime();
 BENCHMARK_CAPTURE(BM_MatMul, fp8_T64, DType::kF8E4M3)->Args({2048, 2048, 64})->UseRealTime();
 BENCHMARK_CAPTURE(BM_MatMul, fp8_T512, DType::kF8E4M3)->Args({2048, 2048, 512})->UseRealTime();
 BENCHMARK_CAPTURE(BM_MatMul, fp8_kva_T512, DType::kF8E4M3)->Args({576, 2048, 512})->UseRealTime();
@@ -290,6 +315,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::string(argv[i]).rfind("--threads=", 0) == 0)
       dsv3::SetNumThreads(std::atoi(argv[i] + 10));
+    // The float16 route of FP8 decode on AVX3 instead of the byte tables (for comparison).
+    if (std::string(argv[i]) == "--no-fp8-lookup") dsv3::kernels::SetFp8LookupEnabled(false);
     if (std::string(argv[i]) == "--matmul=bf16")
       dsv3::kernels::g_matmul = dsv3::kernels::MatMulPrecision::kBF16;
   }

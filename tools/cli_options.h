@@ -7,6 +7,7 @@
 
 #include "kernels/matmul.h"
 #include "model/kv_cache.h"
+#include "model/model.h"
 
 namespace dsv3::cli {
 
@@ -38,6 +39,21 @@ inline void AddMatMulOption(CLI::App* cmd, kernels::MatMulPrecision* out) {
                    "activations in prompt-sized products on AMX CPUs: f32 (default; matches a "
                    "float32 reference) or bf16 (rounded to BF16 as BF16 inference does: about 2x "
                    "faster prefill, and faster attention over a bf16 KV cache)");
+}
+
+// --lm-head stored|fp8: LoadOptions::fp8_lm_head.
+inline void AddLmHeadOption(CLI::App* cmd, LoadOptions* out) {
+  cmd->add_option_function<std::string>(
+      "--lm-head",
+      [out](const std::string& name) {
+        if (name != "stored" && name != "fp8") {
+          throw CLI::ValidationError("--lm-head", "must be stored or fp8, got '" + name + "'");
+        }
+        out->fp8_lm_head = name == "fp8";
+      },
+      "output projection: stored (default; as the checkpoint stores it) or fp8 (quantized at load "
+      "to E4M3 with 128x128 block scales, DeepSeek's weight format: from a BF16 head, half the "
+      "bytes per decoded token; accuracy cost in docs/performance.md)");
 }
 
 }  // namespace dsv3::cli

@@ -55,10 +55,10 @@ double Seconds(Clock::time_point since) {
 }
 
 std::unique_ptr<Model> LoadModel(const std::string& dir, bool quiet,
-                                 kernels::MatMulPrecision matmul) {
+                                 kernels::MatMulPrecision matmul, const LoadOptions& load) {
   const auto t0 = Clock::now();
   EpSession* ep = Ep();
-  std::unique_ptr<Model> m = Model::Load(dir, ep ? ep->group() : nullptr);
+  std::unique_ptr<Model> m = Model::Load(dir, ep ? ep->group() : nullptr, load);
   if (ep) ep->AfterLoad(*m);  // ranks other than 0 follow rank 0 from here on
   const LoadReport& r = m->report();
   if (!r.unused.empty()) {
@@ -70,8 +70,9 @@ std::unique_ptr<Model> LoadModel(const std::string& dir, bool quiet,
   }
   if (!quiet) {
     const bool bf16 = matmul == kernels::MatMulPrecision::kBF16;
-    std::fprintf(stderr, "dsv3: loaded %s in %.2f s (%s kernels%s)\n", dir.c_str(), Seconds(t0),
-                 kernels::ActiveTarget().c_str(), bf16 ? ", bf16 matmul" : "");
+    std::fprintf(stderr, "dsv3: loaded %s in %.2f s (%s kernels%s%s)\n", dir.c_str(), Seconds(t0),
+                 kernels::ActiveTarget().c_str(), bf16 ? ", bf16 matmul" : "",
+                 load.fp8_lm_head ? ", lm_head quantized to fp8" : "");
   }
   return m;
 }
@@ -234,7 +235,7 @@ int RunInfo(const InfoArgs& a) {
 
 int RunLogits(const LogitsArgs& a) {
   const std::vector<int32_t> ids = ParseIds(a.ids);
-  std::unique_ptr<Model> m = LoadModel(a.model_dir, /*quiet=*/false, a.matmul);
+  std::unique_ptr<Model> m = LoadModel(a.model_dir, /*quiet=*/false, a.matmul, a.load);
   const Config& c = m->config();
   const int64_t n = static_cast<int64_t>(ids.size());
   if (n > c.max_position_embeddings) {
@@ -281,7 +282,7 @@ int RunGenerate(const GenerateArgs& a) {
   if (a.text) return RunGenerateText(a);
   if (!a.stop.empty()) Fail("--stop works on text: give the prompt with -p");
   const std::vector<int32_t> prompt = ParseIds(a.ids);
-  std::unique_ptr<Model> m = LoadModel(a.model_dir, /*quiet=*/false, a.matmul);
+  std::unique_ptr<Model> m = LoadModel(a.model_dir, /*quiet=*/false, a.matmul, a.load);
   Generation gen = SetUpGeneration(*m, a, prompt.size());
   GenerateOptions g;
   g.max_new_tokens = a.n;
@@ -393,7 +394,7 @@ int RunBench(const BenchArgs& a) {
     Fail("--draft must be between 1 and {}, got {}", kMaxDraft, a.draft);
   }
   if (a.ep_report && a.json) Fail("--ep-report prints a text report: drop --json");
-  std::unique_ptr<Model> m = LoadModel(a.model_dir, a.json, a.options.matmul);
+  std::unique_ptr<Model> m = LoadModel(a.model_dir, a.json, a.options.matmul, a.load);
   std::fflush(stdout);
   BenchOptions options = a.options;
   options.draft = UseMtp(*m, a.no_mtp) ? a.draft : 0;
@@ -413,10 +414,12 @@ int RunBench(const BenchArgs& a) {
     return 0;
   }
   const BenchResult& first = results.front();
-  std::printf("model %s: %s per decoded token, KV cache %lld B/token (%s), %s kernels, %s matmul\n",
-              a.model_dir.c_str(), Human(static_cast<double>(first.weight_bytes_per_token)).c_str(),
-              (long long)first.kv_bytes_per_token, first.kv_cache.c_str(), first.kernels.c_str(),
-              first.matmul.c_str());
+  std::printf(
+      "model %s: %s per decoded token, KV cache %lld B/token (%s), %s kernels, %s matmul, "
+      "lm_head %s\n",
+      a.model_dir.c_str(), Human(static_cast<double>(first.weight_bytes_per_token)).c_str(),
+      (long long)first.kv_bytes_per_token, first.kv_cache.c_str(), first.kernels.c_str(),
+      first.matmul.c_str(), first.lm_head.c_str());
   std::printf("%7s %14s %13s %8s %11s %10s %6s %10s %10s\n", "threads", "prefill tok/s",
               "decode tok/s", "pre/dec", "weight GB/s", "read GB/s", "ratio", "peak RSS",
               "scratch");

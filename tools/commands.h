@@ -29,6 +29,7 @@ struct LogitsArgs {
   AttentionImpl attention = AttentionImpl::kAuto;
   KvCacheType kv_cache = KvCacheType::kF32;
   kernels::MatMulPrecision matmul = kernels::MatMulPrecision::kF32;
+  LoadOptions load;
 };
 struct GenerateArgs {
   std::string model_dir, ids;
@@ -47,6 +48,7 @@ struct GenerateArgs {
   int64_t draft = 1;    // MTP draft tokens per step
   KvCacheType kv_cache = KvCacheType::kF32;
   kernels::MatMulPrecision matmul = kernels::MatMulPrecision::kF32;
+  LoadOptions load;
 };
 
 struct BenchArgs {
@@ -57,6 +59,7 @@ struct BenchArgs {
   bool no_mtp = false;
   bool ep_report = false;  // under mpirun: the expert-parallel exchange per decode step
   BenchOptions options;
+  LoadOptions load;
 };
 struct ChatArgs {
   std::string model_dir, tokenizer, system;
@@ -68,6 +71,7 @@ struct ChatArgs {
   int64_t draft = 1;
   KvCacheType kv_cache = KvCacheType::kF32;
   kernels::MatMulPrecision matmul = kernels::MatMulPrecision::kF32;
+  LoadOptions load;
 };
 struct TokenizeArgs {
   std::string tokenizer;
@@ -111,7 +115,8 @@ void CheckVocab(const Tokenizer& tok, const Config& c);
 // Loads a model, printing load time and unused-tensor warnings on stderr.
 // `matmul` is only reported (the contexts built later run at it).
 std::unique_ptr<Model> LoadModel(const std::string& dir, bool quiet = false,
-                                 kernels::MatMulPrecision matmul = kernels::MatMulPrecision::kF32);
+                                 kernels::MatMulPrecision matmul = kernels::MatMulPrecision::kF32,
+                                 const LoadOptions& load = {});
 double Seconds(std::chrono::steady_clock::time_point since);
 // A context for `a.n` new tokens after `prompt_tokens` (checks max_position_embeddings; the
 // cache holds a.ctx_size tokens, or what generation needs), and the MTP speculative decoder when

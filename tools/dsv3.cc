@@ -108,6 +108,7 @@ int Main(int argc, char** argv, dsv3::cli::EpSession& ep) {
       ->check(CLI::IsMember({"auto", "absorbed", "expanded"}));
   dsv3::cli::AddKvCacheOption(logits_cmd, &logits.kv_cache);
   dsv3::cli::AddMatMulOption(logits_cmd, &logits.matmul);
+  dsv3::cli::AddLmHeadOption(logits_cmd, &logits.load);
   AddCommon(logits_cmd, common);
 
   dsv3::cli::GenerateArgs gen;
@@ -142,6 +143,7 @@ int Main(int argc, char** argv, dsv3::cli::EpSession& ep) {
       ->check(CLI::Range(1, 6));
   dsv3::cli::AddKvCacheOption(gen_cmd, &gen.kv_cache);
   dsv3::cli::AddMatMulOption(gen_cmd, &gen.matmul);
+  dsv3::cli::AddLmHeadOption(gen_cmd, &gen.load);
   AddCommon(gen_cmd, common);
 
   dsv3::cli::BenchArgs bench;
@@ -162,6 +164,7 @@ int Main(int argc, char** argv, dsv3::cli::EpSession& ep) {
   bench_cmd->add_flag("--json", bench.json, "print JSON");
   dsv3::cli::AddKvCacheOption(bench_cmd, &bench.options.kv_cache);
   dsv3::cli::AddMatMulOption(bench_cmd, &bench.options.matmul);
+  dsv3::cli::AddLmHeadOption(bench_cmd, &bench.load);
   AddCommon(bench_cmd, common, /*threads=*/false);
 
   dsv3::cli::ChatArgs chat;
@@ -185,6 +188,7 @@ int Main(int argc, char** argv, dsv3::cli::EpSession& ep) {
       ->check(CLI::Range(1, 6));
   dsv3::cli::AddKvCacheOption(chat_cmd, &chat.kv_cache);
   dsv3::cli::AddMatMulOption(chat_cmd, &chat.matmul);
+  dsv3::cli::AddLmHeadOption(chat_cmd, &chat.load);
   AddCommon(chat_cmd, common);
 
   dsv3::cli::TokenizeArgs tokenize;

@@ -21,6 +21,7 @@ struct PerplexityCommand::Args {
   bool json = false, no_progress = false;
   KvCacheType kv_cache = KvCacheType::kF32;
   kernels::MatMulPrecision matmul = kernels::MatMulPrecision::kF32;
+  LoadOptions load;
 };
 
 PerplexityCommand::PerplexityCommand(CLI::App& app) : args_(std::make_unique<Args>()) {
@@ -41,6 +42,7 @@ PerplexityCommand::PerplexityCommand(CLI::App& app) : args_(std::make_unique<Arg
   a.cmd->add_flag("--no-progress", a.no_progress, "do not show progress");
   AddKvCacheOption(a.cmd, &a.kv_cache);
   AddMatMulOption(a.cmd, &a.matmul);
+  AddLmHeadOption(a.cmd, &a.load);
 }
 
 PerplexityCommand::~PerplexityCommand() = default;
@@ -58,7 +60,7 @@ int PerplexityCommand::Run() const {
   if (const size_t bad = FindInvalidUtf8(text); bad != std::string::npos)
     Fail("{}: not UTF-8 text (invalid byte sequence at byte offset {})", a.file, bad);
   const std::unique_ptr<Tokenizer> tok = LoadTokenizer(a.tokenizer, a.model_dir);
-  const std::unique_ptr<Model> m = LoadModel(a.model_dir, /*quiet=*/a.json, a.matmul);
+  const std::unique_ptr<Model> m = LoadModel(a.model_dir, /*quiet=*/a.json, a.matmul, a.load);
   CheckVocab(*tok, m->config());
   std::vector<int32_t> ids;
   tok->EncodeTo(text, &ids);

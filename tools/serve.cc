@@ -28,6 +28,7 @@ struct ServeCommands::Args {
   server::ServerOptions server;
   int64_t draft = 1;    // MTP draft tokens per request and step
   bool no_mtp = false;  // decode without drafts even when the checkpoint has an MTP module
+  LoadOptions load;
   // bench-serve
   std::string concurrency = "1,4";
   int64_t prompt_tokens = 32, new_tokens = 64;
@@ -66,6 +67,7 @@ ServeCommands::ServeCommands(CLI::App& app) : args_(std::make_unique<Args>()) {
                      "4096)");
   AddKvCacheOption(serve_, &a.server.scheduler.kv_cache);
   AddMatMulOption(serve_, &a.server.scheduler.matmul);
+  AddLmHeadOption(serve_, &a.load);
   serve_
       ->add_option("--queue", a.server.scheduler.queue,
                    "requests that may wait for a slot; more get HTTP 503 (default 64)")
@@ -93,6 +95,7 @@ ServeCommands::ServeCommands(CLI::App& app) : args_(std::make_unique<Args>()) {
   bench_->add_option("--seed", a.seed, "seed of the random prompts");
   AddKvCacheOption(bench_, &a.server.scheduler.kv_cache);
   AddMatMulOption(bench_, &a.server.scheduler.matmul);
+  AddLmHeadOption(bench_, &a.load);
   AddMtpOptions(bench_, &a.draft, &a.no_mtp, "skip the runs with MTP drafts");
   bench_->add_flag("--json", a.json, "print JSON");
 }
@@ -109,10 +112,10 @@ struct Loaded {
 };
 
 Loaded Load(const std::string& model_dir, const std::string& tokenizer, int64_t* ctx_size,
-            kernels::MatMulPrecision matmul) {
+            kernels::MatMulPrecision matmul, const LoadOptions& load) {
   Loaded l;
   l.tokenizer = LoadTokenizer(tokenizer, model_dir);
-  l.model = LoadModel(model_dir, /*quiet=*/false, matmul);
+  l.model = LoadModel(model_dir, /*quiet=*/false, matmul, load);
   const Config& c = l.model->config();
   CheckVocab(*l.tokenizer, c);
   if (*ctx_size <= 0) *ctx_size = std::min<int64_t>(c.max_position_embeddings, 4096);
@@ -140,7 +143,8 @@ int64_t Drafts(const Model& m, bool no_mtp, int64_t draft) {
 
 int ServeCommands::RunServe() const {
   server::ServerOptions o = args_->server;
-  Loaded l = Load(args_->model_dir, args_->tokenizer, &o.scheduler.ctx_size, o.scheduler.matmul);
+  Loaded l = Load(args_->model_dir, args_->tokenizer, &o.scheduler.ctx_size, o.scheduler.matmul,
+                  args_->load);
   o.scheduler.draft = Drafts(*l.model, args_->no_mtp, args_->draft);
   if (o.model_name.empty()) {
     o.model_name = std::filesystem::path(args_->model_dir).lexically_normal().filename().string();
@@ -186,7 +190,8 @@ int ServeCommands::RunServe() const {
 
 int ServeCommands::RunBench() const {
   int64_t ctx_size = args_->prompt_tokens + args_->new_tokens;
-  Loaded l = Load(args_->model_dir, args_->tokenizer, &ctx_size, args_->server.scheduler.matmul);
+  Loaded l = Load(args_->model_dir, args_->tokenizer, &ctx_size, args_->server.scheduler.matmul,
+                  args_->load);
   const Config& c = l.model->config();
   std::vector<int64_t> counts;
   for (int32_t n : ParseIds(args_->concurrency)) {

@@ -187,7 +187,7 @@ int RunGenerateText(const GenerateArgs& a) {
     prompt = tok->Encode(tmpl.Apply(messages, /*add_generation_prompt=*/true));
   }
   if (prompt.empty()) Fail("the prompt encodes to no tokens");
-  std::unique_ptr<Model> m = LoadModel(a.model_dir, /*quiet=*/false, a.matmul);
+  std::unique_ptr<Model> m = LoadModel(a.model_dir, /*quiet=*/false, a.matmul, a.load);
   CheckVocab(*tok, m->config());
   Generation gen = SetUpGeneration(*m, a, prompt.size());
   Context& ctx = *gen.context;
@@ -212,7 +212,7 @@ int RunChat(const ChatArgs& a) {
   if (a.n <= 0) Fail("-n must be positive, got {}", a.n);
   const std::unique_ptr<Tokenizer> tok = LoadTokenizer(a.tokenizer, a.model_dir);
   const ChatTemplate tmpl(tok->config());
-  std::unique_ptr<Model> m = LoadModel(a.model_dir, /*quiet=*/false, a.matmul);
+  std::unique_ptr<Model> m = LoadModel(a.model_dir, /*quiet=*/false, a.matmul, a.load);
   const Config& c = m->config();
   CheckVocab(*tok, c);
   ContextOptions opts;

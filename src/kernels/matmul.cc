@@ -6,13 +6,24 @@
 
 #include "kernels/matmul.h"
 
+// GCC 12 warns inside its own AVX-512 headers ("__Y may be used uninitialized") when they inline.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <type_traits>
 #include <vector>
 
+#include "core/aligned.h"
 #include "core/parallel.h"
 #include "kernels/amx.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
 
 // clang-format off
 #undef HWY_TARGET_INCLUDE
@@ -27,6 +38,17 @@ HWY_BEFORE_NAMESPACE();
 namespace dsv3::kernels {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
+
+// A prefetch into L2 (T1): the decode path streams rows a little ahead of use; into L1 (T0) it
+// evicts what the kernel is about to read (measured: BF16 rows from DRAM at 17 GB/s with T0
+// against 26 GB/s with T1 on one Zen 4 core, where STREAM reads 26.5).
+HWY_INLINE void PrefetchL2(const void* p) {
+#if HWY_ARCH_X86
+  _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1);
+#else
+  hwy::Prefetch(p);
+#endif
+}
 
 constexpr int64_t kRowTile = 4;   // weight rows per micro-kernel
 constexpr int64_t kTokTile = 4;   // tokens per micro-kernel (prefill)
@@ -266,10 +288,10 @@ HWY_INLINE void MatVec4Rows(const WeightMatrix& w, int64_t r, const float* HWY_R
     for (int64_t c = c0; c < c1; c += 2 * N) {
       const int64_t byte = c * esize;
       if ((byte & 63) == 0) {  // one prefetch per cache line of each next row
-        hwy::Prefetch(r0 + ahead + byte);
-        hwy::Prefetch(r1 + ahead + byte);
-        hwy::Prefetch(r2 + ahead + byte);
-        hwy::Prefetch(r3 + ahead + byte);
+        PrefetchL2(r0 + ahead + byte);
+        PrefetchL2(r1 + ahead + byte);
+        PrefetchL2(r2 + ahead + byte);
+        PrefetchL2(r3 + ahead + byte);
       }
       const auto x0 = hn::LoadU(df, x + c);
       const auto x1 = hn::LoadU(df, x + c + N);
@@ -389,10 +411,209 @@ HWY_INLINE void MatVec4RowsMulti(const WeightMatrix& w, int64_t r, const float* 
   }
 }
 
+// ---- FP8 decode on AVX-512 with VBMI: E4M3 codes to float32 by table lookup ----------------
+//
+// Per 64 codes, two vpermi2b look up the high and the low byte of each code's value as BF16 (two
+// tables of the 128 magnitudes; one vpternlogd adds the sign bit back); byte unpacks pair them
+// into BF16 words, and a shift (even words) or a mask (odd words) makes each the float32 it is:
+// the exact E4M3 values, NaN codes as NaN, in 10 instructions per 64 weights against about 20 on
+// the float16 route (measured in L2 on one Zen 4 core: 20 against 14 GB/s of codes). The unpacks
+// work within 128-bit lanes, so lane k of vector q (q < 4) holds codes 16k + 8 (q / 2) + (q % 2)
+// + 2d, d < 4; PermuteActivations puts the activations in the same order once per call. Two
+// accumulators per row (vectors 0, 2 and 1, 3), summed at the end of each scale block and folded
+// into the row's total times the block scale. A token's result depends neither on how many tokens
+// share the call nor on how rows are grouped.
+#if HWY_TARGET == HWY_AVX3
+#define DSV3_VBMI __attribute__((target(HWY_TARGET_STR ",avx512vbmi")))
+
+constexpr int64_t kLookupGroup = 64;  // codes per conversion step
+
+bool UseFp8Lookup(const WeightMatrix& w) {
+  return w.dtype == DType::kF8E4M3 && Fp8LookupEnabled() && w.cols % kLookupGroup == 0 &&
+         w.block_cols % kLookupGroup == 0 && w.block_cols <= kMaxSeg;
+}
+
+// The BF16 bits of the E4M3 magnitudes 0..127 (0x7F: a quiet NaN), high and low bytes.
+struct Fp8Bf16Table {
+  alignas(64) uint8_t hi[128];
+  alignas(64) uint8_t lo[128];
+};
+const Fp8Bf16Table& Fp8Table() {
+  static const Fp8Bf16Table table = [] {
+    Fp8Bf16Table t;
+    for (int m = 0; m < 128; ++m) {
+      const uint32_t bits = BitsFromF32(E4M3ToF32(static_cast<uint8_t>(m)));  // exact in BF16
+      t.hi[m] = static_cast<uint8_t>(bits >> 24);
+      t.lo[m] = static_cast<uint8_t>(bits >> 16);
+    }
+    return t;
+  }();
+  return table;
+}
+
+struct Fp8Lookup {
+  __m512i hi0, hi1, lo0, lo1;
+};
+
+// 64 codes at p -> v[0..3], float32, in the lane order described above.
+DSV3_VBMI HWY_INLINE void Fp8Group(const uint8_t* HWY_RESTRICT p, const Fp8Lookup& t,
+                                   __m512 (&v)[4]) {
+  const __m512i code = _mm512_loadu_si512(p);
+  const __m512i lo = _mm512_permutex2var_epi8(t.lo0, code, t.lo1);
+  __m512i hi = _mm512_permutex2var_epi8(t.hi0, code, t.hi1);
+  hi = _mm512_ternarylogic_epi32(hi, code, _mm512_set1_epi8(static_cast<char>(0x80)), 0xF8);
+  const __m512i a = _mm512_unpacklo_epi8(lo, hi), b = _mm512_unpackhi_epi8(lo, hi);
+  const __m512i odd = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  v[0] = _mm512_castsi512_ps(_mm512_slli_epi32(a, 16));
+  v[1] = _mm512_castsi512_ps(_mm512_and_si512(a, odd));
+  v[2] = _mm512_castsi512_ps(_mm512_slli_epi32(b, 16));
+  v[3] = _mm512_castsi512_ps(_mm512_and_si512(b, odd));
+}
+
+// out[64 g + 16 q + 4 k + d] = x[64 g + 16 k + 8 (q / 2) + (q % 2) + 2 d]: Fp8Group's order.
+DSV3_VBMI void PermuteActivations(const float* HWY_RESTRICT x, int64_t cols,
+                                  float* HWY_RESTRICT out) {
+  // Y_k = x[64 g + 16 k ..] with lane q holding what lane k of output vector q needs; then a 4x4
+  // transpose of 128-bit lanes.
+  const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+  for (int64_t g = 0; g < cols; g += kLookupGroup) {
+    __m512 y[4];
+    HWY_UNROLL(4)
+    for (int k = 0; k < 4; ++k) y[k] = _mm512_permutexvar_ps(idx, _mm512_loadu_ps(x + g + 16 * k));
+    const __m512 t0 = _mm512_shuffle_f32x4(y[0], y[1], 0x44),
+                 t1 = _mm512_shuffle_f32x4(y[0], y[1], 0xEE);
+    const __m512 t2 = _mm512_shuffle_f32x4(y[2], y[3], 0x44),
+                 t3 = _mm512_shuffle_f32x4(y[2], y[3], 0xEE);
+    _mm512_storeu_ps(out + g, _mm512_shuffle_f32x4(t0, t2, 0x88));
+    _mm512_storeu_ps(out + g + 16, _mm512_shuffle_f32x4(t0, t2, 0xDD));
+    _mm512_storeu_ps(out + g + 32, _mm512_shuffle_f32x4(t1, t3, 0x88));
+    _mm512_storeu_ps(out + g + 48, _mm512_shuffle_f32x4(t1, t3, 0xDD));
+  }
+}
+
+// One group's products: acc[0] += v0 x0 + v2 x2, acc[1] += v1 x1 + v3 x3.
+DSV3_VBMI HWY_INLINE void FmaGroup(const __m512 (&v)[4], const float* HWY_RESTRICT x,
+                                   __m512 (&acc)[2]) {
+  acc[0] = _mm512_fmadd_ps(v[0], _mm512_loadu_ps(x), acc[0]);
+  acc[1] = _mm512_fmadd_ps(v[1], _mm512_loadu_ps(x + 16), acc[1]);
+  acc[0] = _mm512_fmadd_ps(v[2], _mm512_loadu_ps(x + 32), acc[0]);
+  acc[1] = _mm512_fmadd_ps(v[3], _mm512_loadu_ps(x + 48), acc[1]);
+}
+
+// kRows rows from r (1 or 4) for T tokens, whose permuted activations lie at xp + t * cols; row
+// r + i of token t goes to y[t * y_stride + i]. One token converts in registers, with the next
+// kRows rows prefetched; several convert each block once into an L1 tile and apply it to every
+// token with the same operations in the same order.
+template <int kRows>
+DSV3_VBMI HWY_NOINLINE void Fp8LookupRows(const WeightMatrix& w, int64_t r,
+                                          const float* HWY_RESTRICT xp, int64_t T,
+                                          float* HWY_RESTRICT y, int64_t y_stride) {
+  const hn::ScalableTag<float> df;
+  const int64_t cols = w.cols, block = w.block_cols;
+  const Fp8Bf16Table& table = Fp8Table();
+  const Fp8Lookup lookup{_mm512_load_si512(table.hi), _mm512_load_si512(table.hi + 64),
+                         _mm512_load_si512(table.lo), _mm512_load_si512(table.lo + 64)};
+  const uint8_t* rows[kRows];
+  const float* srow[kRows];
+  HWY_UNROLL(4)
+  for (int i = 0; i < kRows; ++i) {
+    rows[i] = static_cast<const uint8_t*>(w.data) + (r + i) * cols;
+    srow[i] = ScaleRow<DType::kF8E4M3>(w, r + i);
+  }
+  __m512 total[kMaxDecodeTokens][kRows];
+  for (int64_t t = 0; t < T; ++t) {
+    HWY_UNROLL(4)
+    for (int i = 0; i < kRows; ++i) total[t][i] = _mm512_setzero_ps();
+  }
+  HWY_ALIGN float tile[kRows][kMaxSeg];  // converted block, several tokens
+  for (int64_t c0 = 0, b = 0; c0 < cols; c0 += block, ++b) {
+    const int64_t c1 = std::min(cols, c0 + block);
+    if (T == 1) {
+      __m512 acc[kRows][2];
+      HWY_UNROLL(4)
+      for (int i = 0; i < kRows; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+      for (int64_t c = c0; c < c1; c += kLookupGroup) {
+        if (kRows > 1) {
+          HWY_UNROLL(4)
+          for (int i = 0; i < kRows; ++i) PrefetchL2(rows[i] + kRows * cols + c);
+        }
+        HWY_UNROLL(4)
+        for (int i = 0; i < kRows; ++i) {
+          __m512 v[4];
+          Fp8Group(rows[i] + c, lookup, v);
+          FmaGroup(v, xp + c, acc[i]);
+        }
+      }
+      HWY_UNROLL(4)
+      for (int i = 0; i < kRows; ++i) {
+        total[0][i] = _mm512_fmadd_ps(_mm512_add_ps(acc[i][0], acc[i][1]),
+                                      _mm512_set1_ps(srow[i][b]), total[0][i]);
+      }
+      continue;
+    }
+    HWY_UNROLL(4)
+    for (int i = 0; i < kRows; ++i) {
+      for (int64_t c = c0; c < c1; c += kLookupGroup) {
+        __m512 v[4];
+        Fp8Group(rows[i] + c, lookup, v);
+        HWY_UNROLL(4)
+        for (int q = 0; q < 4; ++q) _mm512_store_ps(tile[i] + (c - c0) + 16 * q, v[q]);
+      }
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      const float* xt = xp + t * cols;
+      __m512 acc[kRows][2];
+      HWY_UNROLL(4)
+      for (int i = 0; i < kRows; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+      for (int64_t c = c0; c < c1; c += kLookupGroup) {
+        HWY_UNROLL(4)
+        for (int i = 0; i < kRows; ++i) {
+          __m512 v[4];
+          HWY_UNROLL(4)
+          for (int q = 0; q < 4; ++q) v[q] = _mm512_load_ps(tile[i] + (c - c0) + 16 * q);
+          FmaGroup(v, xt + c, acc[i]);
+        }
+      }
+      HWY_UNROLL(4)
+      for (int i = 0; i < kRows; ++i) {
+        total[t][i] = _mm512_fmadd_ps(_mm512_add_ps(acc[i][0], acc[i][1]),
+                                      _mm512_set1_ps(srow[i][b]), total[t][i]);
+      }
+    }
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    HWY_UNROLL(4)
+    for (int i = 0; i < kRows; ++i) {
+      y[t * y_stride + i] = hn::GetLane(hn::SumOfLanes(df, hn::Vec512<float>{total[t][i]}));
+    }
+  }
+}
+
+// Rows [r0, r1) for T < kGemmMinTokens tokens (UseFp8Lookup(w)).
+DSV3_VBMI void Fp8LookupRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x,
+                              int64_t x_stride, int64_t T, float* y, int64_t y_stride) {
+  const int64_t cols = w.cols;
+  thread_local AlignedArray<float> permuted;  // [T][cols], grows once per thread
+  const size_t need = static_cast<size_t>(kMaxDecodeTokens * cols);
+  if (permuted.size() < need) permuted.Resize(need, false);
+  for (int64_t t = 0; t < T; ++t) {
+    PermuteActivations(x + t * x_stride, cols, permuted.data() + t * cols);
+  }
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) Fp8LookupRows<4>(w, r, permuted.data(), T, y + (r - r0), y_stride);
+  for (; r < r1; ++r) Fp8LookupRows<1>(w, r, permuted.data(), T, y + (r - r0), y_stride);
+}
+#endif  // HWY_TARGET == HWY_AVX3
+
 // Rows [r0, r1) for T < kGemmMinTokens tokens; row r's result is written to y[t][r - r0].
 template <DType kType>
 void MatVecRowsT(const WeightMatrix& w, int64_t r0, int64_t r1, const float* x, int64_t x_stride,
                  int64_t T, float* y, int64_t y_stride) {
+#if HWY_TARGET == HWY_AVX3
+  if (kType == DType::kF8E4M3 && UseFp8Lookup(w)) {
+    return Fp8LookupRowsT(w, r0, r1, x, x_stride, T, y, y_stride);
+  }
+#endif
   const int64_t N = static_cast<int64_t>(hn::Lanes(hn::ScalableTag<float>()));
   // The 4-row paths need every column block to be whole vectors; otherwise rows go one by one.
   const int64_t block = DecodeBlock(w);
@@ -638,6 +859,59 @@ void DequantRow(const WeightMatrix& w, int64_t r, float* out) {
 }
 
 const char* DispatchedTargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameImpl)(); }
+
+namespace {
+bool CpuHasAvx512Vbmi() {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  return (c & (1u << 1)) != 0;
+#else
+  return false;
+#endif
+}
+std::atomic<bool> g_fp8_lookup_off{false};
+}  // namespace
+
+bool Fp8LookupEnabled() {
+  static const bool supported = CpuHasAvx512Vbmi();
+  return supported && !g_fp8_lookup_off.load(std::memory_order_relaxed);
+}
+
+void SetFp8LookupEnabled(bool enabled) { g_fp8_lookup_off.store(!enabled); }
+
+std::unique_ptr<Fp8Weights> QuantizeFp8Blocks(const WeightMatrix& w) {
+  constexpr int64_t kBlock = 128;
+  constexpr float kE4M3Largest = 448.0f;
+  const int64_t rows = w.rows, cols = w.cols;
+  const int64_t sr = (rows + kBlock - 1) / kBlock, sc = (cols + kBlock - 1) / kBlock;
+  auto q = std::make_unique<Fp8Weights>();
+  q->codes.resize(static_cast<size_t>(rows * cols));
+  q->scales.resize(static_cast<size_t>(sr * sc));
+  ParallelFor(sr, 1, [&](int64_t b0, int64_t b1, int) {
+    std::vector<float> band(static_cast<size_t>(kBlock * cols));
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * kBlock, n = std::min(kBlock, rows - r0);
+      for (int64_t i = 0; i < n; ++i) DequantRow(w, r0 + i, band.data() + i * cols);
+      float* scale = q->scales.data() + b * sc;
+      for (int64_t j = 0; j < sc; ++j) {
+        float amax = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          for (int64_t c = j * kBlock; c < std::min(cols, (j + 1) * kBlock); ++c)
+            amax = std::max(amax, std::fabs(band[i * cols + c]));
+        }
+        scale[j] = amax > 0 ? amax / kE4M3Largest : 1.0f;
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        uint8_t* dst = q->codes.data() + (r0 + i) * cols;
+        for (int64_t c = 0; c < cols; ++c)
+          dst[c] = F32ToE4M3(band[i * cols + c] / scale[c / kBlock]);
+      }
+    }
+  });
+  q->matrix = {DType::kF8E4M3, rows, cols, q->codes.data(), q->scales.data(), kBlock, kBlock, sc};
+  return q;
+}
 
 const char* MatMulPrecisionName(MatMulPrecision precision) {
   return precision == MatMulPrecision::kBF16 ? "bf16" : "f32";

@@ -4,8 +4,10 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string_view>
+#include <vector>
 
 #include "core/dtype.h"
 
@@ -72,5 +74,25 @@ void MatVecTransposedRows(const WeightMatrix& w, int64_t r0, int64_t r1, const f
 
 // out[c] = W[r][c] for c < cols, dequantized.
 void DequantRow(const WeightMatrix& w, int64_t r, float* out);
+
+// Whether the FP8 decode path of the AVX3 target (and "AMX") converts E4M3 codes by byte table
+// lookups (vpermi2b): the CPU has AVX512_VBMI and it is not switched off. Otherwise it goes
+// through float16 (F16C), as AVX2 does. Tests and benchmarks switch it off to cover that route
+// on AVX3 too; not while a product runs on another thread. Both give the same values.
+bool Fp8LookupEnabled();
+void SetFp8LookupEnabled(bool enabled);
+
+// Weights quantized to FP8 the way DeepSeek's FP8 checkpoints store them: E4M3 codes with one
+// float32 scale per 128 x 128 block.
+struct Fp8Weights {
+  std::vector<uint8_t> codes;  // [rows, cols]
+  std::vector<float> scales;   // [ceil(rows / 128), ceil(cols / 128)]
+  WeightMatrix matrix;         // over codes and scales
+};
+// w (any dtype) per 128 x 128 block: scale = amax / 448 of the block's values (1 for a block
+// that is all zero), code = E4M3(value / scale) rounded to nearest even (dsv3::F32ToE4M3). The
+// error of each weight is at most half an E4M3 step of its block: 2^-4 relative for values
+// within 2^-8 of the block's largest (E4M3 has 3 mantissa bits). Threaded over block rows.
+std::unique_ptr<Fp8Weights> QuantizeFp8Blocks(const WeightMatrix& w);
 
 }  // namespace dsv3::kernels

@@ -9,7 +9,8 @@
 
 namespace dsv3 {
 
-std::unique_ptr<Model> Model::Load(const std::string& dir, ProcessGroup* group) {
+std::unique_ptr<Model> Model::Load(const std::string& dir, ProcessGroup* group,
+                                   const LoadOptions& options) {
   std::unique_ptr<Model> m(new Model());
   m->group_ = group;
   m->config_ = Config::Load(dir);
@@ -20,6 +21,14 @@ std::unique_ptr<Model> Model::Load(const std::string& dir, ProcessGroup* group) 
   }
   m->checkpoint_ = std::make_unique<Checkpoint>(dir);
   m->weights_ = BindWeights(m->config_, *m->checkpoint_, &m->report_, &m->mtp_, holds);
+  if (options.fp8_lm_head && m->weights_.lm_head.dtype != DType::kF8E4M3) {
+    const kernels::WeightMatrix stored = m->weights_.lm_head;
+    m->fp8_lm_head_ = kernels::QuantizeFp8Blocks(stored);
+    m->weights_.lm_head = m->fp8_lm_head_->matrix;
+    for (MtpWeights& mtp : m->mtp_) {
+      if (mtp.shares_head) mtp.head = m->weights_.lm_head;
+    }
+  }
   m->rope_ = ComputeRope(m->config_);
   return m;
 }

@@ -22,12 +22,23 @@
 
 namespace dsv3 {
 
+// How the weights are prepared at load. The defaults compute with the checkpoint's weights as
+// stored.
+struct LoadOptions {
+  // The output projection (lm_head, and the MTP heads that share it) quantized to FP8 E4M3 with
+  // 128x128 block scales (kernels::QuantizeFp8Blocks), DeepSeek's weight format, unless it is
+  // stored in FP8 already: half the bytes a decoded token reads from a BF16 head (for V2-Lite 210
+  // of its 439 MB), at an accuracy cost measured in docs/performance.md. Off by default.
+  bool fp8_lm_head = false;
+};
+
 class Model {
  public:
   // Reads DIR/config.json and the safetensors, binds and validates every tensor the config
   // implies. Throws dsv3::Error naming the file, tensor or field on any problem. With a process
   // group, only the routed experts this rank holds are bound (see process_group.h).
-  static std::unique_ptr<Model> Load(const std::string& dir, ProcessGroup* group = nullptr);
+  static std::unique_ptr<Model> Load(const std::string& dir, ProcessGroup* group = nullptr,
+                                     const LoadOptions& options = {});
 
   const Config& config() const { return config_; }
   const Weights& weights() const { return weights_; }
@@ -46,6 +57,7 @@ class Model {
   std::unique_ptr<Checkpoint> checkpoint_;
   Weights weights_;
   std::vector<MtpWeights> mtp_;
+  std::unique_ptr<kernels::Fp8Weights> fp8_lm_head_;  // LoadOptions::fp8_lm_head
   RopeTable rope_;
   LoadReport report_;
 };

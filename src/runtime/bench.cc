@@ -240,6 +240,7 @@ Json BenchResult::ToJson() const {
       {"threads", threads},
       {"kernels", kernels},
       {"matmul", matmul},
+      {"lm_head", lm_head},
       {"prefault_seconds", prefault_seconds},
       {"prefill",
        {{"tokens", prompt_tokens},
@@ -270,6 +271,7 @@ BenchResult RunBench(const Model& model, const BenchOptions& o) {
   r.threads = NumThreads();
   r.kernels = kernels::ActiveTarget();
   r.matmul = kernels::MatMulPrecisionName(o.matmul);
+  r.lm_head = DTypeName(model.weights().lm_head.dtype);
   r.prompt_tokens = o.prompt_tokens;
   r.weight_bytes_per_token = WeightBytesPerToken(c, model.weights());
   r.phase_bytes = WeightBytesPerPhase(c, model.weights());

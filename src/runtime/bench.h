@@ -60,6 +60,7 @@ struct BenchResult {
   int threads = 0;
   std::string kernels;
   std::string matmul;           // kernels::MatMulPrecision: "f32" or "bf16"
+  std::string lm_head;          // the output projection's dtype as loaded ("BF16", "F8_E4M3", ...)
   double prefault_seconds = 0;  // paging the weights in before measuring
   int64_t prompt_tokens = 0;
   double prefill_seconds = 0;

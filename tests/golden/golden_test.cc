@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <set>
@@ -15,6 +16,7 @@
 #include "model/mtp.h"
 #include "runtime/generate.h"
 #include "runtime/sampler.h"
+#include "tests/kernels_reference.h"
 #include "tests/test_util.h"
 
 namespace dsv3 {
@@ -241,6 +243,56 @@ TEST_P(GoldenTest, Bf16MatMulPrecision) {
     } else {
       EXPECT_LE(MaxAbsDiff(prefill.data(), prefill_ref.data(), L * V), kLogitTol) << t;
     }
+  }
+}
+
+// LoadOptions::fp8_lm_head: the logits are the FP8 head (QuantizeFp8Blocks of the stored one)
+// applied to the final hidden state, within float32 accumulation, on every target; they move
+// away from the reference (the head is no longer the checkpoint's) but stay within the bound of
+// the quantization (half an E4M3 step per weight: |dlogit| <= 2^-4 sum |w h| plus the subnormal
+// steps), and an MTP module that shares the head shares the FP8 one.
+TEST_P(GoldenTest, Fp8LmHead) {
+  const kernels::WeightMatrix& stored = model_->weights().lm_head;
+  const std::unique_ptr<Model> fp8 = Model::Load(dir_, nullptr, {.fp8_lm_head = true});
+  const kernels::WeightMatrix& head = fp8->weights().lm_head;
+  ASSERT_EQ(head.dtype, DType::kF8E4M3);
+  if (stored.dtype == DType::kF8E4M3) GTEST_SKIP() << "the head is stored in FP8";
+  const std::unique_ptr<kernels::Fp8Weights> want = kernels::QuantizeFp8Blocks(stored);
+  ASSERT_EQ(std::memcmp(head.data, want->codes.data(), want->codes.size()), 0);
+  ASSERT_EQ(std::memcmp(head.scale, want->scales.data(), want->scales.size() * 4), 0);
+  for (const MtpWeights& m : fp8->mtp()) {
+    if (m.shares_head) EXPECT_EQ(m.head.data, head.data);
+  }
+  const Json& seq = Sequence(33);
+  const std::vector<int32_t> tokens = Tokens(seq);
+  const int64_t L = static_cast<int64_t>(tokens.size()), V = model_->config().vocab_size;
+  const int64_t D = model_->config().hidden_size;
+  const std::vector<float> ref = ref_->F32(seq["prefill_logits"]);
+  for (const std::string& t : kernels::AvailableTargets()) {
+    ASSERT_TRUE(kernels::ForceTarget(t));
+    Context ctx(*fp8, {L, L, AttentionImpl::kAbsorbed});
+    std::vector<float> logits(L * V), hidden(L * D);
+    ctx.Forward(tokens, {.logits = logits, .hidden = hidden});
+    float moved = 0;
+    for (int64_t i = 0; i < L; ++i) {
+      for (int64_t v = 0; v < V; ++v) {
+        double exact = 0, magnitude = 0, stored_magnitude = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          const double w = E4M3ToF32(want->codes[v * D + d]) *
+                           static_cast<double>(want->scales[(v / 128) * head.scale_cols + d / 128]);
+          exact += w * hidden[i * D + d];
+          magnitude += std::fabs(w * hidden[i * D + d]);
+          stored_magnitude += std::fabs(hidden[i * D + d]) *
+                              (std::fabs(kernels::reference::WeightAt(stored, v, d)) * 0x1p-4 +
+                               want->scales[(v / 128) * head.scale_cols + d / 128] * 0x1p-10);
+        }
+        const float got = logits[i * V + v];
+        ASSERT_NEAR(got, exact, 1e-5 * magnitude + 1e-6) << t << " position " << i << " id " << v;
+        ASSERT_NEAR(got, ref[i * V + v], stored_magnitude + kLogitTol) << t << " " << i << " " << v;
+        moved = std::max(moved, std::fabs(got - ref[i * V + v]));
+      }
+    }
+    EXPECT_GT(moved, kLogitTol) << "the FP8 head should move the logits";
   }
 }
 

@@ -342,6 +342,33 @@ TEST(Cli, MatMulPrecisionOption) {
   }
 }
 
+// --lm-head fp8: the head is quantized at load (bench names it and reads fewer bytes per token);
+// a bad value is a clean error on every command that takes the option.
+TEST(Cli, LmHeadOption) {
+  const std::string dir = TestData(kV3Tiny);
+  DSV3_REQUIRE_DATA(dir);
+  Json runs[2];
+  for (int fp8 = 0; fp8 < 2; ++fp8) {
+    const RunResult b = RunCommand(Cmd("bench -m " + dir + " -p 8 -n 2 -t 1 --no-mtp --json" +
+                                       (fp8 ? " --lm-head fp8" : " --lm-head stored")));
+    ASSERT_EQ(b.status, 0) << b.output();
+    runs[fp8] = Json::parse(b.out)["runs"][0];
+  }
+  EXPECT_NE(runs[0]["lm_head"], "F8_E4M3");
+  EXPECT_EQ(runs[1]["lm_head"], "F8_E4M3");
+  EXPECT_LT(runs[1]["weight_bytes_per_token"].get<double>(),
+            runs[0]["weight_bytes_per_token"].get<double>());
+  const RunResult g =
+      RunCommand(Cmd("generate -m " + dir + " --ids 5,6,7 -n 2 -t 1 --lm-head fp8 --no-mtp"));
+  ASSERT_EQ(g.status, 0) << g.output();
+  EXPECT_THAT(g.output(), HasSubstr("lm_head quantized to fp8"));
+  for (const char* cmd : {"bench", "generate --ids 1", "logits --ids 1 -o /dev/null", "serve",
+                          "bench-serve", "chat", "perplexity -f /dev/null"}) {
+    ExpectCleanError(RunCommand(Cmd(std::string(cmd) + " -m " + dir + " --lm-head int8")),
+                     "--lm-head");
+  }
+}
+
 TEST(Cli, SynthWritesLoadableDeterministicCheckpoints) {
   TempDir tmp;
   auto synth = [&](const std::string& args, const std::string& out) {

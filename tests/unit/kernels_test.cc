@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <random>
+#include <string>
+#include <string_view>
 
 #include "core/aligned.h"
 #include "core/dtype.h"
@@ -96,19 +98,45 @@ void ExpectMatMulMatchesReference(const TestMatrix& m, const std::vector<float>&
   }
 }
 
+// A target, or "<target>_F16": AVX3 / AMX with the FP8 decode path's byte tables switched off, so
+// that its float16 route (the one of AVX-512 CPUs without VBMI) is covered on CPUs that have them.
+constexpr std::string_view kF16Suffix = "_F16";
+
+std::string TargetOf(const std::string& param) {
+  const size_t at = param.find(kF16Suffix);
+  return at == std::string::npos ? param : param.substr(0, at);
+}
+
+std::vector<std::string> Variants() {
+  std::vector<std::string> v;
+  for (const std::string& t : AvailableTargets()) {
+    v.push_back(t);
+    if (Fp8LookupEnabled() && (t == "AVX3" || t == "AMX")) v.push_back(t + std::string(kF16Suffix));
+  }
+  return v;
+}
+
 class KernelTest : public ::testing::TestWithParam<std::string> {
  protected:
-  void SetUp() override { ASSERT_TRUE(ForceTarget(GetParam())); }
-  void TearDown() override { ForceTarget(""); }
+  void SetUp() override {
+    ASSERT_TRUE(ForceTarget(TargetOf(GetParam())));
+    SetFp8LookupEnabled(TargetOf(GetParam()) == GetParam());
+  }
+  void TearDown() override {
+    ForceTarget("");
+    SetFp8LookupEnabled(true);
+  }
 };
 
-TEST_P(KernelTest, ActiveTargetIsTheForcedOne) { EXPECT_EQ(ActiveTarget(), GetParam()); }
+TEST_P(KernelTest, ActiveTargetIsTheForcedOne) { EXPECT_EQ(ActiveTarget(), TargetOf(GetParam())); }
 
 TEST_P(KernelTest, MatMulAllDtypesShapesAndBatches) {
-  // 200 x 300 with 128 blocks: a partial last block row (72) and column (44) of FP8 scales.
+  // 200 x 300 with 128 blocks: a partial last block row (72) and column (44) of FP8 scales;
+  // 9 x 320: a last column block of 64 and a row left over after groups of 4 (the byte-table
+  // route of AVX3 takes column blocks in groups of 64).
   for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16, DType::kF8E4M3}) {
     for (auto [rows, cols] :
-         {std::pair<int64_t, int64_t>{200, 300}, {7, 1030}, {5, 3}, {64, 128}}) {
+         {std::pair<int64_t, int64_t>{200, 300}, {7, 1030}, {5, 3}, {64, 128}, {9, 320}}) {
       const TestMatrix m = MakeMatrix(dtype, rows, cols, 11);
       for (int64_t T : {1, 3, 40}) {
         const std::vector<float> x = Random(T * cols, 5);
@@ -118,8 +146,9 @@ TEST_P(KernelTest, MatMulAllDtypesShapesAndBatches) {
   }
 }
 
-// The FP8 decode path converts in registers (through float16 on AVX2 and better), not with the
-// table: every code, NaNs included, must come out exactly, in the 4-row and the 1-row kernels.
+// The FP8 decode path converts in registers (through float16 on AVX2 and better; by byte table
+// lookups on AVX3 with VBMI), not with the float table: every code, NaNs included, must come out
+// exactly, in the 4-row and the 1-row kernels.
 TEST_P(KernelTest, Fp8DecodePathHasEveryCodeExact) {
   const int64_t rows = 5, cols = 256;
   std::vector<uint8_t> codes(rows * cols);
@@ -429,8 +458,51 @@ TEST_P(KernelTest, SiluAndSoftmaxExtremes) {
   EXPECT_EQ(big[2], 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Targets, KernelTest, ::testing::ValuesIn(AvailableTargets()),
+INSTANTIATE_TEST_SUITE_P(Targets, KernelTest, ::testing::ValuesIn(Variants()),
                          [](const auto& info) { return info.param; });
+
+// The FP8 copy of a weight matrix (the --lm-head fp8 head) against a plain reference: per 128 x 128
+// block (partial ones at the edges) scale = amax / 448, 1 for a block that is all zero, and every
+// code F32ToE4M3(value / scale); the product of the copy then runs on the FP8 kernels.
+TEST(Kernels, QuantizeFp8BlocksMatchesReference) {
+  for (DType dtype : {DType::kBF16, DType::kF32}) {
+    TestMatrix m = MakeMatrix(dtype, 300, 200, 41);
+    // Block (1, 1) all zero.
+    for (int64_t r = 128; r < 256; ++r) {
+      for (int64_t c = 128; c < 200; ++c) {
+        const size_t i = static_cast<size_t>(r * 200 + c) * DTypeSize(dtype);
+        std::memset(&m.data[i], 0, DTypeSize(dtype));
+      }
+    }
+    const std::unique_ptr<Fp8Weights> q = QuantizeFp8Blocks(m.w);
+    const WeightMatrix& f = q->matrix;
+    ASSERT_EQ(f.dtype, DType::kF8E4M3);
+    ASSERT_EQ(f.rows, 300);
+    ASSERT_EQ(f.cols, 200);
+    ASSERT_EQ(f.scale_cols, 2);
+    ASSERT_EQ(q->scales.size(), 6u);
+    for (int64_t br = 0; br < 3; ++br) {
+      for (int64_t bc = 0; bc < 2; ++bc) {
+        float amax = 0;
+        for (int64_t r = 128 * br; r < std::min<int64_t>(300, 128 * (br + 1)); ++r) {
+          for (int64_t c = 128 * bc; c < std::min<int64_t>(200, 128 * (bc + 1)); ++c)
+            amax = std::max(amax, std::fabs(reference::WeightAt(m.w, r, c)));
+        }
+        const float scale = amax > 0 ? amax / 448.0f : 1.0f;
+        if (br == 1 && bc == 1) EXPECT_EQ(scale, 1.0f);
+        ASSERT_EQ(q->scales[br * 2 + bc], scale) << br << "," << bc;
+        for (int64_t r = 128 * br; r < std::min<int64_t>(300, 128 * (br + 1)); ++r) {
+          for (int64_t c = 128 * bc; c < std::min<int64_t>(200, 128 * (bc + 1)); ++c) {
+            ASSERT_EQ(q->codes[r * 200 + c], F32ToE4M3(reference::WeightAt(m.w, r, c) / scale))
+                << DTypeName(dtype) << " " << r << "," << c;
+          }
+        }
+      }
+    }
+    const std::vector<float> x = Random(200, 9);
+    ExpectMatMulMatchesReference({f, {}, {}}, x, x, 1);
+  }
+}
 
 TEST(Kernels, RopeRotatesAdjacentPairs) {
   std::vector<float> x = {1, 2, 3, 4};
