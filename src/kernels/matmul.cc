@@ -907,7 +907,8 @@ std::unique_ptr<Fp8Weights> QuantizeFp8Blocks(const WeightMatrix& w) {
           for (int64_t c = j * kBlock; c < std::min(cols, (j + 1) * kBlock); ++c)
             amax = std::max(amax, std::fabs(band[i * cols + c]));
         }
-        scale[j] = amax > 0 ? amax / kE4M3Largest : 1.0f;
+        scale[j] = amax / kE4M3Largest;
+        if (scale[j] == 0) scale[j] = 1.0f;  // all zero, or so small that amax / 448 underflows
       }
       for (int64_t i = 0; i < n; ++i) {
         uint8_t* dst = q->codes.data() + (r0 + i) * cols;

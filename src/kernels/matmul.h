@@ -89,10 +89,11 @@ struct Fp8Weights {
   std::vector<float> scales;   // [ceil(rows / 128), ceil(cols / 128)]
   WeightMatrix matrix;         // over codes and scales
 };
-// w (any dtype) per 128 x 128 block: scale = amax / 448 of the block's values (1 for a block
-// that is all zero), code = E4M3(value / scale) rounded to nearest even (dsv3::F32ToE4M3). The
-// error of each weight is at most half an E4M3 step of its block: 2^-4 relative for values
-// within 2^-8 of the block's largest (E4M3 has 3 mantissa bits). Threaded over block rows.
+// w (any dtype) per 128 x 128 block: scale = amax / 448 of the block's values (1 where that is
+// zero: a block that is all zero or whose amax / 448 underflows), code = E4M3(value / scale)
+// rounded to nearest even (dsv3::F32ToE4M3). Each weight moves by at most half an E4M3 step: 2^-4
+// of its magnitude where that is at least 2^-6 * scale (3 mantissa bits), 2^-10 * scale below
+// (the subnormals). Threaded over block rows.
 std::unique_ptr<Fp8Weights> QuantizeFp8Blocks(const WeightMatrix& w);
 
 }  // namespace dsv3::kernels

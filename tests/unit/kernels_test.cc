@@ -462,8 +462,9 @@ INSTANTIATE_TEST_SUITE_P(Targets, KernelTest, ::testing::ValuesIn(Variants()),
                          [](const auto& info) { return info.param; });
 
 // The FP8 copy of a weight matrix (the --lm-head fp8 head) against a plain reference: per 128 x 128
-// block (partial ones at the edges) scale = amax / 448, 1 for a block that is all zero, and every
-// code F32ToE4M3(value / scale); the product of the copy then runs on the FP8 kernels.
+// block (partial ones at the edges) scale = amax / 448, 1 where that is zero (a block all zero,
+// or, in float32, one whose amax / 448 underflows), and every code F32ToE4M3(value / scale); the
+// product of the copy then runs on the FP8 kernels.
 TEST(Kernels, QuantizeFp8BlocksMatchesReference) {
   for (DType dtype : {DType::kBF16, DType::kF32}) {
     TestMatrix m = MakeMatrix(dtype, 300, 200, 41);
@@ -472,6 +473,14 @@ TEST(Kernels, QuantizeFp8BlocksMatchesReference) {
       for (int64_t c = 128; c < 200; ++c) {
         const size_t i = static_cast<size_t>(r * 200 + c) * DTypeSize(dtype);
         std::memset(&m.data[i], 0, DTypeSize(dtype));
+      }
+    }
+    if (dtype == DType::kF32) {  // block (2, 0): a single float32 subnormal, amax / 448 == 0
+      for (int64_t r = 256; r < 300; ++r) {
+        for (int64_t c = 0; c < 128; ++c) {
+          const float v = r == 256 && c == 0 ? 1e-44f : 0.0f;
+          std::memcpy(&m.data[static_cast<size_t>(r * 200 + c) * 4], &v, 4);
+        }
       }
     }
     const std::unique_ptr<Fp8Weights> q = QuantizeFp8Blocks(m.w);
@@ -488,8 +497,10 @@ TEST(Kernels, QuantizeFp8BlocksMatchesReference) {
           for (int64_t c = 128 * bc; c < std::min<int64_t>(200, 128 * (bc + 1)); ++c)
             amax = std::max(amax, std::fabs(reference::WeightAt(m.w, r, c)));
         }
-        const float scale = amax > 0 ? amax / 448.0f : 1.0f;
-        if (br == 1 && bc == 1) EXPECT_EQ(scale, 1.0f);
+        const float scale = amax / 448.0f == 0 ? 1.0f : amax / 448.0f;
+        if ((br == 1 && bc == 1) || (dtype == DType::kF32 && br == 2 && bc == 0)) {
+          EXPECT_EQ(scale, 1.0f);
+        }
         ASSERT_EQ(q->scales[br * 2 + bc], scale) << br << "," << bc;
         for (int64_t r = 128 * br; r < std::min<int64_t>(300, 128 * (br + 1)); ++r) {
           for (int64_t c = 128 * bc; c < std::min<int64_t>(200, 128 * (bc + 1)); ++c) {
