@@ -500,6 +500,11 @@ DSV3_VBMI HWY_INLINE void FmaGroup(const __m512 (&v)[4], const float* HWY_RESTRI
   acc[1] = _mm512_fmadd_ps(v[3], _mm512_loadu_ps(x + 48), acc[1]);
 }
 
+// The end of a scale block: total += (acc[0] + acc[1]) * scale.
+DSV3_VBMI HWY_INLINE void FoldBlock(const __m512 (&acc)[2], float scale, __m512& total) {
+  total = _mm512_fmadd_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_set1_ps(scale), total);
+}
+
 // kRows rows from r (1 or 4) for T tokens, whose permuted activations lie at xp + t * cols; row
 // r + i of token t goes to y[t * y_stride + i]. One token converts in registers, with the next
 // kRows rows prefetched; several convert each block once into an L1 tile and apply it to every
@@ -545,10 +550,7 @@ DSV3_VBMI HWY_NOINLINE void Fp8LookupRows(const WeightMatrix& w, int64_t r,
         }
       }
       HWY_UNROLL(4)
-      for (int i = 0; i < kRows; ++i) {
-        total[0][i] = _mm512_fmadd_ps(_mm512_add_ps(acc[i][0], acc[i][1]),
-                                      _mm512_set1_ps(srow[i][b]), total[0][i]);
-      }
+      for (int i = 0; i < kRows; ++i) FoldBlock(acc[i], srow[i][b], total[0][i]);
       continue;
     }
     HWY_UNROLL(4)
@@ -575,10 +577,7 @@ DSV3_VBMI HWY_NOINLINE void Fp8LookupRows(const WeightMatrix& w, int64_t r,
         }
       }
       HWY_UNROLL(4)
-      for (int i = 0; i < kRows; ++i) {
-        total[t][i] = _mm512_fmadd_ps(_mm512_add_ps(acc[i][0], acc[i][1]),
-                                      _mm512_set1_ps(srow[i][b]), total[t][i]);
-      }
+      for (int i = 0; i < kRows; ++i) FoldBlock(acc[i], srow[i][b], total[t][i]);
     }
   }
   for (int64_t t = 0; t < T; ++t) {

@@ -22,8 +22,7 @@ std::unique_ptr<Model> Model::Load(const std::string& dir, ProcessGroup* group,
   m->checkpoint_ = std::make_unique<Checkpoint>(dir);
   m->weights_ = BindWeights(m->config_, *m->checkpoint_, &m->report_, &m->mtp_, holds);
   if (options.fp8_lm_head && m->weights_.lm_head.dtype != DType::kF8E4M3) {
-    const kernels::WeightMatrix stored = m->weights_.lm_head;
-    m->fp8_lm_head_ = kernels::QuantizeFp8Blocks(stored);
+    m->fp8_lm_head_ = kernels::QuantizeFp8Blocks(m->weights_.lm_head);
     m->weights_.lm_head = m->fp8_lm_head_->matrix;
     for (MtpWeights& mtp : m->mtp_) {
       if (mtp.shares_head) mtp.head = m->weights_.lm_head;

@@ -28,7 +28,7 @@ struct LoadOptions {
   // The output projection (lm_head, and the MTP heads that share it) quantized to FP8 E4M3 with
   // 128x128 block scales (kernels::QuantizeFp8Blocks), DeepSeek's weight format, unless it is
   // stored in FP8 already: half the bytes a decoded token reads from a BF16 head (for V2-Lite 210
-  // of its 439 MB), at an accuracy cost measured in docs/performance.md. Off by default.
+  // of its 419 MB), at an accuracy cost measured in docs/performance.md. Off by default.
   bool fp8_lm_head = false;
 };
 
