@@ -96,19 +96,9 @@ void BM_MatVec(benchmark::State& state, DType dtype) {
 // The STREAM-style read the decode products are measured against: a 1 GiB float32 sum split
 // over the threads as MatMul splits rows (bytes/s).
 void BM_StreamRead(benchmark::State& state) {
-  const size_t n = (size_t{1} << 30) / sizeof(float);
-  AlignedArray<float> buffer(n, /*zero=*/false);
-  ParallelFor(static_cast<int64_t>(n), 4096, [&](int64_t b, int64_t e, int) {
-    std::fill(buffer.data() + b, buffer.data() + e, 1.0f);
-  });
-  std::vector<float> sums(static_cast<size_t>(NumThreads()));
-  for (auto _ : state) {
-    ParallelFor(static_cast<int64_t>(n), 4096, [&](int64_t b, int64_t e, int t) {
-      sums[t] += SumFloats(buffer.data() + b, static_cast<size_t>(e - b));
-    });
-    benchmark::DoNotOptimize(sums.data());
-  }
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * n * sizeof(float)));
+  const AlignedArray<float> buffer = ReadBuffer((size_t{1} << 30) / sizeof(float));
+  for (auto _ : state) benchmark::DoNotOptimize(ReadPass(buffer));
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * buffer.size() * sizeof(float)));
 }
 
 // Prefill: T tokens, FLOP/s as items (2 per multiply-add).

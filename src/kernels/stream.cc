@@ -48,25 +48,34 @@ float SumFloats(const float* data, size_t n) {
   return HWY_DYNAMIC_DISPATCH(SumFloatsImpl)(data, n);
 }
 
-double MeasureReadBandwidthGBs(size_t bytes, int repeats) {
-  const size_t n = bytes / sizeof(float);
+AlignedArray<float> ReadBuffer(size_t n) {
   AlignedArray<float> buffer(n, /*zero=*/false);
-  // First touch from the threads that will read, as weights are read.
   ParallelFor(static_cast<int64_t>(n), 4096, [&](int64_t b, int64_t e, int) {
     std::fill(buffer.data() + b, buffer.data() + e, 1.0f);
   });
-  double best = 0;
+  return buffer;
+}
+
+float ReadPass(const AlignedArray<float>& buffer) {
   std::vector<float> sums(static_cast<size_t>(NumThreads()));
+  ParallelFor(static_cast<int64_t>(buffer.size()), 4096, [&](int64_t b, int64_t e, int t) {
+    sums[t] += SumFloats(buffer.data() + b, static_cast<size_t>(e - b));
+  });
+  float s = 0;
+  for (float v : sums) s += v;
+  return s;
+}
+
+double MeasureReadBandwidthGBs(size_t bytes, int repeats) {
+  const AlignedArray<float> buffer = ReadBuffer(bytes / sizeof(float));
+  double best = 0;
+  volatile float sink = 0;
   for (int r = 0; r < repeats; ++r) {
     const auto t0 = std::chrono::steady_clock::now();
-    ParallelFor(static_cast<int64_t>(n), 4096, [&](int64_t b, int64_t e, int t) {
-      sums[t] += SumFloats(buffer.data() + b, static_cast<size_t>(e - b));
-    });
+    sink = sink + ReadPass(buffer);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     best = std::max(best, static_cast<double>(bytes) / s / 1e9);
   }
-  volatile float sink = sums[0];
-  (void)sink;
   return best;
 }
 

@@ -261,7 +261,9 @@ TEST_P(GoldenTest, Fp8LmHead) {
   ASSERT_EQ(std::memcmp(head.data, want->codes.data(), want->codes.size()), 0);
   ASSERT_EQ(std::memcmp(head.scale, want->scales.data(), want->scales.size() * 4), 0);
   for (const MtpWeights& m : fp8->mtp()) {
-    if (m.shares_head) EXPECT_EQ(m.head.data, head.data);
+    if (m.shares_head) {
+      EXPECT_EQ(m.head.data, head.data);
+    }
   }
   const Json& seq = Sequence(33);
   const std::vector<int32_t> tokens = Tokens(seq);
